@@ -1,0 +1,24 @@
+"""Test-suite wide set-up: everything runs offline, with weights only from files the tests make."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+# Fixture plugins contributed by the data pipeline and the metric tests.
+pytest_plugins = [
+    name
+    for name in ("tests.data_fixtures", "tests.metric_fixtures")
+    if importlib.util.find_spec(name) is not None
+]
+
+
+@pytest.fixture(autouse=True)
+def _offline_weights(tmp_path_factory, monkeypatch):
+    """No test may download: weights come from a per-test home and torch-hub cache."""
+    home = tmp_path_factory.mktemp("dfd_home")
+    monkeypatch.setenv("LIGHTNING_DFD_OFFLINE", "1")
+    monkeypatch.setenv("LIGHTNING_DFD_HOME", str(home))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    yield
