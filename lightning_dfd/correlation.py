@@ -101,8 +101,11 @@ class JoinReport:
 
 
 def _format_keys(keys: pd.DataFrame, max_shown: int) -> str:
+    def plain(value: object) -> object:
+        return value.item() if isinstance(value, np.generic) else value
+
     rows = [
-        "(" + ", ".join(f"{col}={row[col]!r}" for col in keys.columns) + ")"
+        "(" + ", ".join(f"{col}={plain(row[col])!r}" for col in keys.columns) + ")"
         for _, row in keys.head(max_shown).iterrows()
     ]
     more = f" ... and {len(keys) - max_shown} more" if len(keys) > max_shown else ""
@@ -220,17 +223,17 @@ def join_tables(
     overlap = [c for c in mean_scores.columns if c in metrics.columns and c not in on]
     right = mean_scores.drop(columns=overlap)  # per-image columns in both: keep the metrics' copy
     try:
-        merged = metrics.merge(right, on=on, how="outer", indicator=True, sort=True)
+        keys = metrics[on].merge(right[on], on=on, how="outer", indicator=True, sort=True)
     except ValueError as err:  # e.g. object vs int64 key columns
         raise ValueError(f"cannot join on {on}: {err}") from err
-    side = merged.pop("_merge")
+    side = keys.pop("_merge")
     report = JoinReport(
         on=on,
         n_matched=int((side == "both").sum()),
-        metrics_only=merged.loc[side == "left_only", on].reset_index(drop=True),
-        scores_only=merged.loc[side == "right_only", on].reset_index(drop=True),
+        metrics_only=keys.loc[side == "left_only"].reset_index(drop=True),
+        scores_only=keys.loc[side == "right_only"].reset_index(drop=True),
     )
-    joined = merged.loc[side == "both"].reset_index(drop=True)
+    joined = metrics.merge(right, on=on, how="inner", sort=True)
     return joined, report
 
 
@@ -455,9 +458,7 @@ def correlation_table(
             for metric in metric_columns:
                 x, y = _finite_pairs(part[metric], part[score])
                 rho = srocc(x, y)
-                p_value = (
-                    float(stats.spearmanr(x, y).pvalue) if np.isfinite(rho) else float("nan")
-                )
+                p_value = float(stats.spearmanr(x, y).pvalue) if np.isfinite(rho) else float("nan")
                 low, high, abs_low, abs_high = bootstrap_srocc_ci(
                     x, y, n_boot=n_boot, confidence=confidence, seed=seed
                 )

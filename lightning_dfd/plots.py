@@ -99,7 +99,7 @@ def plot_srocc_bars(
         level = (irv or {}).get(score, float("nan"))
         if np.isfinite(level):
             ax.axhline(level, color="tab:red", linestyle="--", label=f"IRV {level:.2f}")
-            ax.legend(loc="lower right")
+            ax.legend(loc="best")
     return _save(fig, path, dpi)
 
 

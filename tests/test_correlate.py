@@ -1,0 +1,343 @@
+"""`lightning-dfd correlate`: SROCC, bootstrap CI, IRV, subgroups, plots, key-join problems."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lightning_dfd import correlation as corr
+from lightning_dfd.commands import correlate
+
+N_BOOT = 200
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lightning-dfd")
+    correlate.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["correlate", *argv])
+
+
+def _run(argv: list[str]) -> int:
+    args = _parse(argv)
+    return args.func(args)
+
+
+def _make_tables(n_volumes: int = 8, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Images keyed by (volume, slice) with a latent quality that drives metrics and scores."""
+    rng = np.random.default_rng(seed)
+    rows, score_rows = [], []
+    for v in range(n_volumes):
+        for acceleration in (2, 4, 6):
+            quality = 9.0 - acceleration + rng.normal(0, 0.8)
+            key = {"volume": f"file{1000 + v}", "slice": acceleration * 10}
+            rows.append(
+                {
+                    **key,
+                    "psnr": 20 + 2 * quality + rng.normal(0, 1.0),
+                    "lpips_vgg": 0.5 - 0.05 * quality + rng.normal(0, 0.03),
+                    "noise": rng.normal(),
+                }
+            )
+            for reader in ("R1", "R2", "R3"):
+                score_rows.append(
+                    {
+                        **key,
+                        "Reader": reader,
+                        "Acceleration": acceleration,
+                        "Aliasing": float(np.clip(round(quality + rng.normal(0, 1)), 1, 9)),
+                        "Cartilage/Meniscus": float(
+                            np.clip(round(quality + rng.normal(0, 1.5)), 1, 9)
+                        ),
+                    }
+                )
+    return pd.DataFrame(rows), pd.DataFrame(score_rows)
+
+
+@pytest.fixture()
+def tables(tmp_path: Path) -> tuple[Path, Path, pd.DataFrame, pd.DataFrame]:
+    metrics, scores = _make_tables()
+    metrics_csv, scores_csv = tmp_path / "results.csv", tmp_path / "reader_scores.csv"
+    metrics.to_csv(metrics_csv, index=False)
+    scores.to_csv(scores_csv, index=False)
+    return metrics_csv, scores_csv, metrics, scores
+
+
+def _expected_join(metrics: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    mean = scores.groupby(["volume", "slice"])[["Aliasing", "Cartilage/Meniscus"]].mean()
+    return metrics.merge(mean.reset_index(), on=["volume", "slice"])
+
+
+def test_srocc_matches_scipy_with_subgroups_plots_and_irv(tables, tmp_path, capsys):
+    metrics_csv, scores_csv, metrics, scores = tables
+    out = tmp_path / "out"
+    code = _run(
+        [
+            "--metrics",
+            str(metrics_csv),
+            "--scores",
+            str(scores_csv),
+            "--by",
+            "Acceleration",
+            "--n-boot",
+            str(N_BOOT),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "lpips_vgg" in printed.out and "abs_srocc" in printed.out
+    assert "joining on ['volume', 'slice']" in printed.err
+
+    table = pd.read_csv(out / "srocc.csv")
+    joined = _expected_join(metrics, scores)
+    joined["Acceleration"] = joined["slice"] // 10
+    assert set(table["metric"]) == {"psnr", "lpips_vgg", "noise"}
+    assert set(table["score"]) == {"Aliasing", "Cartilage/Meniscus"}
+    for _, row in table.iterrows():
+        in_group = joined["Acceleration"].astype(str) == row["group"]
+        part = joined if row["group"] == "all" else joined[in_group]
+        expected = stats.spearmanr(part[row["metric"]], part[row["score"]]).statistic
+        assert row["srocc"] == pytest.approx(expected, abs=1e-12)
+        assert row["abs_srocc"] == pytest.approx(abs(expected), abs=1e-12)
+        assert row["n"] == len(part)
+    overall = table[table["group"] == "all"].set_index(["metric", "score"])
+    # the known rank structure: psnr rises with quality, lpips falls, noise is unrelated
+    assert overall.loc[("psnr", "Aliasing"), "srocc"] > 0.5
+    assert overall.loc[("lpips_vgg", "Aliasing"), "srocc"] < -0.5
+    assert overall.loc[("noise", "Aliasing"), "abs_srocc"] < 0.5
+    # the CI contains the point estimate where the correlation is strong
+    for metric in ("psnr", "lpips_vgg"):
+        row = overall.loc[(metric, "Aliasing")]
+        assert row["ci_low"] <= row["srocc"] <= row["ci_high"]
+        assert row["abs_ci_low"] <= row["abs_srocc"] <= row["abs_ci_high"]
+    assert set(table.loc[table["group"] != "all", "group"].astype(int)) == {2, 4, 6}
+
+    irv = pd.read_csv(out / "irv.csv")
+    overall_irv = irv[(irv["group"] == "all") & (irv["score"] == "Aliasing")].set_index("reader")
+    assert set(overall_irv.index) == {"R1", "R2", "R3", "IRV"}
+    wide = scores.pivot_table(index=["volume", "slice"], columns="Reader", values="Aliasing")
+    per_reader = [
+        stats.spearmanr(wide[r], wide.drop(columns=r).mean(axis=1)).statistic for r in wide
+    ]
+    assert overall_irv.loc["IRV", "srocc"] == pytest.approx(np.mean(per_reader), abs=1e-12)
+    assert overall.loc[("psnr", "Aliasing"), "irv"] == pytest.approx(np.mean(per_reader))
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == sorted(
+        [
+            "srocc_bars.png",
+            "srocc_bars_Acceleration=2.png",
+            "srocc_bars_Acceleration=4.png",
+            "srocc_bars_Acceleration=6.png",
+            "scatter_Aliasing.png",
+            "scatter_Cartilage_Meniscus.png",
+            "irv_Aliasing.png",
+            "irv_Cartilage_Meniscus.png",
+        ]
+    )
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC), name
+    assert len(pd.read_csv(out / "per_image.csv")) == len(metrics)
+    assert not (out / "unmatched.csv").exists()
+
+
+def test_bootstrap_is_deterministic_under_a_seed(tables, tmp_path):
+    metrics_csv, scores_csv, _, _ = tables
+    common = [
+        "--metrics",
+        str(metrics_csv),
+        "--scores",
+        str(scores_csv),
+        "--no-plots",
+        "--n-boot",
+        str(N_BOOT),
+    ]
+    assert _run([*common, "--seed", "7", "--out", str(tmp_path / "a")]) == 0
+    assert _run([*common, "--seed", "7", "--out", str(tmp_path / "b")]) == 0
+    assert _run([*common, "--seed", "8", "--out", str(tmp_path / "c")]) == 0
+    a, b, c = (pd.read_csv(tmp_path / name / "srocc.csv") for name in "abc")
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["ci_low"], c["ci_low"])
+    pd.testing.assert_series_equal(a["srocc"], c["srocc"])
+
+
+def test_bootstrap_matches_scipy_on_each_resample():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=30)
+    y = x + rng.normal(size=30)
+    x[::5] = x[0]  # ties
+    rhos = corr.bootstrap_srocc(x, y, n_boot=20, seed=11)
+    index = np.random.default_rng(11).integers(0, 30, size=(20, 30))
+    expected = [stats.spearmanr(x[i], y[i]).statistic for i in index]
+    np.testing.assert_allclose(rhos, expected, atol=1e-12)
+    low, high, abs_low, abs_high = corr.bootstrap_srocc_ci(x, y, n_boot=500, seed=1)
+    assert low <= corr.srocc(x, y) <= high and 0 <= abs_low <= abs_high <= 1
+
+
+def test_irv_equals_hand_computed_value():
+    # 4 images, 3 readers; each reader against the mean of the other two:
+    # R1 [1,2,3,4] vs [1.5,1.5,3.5,3.5] -> 4/sqrt(20); R2 [1,2,4,3] vs [1.5,1.5,3,4] ->
+    # 3.5/sqrt(22.5); R3 [2,1,3,4] vs [1,2,3.5,3.5] -> 3.5/sqrt(22.5) (Pearson of ranks).
+    scores = pd.DataFrame(
+        {
+            "image": [0, 1, 2, 3] * 3,
+            "Reader": ["R1"] * 4 + ["R2"] * 4 + ["R3"] * 4,
+            "Aliasing": [1, 2, 3, 4, 1, 2, 4, 3, 2, 1, 3, 4],
+        }
+    )
+    irv, per_reader = corr.inter_reader_variability(scores, ["image"], "Aliasing")
+    hand = {"R1": 4 / math.sqrt(20), "R2": 3.5 / math.sqrt(22.5), "R3": 3.5 / math.sqrt(22.5)}
+    assert per_reader.to_dict() == pytest.approx(hand, abs=1e-12)
+    assert irv == pytest.approx((4 / math.sqrt(20) + 7 / math.sqrt(22.5)) / 3, abs=1e-12)
+    assert irv == pytest.approx(0.790052, abs=1e-6)
+
+
+def test_duplicate_reader_keys_fail_naming_them_and_drop_mode_keeps_the_rest(
+    tables, tmp_path, capsys
+):
+    metrics_csv, _, metrics, scores = tables
+    bad = pd.concat([scores, scores.iloc[[0, 2]]], ignore_index=True)  # (file1000, 20, R1/R3)
+    bad_csv = tmp_path / "bad_scores.csv"
+    bad.to_csv(bad_csv, index=False)
+    out = tmp_path / "dupes"
+    common = ["--metrics", str(metrics_csv), "--no-plots", "--n-boot", str(N_BOOT)]
+    code = _run([*common, "--scores", str(bad_csv), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "reader scores: 2 duplicated key(s)" in err
+    assert "volume='file1000', slice=20, Reader='R1'" in err
+    assert "volume='file1000', slice=20, Reader='R3'" in err
+    assert not out.exists()
+
+    # --drop-duplicates: the duplicated image is left out (reported); the rest is unchanged
+    assert _run([*common, "--scores", str(bad_csv), "--out", str(out), "--drop-duplicates"]) == 0
+    err = capsys.readouterr().err
+    assert "left out" in err and "with metrics but no reader scores" in err
+    good_scores = scores[~((scores["volume"] == "file1000") & (scores["slice"] == 20))]
+    good_metrics = metrics[~((metrics["volume"] == "file1000") & (metrics["slice"] == 20))]
+    good_scores.to_csv(tmp_path / "good_scores.csv", index=False)
+    good_metrics.to_csv(tmp_path / "good_metrics.csv", index=False)
+    assert (
+        _run(
+            [
+                "--metrics",
+                str(tmp_path / "good_metrics.csv"),
+                "--no-plots",
+                "--n-boot",
+                str(N_BOOT),
+                "--scores",
+                str(tmp_path / "good_scores.csv"),
+                "--out",
+                str(tmp_path / "good"),
+            ]
+        )
+        == 0
+    )
+    for name in ("srocc.csv", "irv.csv", "per_image.csv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(out / name), pd.read_csv(tmp_path / "good" / name), obj=name
+        )
+    unmatched = pd.read_csv(out / "unmatched.csv")
+    assert unmatched.to_dict("records") == [
+        {"volume": "file1000", "slice": 20, "side": "metrics_only"}
+    ]
+
+
+def test_duplicate_metric_keys_fail(tables, tmp_path, capsys):
+    _, scores_csv, metrics, _ = tables
+    bad_csv = tmp_path / "bad_metrics.csv"
+    pd.concat([metrics, metrics.iloc[[3]]]).to_csv(bad_csv, index=False)
+    code = _run(
+        [
+            "--metrics",
+            str(bad_csv),
+            "--scores",
+            str(scores_csv),
+            "--no-plots",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    assert (
+        "metrics: 1 duplicated key(s) on columns ['volume', 'slice']: (volume='file1001', "
+        "slice=20)" in capsys.readouterr().err
+    )
+
+
+def test_unmatched_rows_are_reported_and_analysis_runs_on_the_rest(tables, tmp_path, capsys):
+    _, _, metrics, scores = tables
+    metrics = metrics.iloc[2:]  # two images without metrics
+    scores = scores[scores["volume"] != "file1007"]  # three images without scores
+    metrics.to_csv(tmp_path / "m.csv", index=False)
+    scores.to_csv(tmp_path / "s.csv", index=False)
+    argv = [
+        "--metrics",
+        str(tmp_path / "m.csv"),
+        "--scores",
+        str(tmp_path / "s.csv"),
+        "--no-plots",
+        "--n-boot",
+        "50",
+        "--on",
+        "volume,slice",
+        "--score-columns",
+        "Aliasing",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert _run(argv) == 0
+    err = capsys.readouterr().err
+    assert "19 image(s) with metrics and scores" in err
+    assert "3 image(s) with metrics but no reader scores: (volume='file1007', slice=20)" in err
+    assert "2 image(s) with reader scores but no metrics: (volume='file1000', slice=20)" in err
+    unmatched = pd.read_csv(tmp_path / "o" / "unmatched.csv")
+    assert unmatched["side"].value_counts().to_dict() == {"metrics_only": 3, "scores_only": 2}
+    table = pd.read_csv(tmp_path / "o" / "srocc.csv")
+    assert set(table["score"]) == {"Aliasing"} and (table["n"] == 19).all()
+    joined = _expected_join(metrics, scores)
+    expected = stats.spearmanr(joined["psnr"], joined["Aliasing"]).statistic
+    assert table.set_index("metric").loc["psnr", "srocc"] == pytest.approx(expected)
+    assert _run([*argv, "--strict"]) == 1
+
+
+def test_bad_columns_give_clear_errors(tables, tmp_path, capsys):
+    metrics_csv, scores_csv, _, _ = tables
+    common = [
+        "--metrics",
+        str(metrics_csv),
+        "--scores",
+        str(scores_csv),
+        "--no-plots",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert _run([*common, "--score-columns", "Sharpness"]) == 2
+    assert "missing column(s) ['Sharpness']" in capsys.readouterr().err
+    assert _run([*common, "--reader-column", "Radiologist"]) == 2
+    assert "no reader column 'Radiologist'" in capsys.readouterr().err
+    assert _run([*common, "--on", "patient"]) == 2
+    assert "key column(s) ['patient'] missing" in capsys.readouterr().err
+    assert _run([*common[:2], "--scores", str(tmp_path / "nope.csv"), "--out", "x"]) == 2
+    assert "reader scores file not found" in capsys.readouterr().err
+
+
+def test_join_reports_and_key_types():
+    metrics = pd.DataFrame({"image": [1, 2, 3], "psnr": [1.0, 2.0, 3.0]})
+    scores = pd.DataFrame({"image": [2, 3, 4], "Aliasing": [5.0, 6.0, 7.0]})
+    joined, report = corr.join_tables(metrics, scores, ["image"])
+    assert joined["image"].tolist() == [2, 3]
+    assert report.metrics_only["image"].tolist() == [1]
+    assert report.scores_only["image"].tolist() == [4]
+    assert "1 image(s) with metrics but no reader scores: (image=1)" in report.summary()
+    with pytest.raises(corr.DuplicateKeyError, match=r"metrics: 1 duplicated key\(s\)"):
+        corr.join_tables(pd.concat([metrics, metrics.iloc[[0]]]), scores, ["image"])
