@@ -153,7 +153,7 @@ def to_rgb(x: Tensor) -> Tensor:
 
 
 def complex_from_real_pair(x: Tensor) -> Tensor:
-    """fastMRI's "complex as a last dimension of size 2" layout -> a complex tensor.
+    """FastMRI's "complex as a last dimension of size 2" layout -> a complex tensor.
 
     Never guessed from shapes: call it explicitly for tensors that use that layout.
 

@@ -1,0 +1,92 @@
+"""DISTS network: VGG-16 with L2 pooling and the `DISTS_pytorch` package's alpha/beta weights.
+
+Example:
+    >>> import torch
+    >>> net = DISTSNetwork(weights="random")
+    >>> x = torch.rand(1, 1, 64, 64)
+    >>> abs(net.distance(net(x), net(x)).item()) < 1e-6
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import DISTS_pytorch
+import torch
+from DISTS_pytorch.DISTS_pt import L2pooling
+from torch import Tensor, nn
+
+from lightning_dfd.encoders.backbones import WeightsArg, freeze, vgg16_features
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.preprocess import to_rgb
+
+DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
+#: (L2-pooling channels, first torchvision feature index, end index) per stage after the first.
+_STAGES = ((64, 5, 9), (128, 10, 16), (256, 17, 23), (512, 24, 30))
+
+
+def dists_weights_path() -> Path:
+    """alpha/beta shipped with ``DISTS_pytorch`` (inside the package, or at ``sys.prefix``)."""
+    for path in (Path(DISTS_pytorch.__file__).parent / "weights.pt", Path(sys.prefix) / "weights.pt"):
+        if path.is_file():
+            return path
+    raise FileNotFoundError("DISTS_pytorch's weights.pt is missing: reinstall DISTS_pytorch")
+
+
+class DISTSNetwork(FeatureDistanceNetwork):
+    """Deep Image Structure and Texture Similarity on a VGG-16 trunk.
+
+    Args:
+        weights: VGG-16 weights: ``"imagenet"``, a registry name, a file path or ``"random"``.
+    """
+
+    def __init__(self, weights: WeightsArg = "imagenet"):
+        super().__init__()
+        name = "vgg16-imagenet" if os.fspath(weights) == "imagenet" else weights
+        features = vgg16_features(name)
+        stages = [features[0:4]]
+        for channels, start, end in _STAGES:
+            stages.append(nn.Sequential(L2pooling(channels=channels), *features[start:end]))
+        self.stages = nn.ModuleList(stages)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1))
+        shipped = torch.load(dists_weights_path(), map_location="cpu", weights_only=True)
+        self.register_buffer("alpha", shipped["alpha"].float())
+        self.register_buffer("beta", shipped["beta"].float())
+        self.identity = f"dists-{os.fspath(weights)}"
+        freeze(self)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """[0, 1] grayscale -> [0, 1] pseudo-RGB (DISTS' expected input)."""
+        return to_rgb(images)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The input itself, then the five stage outputs."""
+        out = [x]
+        h = (x - self.mean) / self.std
+        for stage in self.stages:
+            h = stage(h)
+            out.append(h)
+        return out
+
+    def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
+        """``1 - sum_k (alpha_k * S1_k + beta_k * S2_k)`` with SSIM-like texture/structure terms."""
+        c1 = c2 = 1e-6
+        w_sum = self.alpha.sum() + self.beta.sum()
+        alpha = torch.split(self.alpha / w_sum, DISTS_CHANNELS, dim=1)
+        beta = torch.split(self.beta / w_sum, DISTS_CHANNELS, dim=1)
+        dist1 = dist2 = 0
+        for k, (x, y) in enumerate(zip(feats_preds, feats_target, strict=True)):
+            x_mean = x.mean([2, 3], keepdim=True)
+            y_mean = y.mean([2, 3], keepdim=True)
+            s1 = (2 * x_mean * y_mean + c1) / (x_mean**2 + y_mean**2 + c1)
+            dist1 = dist1 + (alpha[k] * s1).sum(1, keepdim=True)
+            x_var = ((x - x_mean) ** 2).mean([2, 3], keepdim=True)
+            y_var = ((y - y_mean) ** 2).mean([2, 3], keepdim=True)
+            xy_cov = (x * y).mean([2, 3], keepdim=True) - x_mean * y_mean
+            s2 = (2 * xy_cov + c2) / (x_var + y_var + c2)
+            dist2 = dist2 + (beta[k] * s2).sum(1, keepdim=True)
+        return (1 - (dist1 + dist2)).flatten()

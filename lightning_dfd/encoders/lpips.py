@@ -1,0 +1,95 @@
+"""LPIPS networks (VGG-16 / AlexNet trunks with the `lpips` package's learned linear layers).
+
+The trunk is torchvision's ``features`` cut at the five LPIPS taps; the input scaling layer,
+unit-normalisation, linear layers and their shipped weights (``lpips/weights/v0.1``) come from
+the ``lpips`` package itself.
+
+Example:
+    >>> import torch
+    >>> net = LPIPSNetwork("alex", linear=True, weights="random")
+    >>> x = torch.rand(2, 1, 64, 64)
+    >>> net.distance(net(x), net(x)).tolist()
+    [0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lpips as lpips_pkg
+import torch
+from torch import Tensor, nn
+
+from lightning_dfd.encoders.backbones import WeightsArg, alexnet_features, freeze, vgg16_features
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.preprocess import to_rgb, to_signed_unit
+
+#: End index (exclusive) of each LPIPS slice in torchvision's ``features``; taps after the ReLUs.
+LPIPS_SLICES = {"vgg": (4, 9, 16, 23, 30), "alex": (2, 5, 8, 10, 12)}
+LPIPS_CHANNELS = {"vgg": (64, 128, 256, 512, 512), "alex": (64, 192, 384, 256, 256)}
+BACKBONE_WEIGHTS = {"vgg": "vgg16-imagenet", "alex": "alexnet-imagenet"}
+
+
+def lpips_linear_weights_path(net: str) -> Path:
+    """The learned linear-layer weights shipped inside the ``lpips`` wheel."""
+    return Path(lpips_pkg.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
+
+
+def backbone_weights(net: str, weights: WeightsArg) -> WeightsArg:
+    """``"imagenet"`` -> the registry name of the torchvision ImageNet checkpoint for ``net``."""
+    return BACKBONE_WEIGHTS[net] if os.fspath(weights) == "imagenet" else weights
+
+
+class LPIPSNetwork(FeatureDistanceNetwork):
+    """VGG-16 or AlexNet LPIPS, with or without the learned linear layers.
+
+    Args:
+        net: ``"vgg"`` or ``"alex"``.
+        linear: use the learned linear layers (LPIPS proper); False averages channels equally
+            (the paper's "VGG-16 without linear layers").
+        weights: backbone weights: ``"imagenet"``, a registry name, a file path or ``"random"``.
+    """
+
+    def __init__(self, net: str = "vgg", linear: bool = True, weights: WeightsArg = "imagenet"):
+        super().__init__()
+        if net not in LPIPS_SLICES:
+            raise ValueError(f"Argument `net` must be one of {tuple(LPIPS_SLICES)}, but got {net!r}")
+        build = vgg16_features if net == "vgg" else alexnet_features
+        features = build(backbone_weights(net, weights))
+        bounds = (0, *LPIPS_SLICES[net])
+        self.slices = nn.ModuleList(features[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        self.scaling = lpips_pkg.ScalingLayer()
+        self.linear = linear
+        self.lins = nn.ModuleList(
+            lpips_pkg.NetLinLayer(c, use_dropout=True) for c in LPIPS_CHANNELS[net]
+        ) if linear else None
+        if linear:
+            shipped = torch.load(lpips_linear_weights_path(net), map_location="cpu", weights_only=True)
+            self.lins.load_state_dict(
+                {k.replace("lin", "", 1): v for k, v in shipped.items()}, strict=True
+            )
+        self.identity = f"lpips-{net}-{'lin' if linear else 'nolin'}-{os.fspath(weights)}"
+        freeze(self)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """[0, 1] grayscale -> [-1, 1] pseudo-RGB (LPIPS' expected input range)."""
+        return to_rgb(to_signed_unit(images))
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Unit-normalised activations at the five LPIPS taps."""
+        h = self.scaling(x)
+        out = []
+        for block in self.slices:
+            h = block(h)
+            out.append(lpips_pkg.normalize_tensor(h))
+        return out
+
+    def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
+        """Sum over layers of the spatial mean of the (weighted) squared feature difference."""
+        total = 0
+        for k, (a, b) in enumerate(zip(feats_preds, feats_target, strict=True)):
+            diff = (a - b) ** 2
+            layer = self.lins[k](diff) if self.linear else diff.sum(dim=1, keepdim=True)
+            total = total + layer.mean(dim=(2, 3), keepdim=True)
+        return total.flatten()

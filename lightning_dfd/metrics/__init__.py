@@ -1,0 +1,11 @@
+"""torchmetrics ``Metric`` classes: one base for the DFDs, one thin file per DFD."""
+
+from lightning_dfd.metrics.base import DeepFeatureDistance
+from lightning_dfd.metrics.catalog import METRICS, build_metric, is_dfd, metric_class
+from lightning_dfd.metrics.dists import DISTS
+from lightning_dfd.metrics.lpips import LPIPS
+from lightning_dfd.metrics.pixel import NMSE, PSNR, SSIM
+from lightning_dfd.metrics.resnet import ResNetFD
+
+__all__ = ["DISTS", "LPIPS", "METRICS", "NMSE", "PSNR", "SSIM", "DeepFeatureDistance", "ResNetFD",
+           "build_metric", "is_dfd", "metric_class"]

@@ -1,0 +1,172 @@
+"""One base class for every deep feature distance metric.
+
+It owns the input contract (real/complex, ``(N, H, W)`` / ``(N, C, H, W)``), normalisation, NaN
+policy, chunking, the states for ``reduction="mean"|"none"``, distributed sync (torchmetrics), and
+keeps the frozen encoder out of the module tree: it follows ``.to(device)`` but is never in a
+``state_dict`` nor among ``parameters()``, so checkpoints of a LightningModule stay small.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.functional.dfd import feature_distances, validated_images
+from lightning_dfd.preprocess import (
+    NAN_STRATEGIES,
+    NORMALIZATIONS,
+    REDUCTIONS,
+    channels_per_image,
+    check_choice,
+)
+
+_DTYPE_CASTS = ("Module.type", "Module.half", "Module.float", "Module.double", "Module.bfloat16")
+
+
+def expand_ids(ids: Tensor | None, n: int, channels: int, device: torch.device) -> Tensor | None:
+    """Validate ``(N,)`` sample ids and repeat them for each channel image."""
+    if ids is None:
+        return None
+    ids = torch.as_tensor(ids, device=device)
+    if ids.ndim != 1 or ids.shape[0] != n or ids.is_floating_point() or ids.is_complex():
+        raise ValueError(
+            f"`sample_ids` must be an integer tensor of shape ({n},), but got "
+            f"{ids.dtype} {tuple(ids.shape)}"
+        )
+    return ids.long().repeat_interleave(channels)
+
+
+class DeepFeatureDistance(Metric):
+    """Mean (or per-image) distance between deep features of predictions and targets.
+
+    Args:
+        network: the frozen distance network (subclasses build it from their own arguments).
+        reduction: ``"mean"`` over every image seen, or ``"none"`` for per-image values.
+        normalization: ``"minmax"`` (each image by its own min/max), ``"target"`` (both by the
+            target's) or ``"none"``.
+        nan_strategy: non-finite predictions: ``"error"``, ``"ignore"`` (skip and count them in
+            ``skipped``) or ``"propagate"``.
+        max_batch: at most this many image pairs per encoder pass (bounds peak memory).
+        kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ...).
+    """
+
+    is_differentiable = True
+    higher_is_better = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+
+    def __init__(
+        self,
+        network: FeatureDistanceNetwork,
+        *,
+        reduction: str = "mean",
+        normalization: str = "minmax",
+        nan_strategy: str = "error",
+        max_batch: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+            raise ValueError(f"Argument `max_batch` must be a positive integer or None, got {max_batch}")
+        self.reduction = reduction
+        self.normalization = normalization
+        self.nan_strategy = nan_strategy
+        self.max_batch = max_batch
+        self.__dict__["_network"] = network  # not a registered submodule: see module docstring
+        if reduction == "mean":
+            self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        else:
+            self.add_state("values", [], dist_reduce_fx="cat")
+            self.add_state("ids", [], dist_reduce_fx="cat")
+        self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @property
+    def network(self) -> FeatureDistanceNetwork:
+        """The frozen encoder + distance (kept out of ``state_dict`` and ``parameters()``)."""
+        return self.__dict__["_network"]
+
+    def _apply(self, fn, exclude_state=""):  # noqa: D102 - follows .to()/.cuda() moves
+        this = super()._apply(fn, exclude_state)
+        if not any(cast in str(fn) for cast in _DTYPE_CASTS):
+            self.network._apply(fn)
+        return this
+
+    def _per_image(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-image values and the keep mask, computed before any state is touched."""
+        p, t, keep = validated_images(preds, target, self.nan_strategy)
+        if not keep.all():
+            p, t = p[keep], t[keep]
+        if p.shape[0] == 0:
+            return p.new_zeros(0), keep
+        return feature_distances(self.network, p, t, self.normalization, self.max_batch), keep
+
+    def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
+        """Score a batch.
+
+        Args:
+            preds: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
+            target: same shape; complex when ``preds`` is complex.
+            sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"``.
+        """
+        ids = expand_ids(sample_ids, preds.shape[0] if isinstance(preds, Tensor) else 0,
+                         channels_per_image(preds) if isinstance(preds, Tensor) else 1, self.device)
+        values, keep = self._per_image(preds, target)
+        # Only now, with every check passed and every value computed, change the state.
+        self.skipped += (~keep).sum().to(self.skipped.device)
+        if self.reduction == "mean":
+            self.sum_value = self.sum_value + values.double().sum()
+            self.total += values.numel()
+        else:
+            self.values.append(values)
+            if ids is not None:
+                self.ids.append(ids[keep.to(ids.device)])
+
+    def compute(self) -> Tensor:
+        """Mean over every image seen (all processes), or the per-image values."""
+        if self.reduction == "none":
+            if isinstance(self.values, list) and not self.values:
+                return torch.zeros(0, device=self.device)
+            return dim_zero_cat(self.values)
+        if self.total == 0:
+            warnings.warn(f"{type(self).__name__}.compute() called before any image was scored",
+                          stacklevel=2)
+            return torch.tensor(float("nan"), device=self.device)
+        return (self.sum_value / self.total).float()
+
+    def compute_per_image(self) -> dict[str, Tensor]:
+        """``{"ids": ..., "values": ...}`` over all processes, sorted by id (``reduction="none"``)."""
+        if self.reduction != "none":
+            raise RuntimeError("compute_per_image() needs reduction='none'")
+        with self.sync_context(should_sync=self._to_sync, should_unsync=True):
+            values = dim_zero_cat(self.values) if self.values else torch.zeros(0, device=self.device)
+            ids = dim_zero_cat(self.ids) if self.ids else None
+        if ids is None or ids.numel() != values.numel():
+            raise RuntimeError("compute_per_image() needs `sample_ids` in every update()")
+        order = torch.argsort(ids, stable=True)
+        return {"ids": ids[order], "values": values[order]}
+
+    def plot(self, val: Tensor | None = None, ax: Any = None) -> Any:
+        """Plot a value (or the current ``compute()``) with torchmetrics' plotting helper.
+
+        Example:
+            >>> import torch
+            >>> from lightning_dfd import ResNetFD
+            >>> metric = ResNetFD(weights="random")
+            >>> metric.update(torch.rand(2, 32, 32), torch.rand(2, 32, 32))
+            >>> fig, ax = metric.plot()
+        """
+        return self._plot(val, ax)
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return (f"network={self.network.identity!r}, reduction={self.reduction!r}, "
+                f"normalization={self.normalization!r}, nan_strategy={self.nan_strategy!r}")
