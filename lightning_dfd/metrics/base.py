@@ -26,7 +26,10 @@ from lightning_dfd.preprocess import (
     check_choice,
 )
 
-_DTYPE_CASTS = ("Module.type", "Module.half", "Module.float", "Module.double", "Module.bfloat16")
+
+def _empty(state: list | Tensor) -> bool:
+    """A ``cat`` state is a list before sync and a tensor after it."""
+    return isinstance(state, list) and not state
 
 
 def expand_ids(ids: Tensor | None, n: int, channels: int, device: torch.device) -> Tensor | None:
@@ -97,9 +100,16 @@ class DeepFeatureDistance(Metric):
 
     def _apply(self, fn, exclude_state=""):  # noqa: D102 - follows .to()/.cuda() moves
         this = super()._apply(fn, exclude_state)
-        if not any(cast in str(fn) for cast in _DTYPE_CASTS):
-            self.network._apply(fn)
+        probe = fn(torch.zeros(1, device=self.network_device))
+        self.network.to(device=probe.device)  # device moves only: dtype casts never reach it
         return this
+
+    @property
+    def network_device(self) -> torch.device:
+        """Where the encoder's weights live."""
+        for tensor in (*self.network.parameters(), *self.network.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     def _per_image(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Per-image values and the keep mask, computed before any state is touched."""
@@ -118,9 +128,8 @@ class DeepFeatureDistance(Metric):
             target: same shape; complex when ``preds`` is complex.
             sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"``.
         """
-        ids = expand_ids(sample_ids, preds.shape[0] if isinstance(preds, Tensor) else 0,
-                         channels_per_image(preds) if isinstance(preds, Tensor) else 1, self.device)
-        values, keep = self._per_image(preds, target)
+        values, keep = self._per_image(preds, target)  # validates the pair first
+        ids = expand_ids(sample_ids, preds.shape[0], channels_per_image(preds), self.device)
         # Only now, with every check passed and every value computed, change the state.
         self.skipped += (~keep).sum().to(self.skipped.device)
         if self.reduction == "mean":
@@ -134,7 +143,7 @@ class DeepFeatureDistance(Metric):
     def compute(self) -> Tensor:
         """Mean over every image seen (all processes), or the per-image values."""
         if self.reduction == "none":
-            if isinstance(self.values, list) and not self.values:
+            if _empty(self.values):
                 return torch.zeros(0, device=self.device)
             return dim_zero_cat(self.values)
         if self.total == 0:
@@ -148,8 +157,8 @@ class DeepFeatureDistance(Metric):
         if self.reduction != "none":
             raise RuntimeError("compute_per_image() needs reduction='none'")
         with self.sync_context(should_sync=self._to_sync, should_unsync=True):
-            values = dim_zero_cat(self.values) if self.values else torch.zeros(0, device=self.device)
-            ids = dim_zero_cat(self.ids) if self.ids else None
+            values = torch.zeros(0, device=self.device) if _empty(self.values) else dim_zero_cat(self.values)
+            ids = None if _empty(self.ids) else dim_zero_cat(self.ids)
         if ids is None or ids.numel() != values.numel():
             raise RuntimeError("compute_per_image() needs `sample_ids` in every update()")
         order = torch.argsort(ids, stable=True)

@@ -67,7 +67,7 @@ class _VolumeMetric(Metric):
 
     def compute(self) -> Tensor:
         """Mean over volumes (or images), or per-volume values sorted by id (``"none"``)."""
-        if not self.stats:
+        if isinstance(self.stats, list) and not self.stats:
             return torch.tensor(float("nan"), device=self.device)
         _, values = per_group_values(self.metric_name, dim_zero_cat(self.stats),
                                      dim_zero_cat(self.groups))
