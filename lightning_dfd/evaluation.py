@@ -1,0 +1,442 @@
+"""Score reconstructions stored as fastMRI-style h5 files against their references.
+
+A prediction file (fastMRI's ``save_reconstructions`` layout: dataset ``reconstruction`` of
+shape ``(slices, H, W)``) is paired with the reference file of the same name (default dataset
+``reconstruction_rss``; a SENSE reference works as well, complex values are compared as
+magnitudes). Every chosen slice gets one row with every metric; every volume gets a summary row.
+
+Conventions (fastMRI's ``evaluate.py``):
+
+* ``data_range`` of PSNR/SSIM is the maximum of the reference magnitude over the whole volume
+  (``data_range="image"``: each reference slice's own maximum).
+* Per-volume PSNR/SSIM/NMSE pool the scored slices of the volume (PSNR and NMSE over all
+  their voxels, SSIM the slice mean), as ``fastmri.evaluate``; deep feature distances are
+  averaged over the slices.
+
+Problems with one file (no partner, missing dataset, shape mismatch, non-finite values) are
+collected as :class:`FileProblem` and the other files are still scored.
+
+Example:
+    >>> import tempfile, h5py, numpy as np
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "ref").mkdir(); (root / "rec").mkdir()
+    >>> x = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
+    >>> with h5py.File(root / "ref" / "file1.h5", "w") as f:
+    ...     _ = f.create_dataset("reconstruction_rss", data=x)
+    >>> with h5py.File(root / "rec" / "file1.h5", "w") as f:
+    ...     _ = f.create_dataset("reconstruction", data=x * 0.9)
+    >>> config = EvaluationConfig(metrics=("psnr", "nmse"), slices="center")
+    >>> result = evaluate(pair_files(root / "rec", root / "ref")[0], config, progress=False)
+    >>> result.images[["volume", "slice"]].values.tolist(), round(float(result.images["nmse"][0]), 4)
+    ([['file1', 1]], 0.01)
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+__all__ = [
+    "DATA_RANGES",
+    "SLICE_MODES",
+    "EvaluationConfig",
+    "EvaluationResult",
+    "FilePair",
+    "FileProblem",
+    "build_metrics",
+    "evaluate",
+    "evaluate_pair",
+    "pair_files",
+    "read_volume",
+    "resolve_device",
+    "select_slices",
+]
+
+SLICE_MODES = ("all", "center")
+DATA_RANGES = ("volume", "image")
+KEY_COLUMNS = ("volume", "slice")
+
+
+@dataclass(frozen=True)
+class FilePair:
+    """A prediction file and its reference (either may be missing).
+
+    Attributes:
+        name: The shared file name (``file1000001.h5``).
+        prediction: Path of the prediction, or None.
+        target: Path of the reference, or None.
+    """
+
+    name: str
+    prediction: Path | None
+    target: Path | None
+
+    @property
+    def volume(self) -> str:
+        """The volume id written into the tables: the file name without ``.h5``."""
+        return Path(self.name).stem
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """Why one file was not (fully) scored."""
+
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to compute and how.
+
+    Attributes:
+        metrics: Metric names of :data:`lightning_dfd.metrics.METRICS`.
+        weights: Weights for the deep feature distances: one value for all (``"random"``,
+            ``"imagenet"``, a path) or a mapping metric name -> value; None or an absent name
+            keeps the metric's own default.
+        target_key: Dataset of the reference files.
+        prediction_key: Dataset of the prediction files.
+        slices: ``"all"`` or ``"center"`` (slice ``n // 2``, the one the paper's readers scored).
+        data_range: ``"volume"`` (fastMRI) or ``"image"``.
+        batch_size: Slices per metric update.
+        device: Torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        crop_to_target: Centre-crop a larger prediction to the reference's ``(H, W)``.
+    """
+
+    metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
+    weights: str | Mapping[str, str] | None = None
+    target_key: str = "reconstruction_rss"
+    prediction_key: str = "reconstruction"
+    slices: str = "all"
+    data_range: str = "volume"
+    batch_size: int = 16
+    device: str = "cpu"
+    crop_to_target: bool = False
+
+    def __post_init__(self) -> None:
+        from lightning_dfd.metrics import METRICS
+
+        unknown = [name for name in self.metrics if name not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(
+                f"Argument `metrics` must name metrics among {tuple(METRICS)}, but got {list(self.metrics)}"
+            )
+        if self.slices not in SLICE_MODES:
+            raise ValueError(f"Argument `slices` must be one of {SLICE_MODES}, got {self.slices!r}")
+        if self.data_range not in DATA_RANGES:
+            raise ValueError(f"Argument `data_range` must be one of {DATA_RANGES}, got {self.data_range!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"Argument `batch_size` must be >= 1, got {self.batch_size}")
+        if isinstance(self.weights, Mapping):
+            stray = [name for name in self.weights if name not in self.metrics]
+            if stray:
+                raise ValueError(f"weights given for metric(s) {stray} not in {list(self.metrics)}")
+
+    def weights_for(self, name: str) -> str | None:
+        """The weights argument of one metric (None: its default)."""
+        if isinstance(self.weights, Mapping):
+            return self.weights.get(name)
+        return self.weights
+
+
+@dataclass
+class EvaluationResult:
+    """Per-image rows, per-volume summary and the files that were not scored."""
+
+    images: pd.DataFrame
+    volumes: pd.DataFrame
+    problems: list[FileProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every file was scored."""
+        return not self.problems
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is present, else ``"cpu"``; other values unchanged."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pair_files(predictions: Path, targets: Path) -> tuple[list[FilePair], list[FileProblem]]:
+    """Pair ``*.h5`` files of two folders by name.
+
+    Returns:
+        ``(pairs, problems)``: the complete pairs, sorted by name, and one problem per file
+        without a partner.
+
+    Raises:
+        FileNotFoundError: A folder does not exist or holds no ``.h5`` file.
+    """
+    found = {}
+    for label, folder in (("predictions", Path(predictions)), ("target", Path(targets))):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{label} folder not found: {folder}")
+        found[label] = {path.name: path for path in folder.glob("*.h5")}
+        if not found[label]:
+            raise FileNotFoundError(f"{label} folder holds no .h5 file: {folder}")
+    preds, refs = found["predictions"], found["target"]
+    pairs = [FilePair(name, preds[name], refs[name]) for name in sorted(preds.keys() & refs.keys())]
+    problems = [
+        FileProblem(name, f"no reference file of that name in {targets}")
+        for name in sorted(preds.keys() - refs.keys())
+    ] + [
+        FileProblem(name, f"no prediction file of that name in {predictions}")
+        for name in sorted(refs.keys() - preds.keys())
+    ]
+    return pairs, problems
+
+
+def read_volume(path: Path, key: str) -> np.ndarray:
+    """Read dataset ``key`` of an h5 file as a ``(slices, H, W)`` magnitude float32 array.
+
+    Raises:
+        KeyError: The dataset is absent (the message lists the datasets present).
+        ValueError: It is not 3-D.
+    """
+    with h5py.File(path, "r") as handle:
+        if key not in handle:
+            raise KeyError(f"no dataset {key!r} in {path.name}; datasets: {sorted(handle.keys())}")
+        data = handle[key][()]
+    if data.ndim != 3:
+        raise ValueError(f"dataset {key!r} in {path.name} has shape {data.shape}; expected (slices, H, W)")
+    if np.iscomplexobj(data):
+        data = np.abs(data)
+    return np.asarray(data, dtype=np.float32)
+
+
+def select_slices(num_slices: int, mode: str) -> list[int]:
+    """Slice indices to score: every slice, or the centre one (``num_slices // 2``).
+
+    Example:
+        >>> select_slices(5, "center"), select_slices(3, "all")
+        ([2], [0, 1, 2])
+    """
+    if mode == "center":
+        return [num_slices // 2]
+    if mode == "all":
+        return list(range(num_slices))
+    raise ValueError(f"Argument `slices` must be one of {SLICE_MODES}, got {mode!r}")
+
+
+def _center_crop(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    top = (volume.shape[-2] - shape[0]) // 2
+    left = (volume.shape[-1] - shape[1]) // 2
+    return volume[..., top : top + shape[0], left : left + shape[1]]
+
+
+def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
+    """Instantiate the metrics of ``config`` (per-image values) on ``config.device``.
+
+    Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
+    fastMRI's per-volume value.
+    """
+    from lightning_dfd.metrics import build_metric, is_dfd
+
+    metrics: dict[str, Any] = {}
+    for name in config.metrics:
+        kwargs: dict[str, Any] = {"reduction": "none"}
+        if is_dfd(name) and config.weights_for(name) is not None:
+            kwargs["weights"] = config.weights_for(name)
+        metrics[name] = build_metric(name, **kwargs).to(config.device)
+        if not is_dfd(name):
+            metrics[f"{name}@volume"] = build_metric(name, reduction="none").to(config.device)
+    return metrics
+
+
+def _load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
+    target = read_volume(pair.target, config.target_key)
+    preds = read_volume(pair.prediction, config.prediction_key)
+    if config.crop_to_target and preds.shape[0] == target.shape[0]:
+        if all(p >= t for p, t in zip(preds.shape[1:], target.shape[1:])):
+            preds = _center_crop(preds, target.shape[1:])
+    if preds.shape != target.shape:
+        hint = "" if config.crop_to_target else " (--crop-to-target crops a larger prediction)"
+        raise ValueError(
+            f"shape mismatch: prediction {config.prediction_key!r} {preds.shape} vs reference "
+            f"{config.target_key!r} {target.shape}{hint}"
+        )
+    return preds, target
+
+
+def _as_numpy(values: Tensor) -> np.ndarray:
+    return values.detach().double().cpu().numpy()
+
+
+def evaluate_pair(
+    pair: FilePair, config: EvaluationConfig, metrics: Mapping[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score one prediction/reference pair.
+
+    Args:
+        pair: The two files.
+        config: What to compute.
+        metrics: From :func:`build_metrics` (reset here before use).
+
+    Returns:
+        ``(image_rows, volume_row)``.
+
+    Raises:
+        KeyError, ValueError, OSError: A problem with this pair (the caller reports it).
+    """
+    preds_np, target_np = _load_pair(pair, config)
+    index = select_slices(target_np.shape[0], config.slices)
+    volume_max = float(target_np.max())
+    device = torch.device(config.device)
+    preds = torch.from_numpy(np.ascontiguousarray(preds_np[index])).to(device)
+    target = torch.from_numpy(np.ascontiguousarray(target_np[index])).to(device)
+    if config.data_range == "volume":
+        data_range = torch.full((len(index),), volume_max, dtype=torch.float64, device=device)
+    else:
+        data_range = target.double().flatten(1).amax(dim=1)
+
+    values: dict[str, np.ndarray] = {}
+    volume_values: dict[str, float] = {}
+    with torch.no_grad():
+        for name, metric in metrics.items():
+            metric.reset()
+            pixel = hasattr(metric, "metric_name")  # PSNR / SSIM / NMSE take a data range
+            for start in range(0, len(index), config.batch_size):
+                chunk = slice(start, start + config.batch_size)
+                if not pixel:
+                    metric.update(preds[chunk], target[chunk])
+                elif name.endswith("@volume"):
+                    ids = torch.zeros(preds[chunk].shape[0], dtype=torch.long, device=device)
+                    metric.update(preds[chunk], target[chunk], data_range[chunk], volume_ids=ids)
+                else:
+                    metric.update(preds[chunk], target[chunk], data_range[chunk])
+            result = _as_numpy(metric.compute()).reshape(-1)
+            if name.endswith("@volume"):
+                volume_values[name.removesuffix("@volume")] = float(result[0])
+            else:
+                if result.shape[0] != len(index):
+                    raise ValueError(f"metric {name!r} gave {result.shape[0]} values for {len(index)} slices")
+                values[name] = result
+    rows = [
+        {"volume": pair.volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
+        for i, s in enumerate(index)
+    ]
+    summary = {"volume": pair.volume, "n_slices": len(index)}
+    for name in config.metrics:
+        summary[name] = volume_values.get(name, float(np.mean(values[name])))
+    return rows, summary
+
+
+def _score_files(
+    pairs: Iterable[FilePair], config: EvaluationConfig, metrics: Mapping[str, Any]
+) -> Iterable[tuple[FilePair, list[dict[str, Any]], dict[str, Any] | None, FileProblem | None]]:
+    for pair in pairs:
+        try:
+            rows, summary = evaluate_pair(pair, config, metrics)
+        except (KeyError, ValueError, OSError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            yield pair, [], None, FileProblem(pair.name, str(message))
+        else:
+            yield pair, rows, summary, None
+
+
+# --- data-parallel workers (one process per device, files handed out one at a time) -----------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: EvaluationConfig, devices: Any, threads: int) -> None:
+    torch.set_num_threads(threads)
+    device = devices.get()
+    config = replace(config, device=device)
+    _WORKER["config"] = config
+    _WORKER["metrics"] = build_metrics(config)
+
+
+def _worker_score(pair: FilePair):
+    return next(iter(_score_files([pair], _WORKER["config"], _WORKER["metrics"])))
+
+
+def _worker_devices(config: EvaluationConfig, n: int) -> list[str]:
+    if config.device.startswith("cuda"):
+        available = torch.cuda.device_count()
+        if available < n:
+            raise ValueError(f"--devices {n} asks for {n} GPUs but {available} are visible")
+        return [f"cuda:{i}" for i in range(n)]
+    return [config.device] * n
+
+
+def evaluate(
+    pairs: Sequence[FilePair],
+    config: EvaluationConfig,
+    devices: int = 1,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every pair; per-file problems are collected, not raised.
+
+    Args:
+        pairs: From :func:`pair_files`.
+        config: What to compute.
+        devices: Number of worker processes (one per GPU with ``device="cuda"``; CPU threads
+            are split between them otherwise). Files are handed out one at a time.
+        progress: Show a progress bar over files (stderr).
+
+    Returns:
+        An :class:`EvaluationResult` with rows sorted by volume and slice.
+
+    Raises:
+        Errors of metric construction (unknown weights, missing checkpoint) before any file is
+        read.
+    """
+    if devices < 1:
+        raise ValueError(f"Argument `devices` must be >= 1, got {devices}")
+    # Build the metrics here first: a missing checkpoint fails now, with its own message
+    # (in a worker it would surface as a bare BrokenProcessPool).
+    single = devices == 1 or len(pairs) <= 1
+    metrics = build_metrics(config if single else replace(config, device="cpu"))
+    bar = tqdm(total=len(pairs), desc="evaluate", unit="file", disable=not progress)
+    results = []
+    if single:
+        for item in _score_files(pairs, config, metrics):
+            results.append(item)
+            bar.update()
+    else:
+        del metrics
+        context = mp.get_context("spawn")
+        queue = context.Queue()
+        for device in _worker_devices(config, devices):
+            queue.put(device)
+        threads = max(1, torch.get_num_threads() // devices)
+        with ProcessPoolExecutor(
+            devices,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(config, queue, threads),
+        ) as pool:
+            futures = [pool.submit(_worker_score, pair) for pair in pairs]
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+    bar.close()
+    return _collect(results, config)
+
+
+def _collect(results, config: EvaluationConfig) -> EvaluationResult:
+    columns = [*KEY_COLUMNS, *config.metrics]
+    rows = [row for _, image_rows, _, _ in results for row in image_rows]
+    summaries = [summary for _, _, summary, _ in results if summary is not None]
+    problems = sorted((problem for *_, problem in results if problem is not None), key=lambda p: p.file)
+    images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
+    volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
+    return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)

@@ -1,0 +1,250 @@
+"""`lightning-dfd evaluate`: h5 predictions vs references, per-image and per-volume tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from fastmri import evaluate as fastmri_evaluate
+
+from lightning_dfd.cli import main
+from lightning_dfd.commands.evaluate import volumes_path
+from lightning_dfd.metrics import LPIPS, NMSE, PSNR, SSIM
+
+SHAPE = (3, 32, 32)  # slices, H, W
+METRICS = "psnr,ssim,nmse,lpips_alex"
+
+
+def _phantom(rng: np.random.Generator, shape=SHAPE) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[1], : shape[2]] / shape[1]
+    base = np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) * 8)
+    scale = 1.0 + np.arange(shape[0])[:, None, None] * 0.2  # slices differ in brightness
+    return (scale * base + 0.05 * rng.random(shape)).astype(np.float32)
+
+
+def _write(path: Path, key: str, data: np.ndarray) -> None:
+    """fastMRI layout: the reconstruction `save_reconstructions` writes, or a reference."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset(key, data=data)
+
+
+def _make_dataset(root: Path, n_volumes: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    volumes = {}
+    for v in range(n_volumes):
+        target = _phantom(rng)
+        preds = target + (0.02 + 0.03 * v) * rng.standard_normal(SHAPE).astype(np.float32)
+        name = f"file{1000 + v}"
+        _write(root / "ref" / f"{name}.h5", "reconstruction_rss", target)
+        _write(root / "rec" / f"{name}.h5", "reconstruction", preds)
+        volumes[name] = (preds, target)
+    return volumes
+
+
+@pytest.fixture(scope="module")
+def alexnet_random(tmp_path_factory) -> Path:
+    """A random AlexNet checkpoint, so the test and the command use the very same weights."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "alexnet_random.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path
+
+
+def _argv(root: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate",
+        "--target",
+        str(root / "ref"),
+        "--predictions",
+        str(root / "rec"),
+        "--no-progress",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def test_evaluate_agrees_with_the_metric_classes(tmp_path, alexnet_random, capsys):
+    volumes = _make_dataset(tmp_path)
+    out = tmp_path / "results" / "results.csv"
+    code = main(
+        _argv(
+            tmp_path,
+            "--metrics",
+            METRICS,
+            "--weights",
+            f"lpips_alex={alexnet_random}",
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+        )
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mean" in printed and "lpips_alex" in printed
+
+    images = pd.read_csv(out)
+    assert list(images.columns) == ["volume", "slice", "psnr", "ssim", "nmse", "lpips_alex"]
+    assert images[["volume", "slice"]].values.tolist() == [
+        [name, s] for name in volumes for s in range(SHAPE[0])
+    ]
+    summary = pd.read_csv(volumes_path(out))
+    assert list(summary.columns) == ["volume", "n_slices", "psnr", "ssim", "nmse", "lpips_alex"]
+
+    lpips = LPIPS(net="alex", weights=alexnet_random, reduction="none")
+    for name, (preds, target) in volumes.items():
+        p, t = torch.from_numpy(preds), torch.from_numpy(target)
+        volume_max = float(target.max())
+        rows = images[images["volume"] == name]
+        for cls, column in ((PSNR, "psnr"), (SSIM, "ssim"), (NMSE, "nmse")):
+            metric = cls(reduction="none")
+            metric.update(p, t, data_range=torch.full((SHAPE[0],), volume_max))
+            np.testing.assert_allclose(rows[column], metric.compute().numpy(), rtol=1e-5)
+        lpips.reset()
+        lpips.update(p, t)
+        np.testing.assert_allclose(rows["lpips_alex"], lpips.compute().numpy(), rtol=1e-5)
+        # the per-volume summary follows fastMRI's evaluate.py
+        vol = summary.set_index("volume").loc[name]
+        assert vol["n_slices"] == SHAPE[0]
+        assert vol["psnr"] == pytest.approx(fastmri_evaluate.psnr(target, preds), rel=1e-5)
+        assert vol["ssim"] == pytest.approx(fastmri_evaluate.ssim(target, preds), rel=1e-5)
+        assert vol["nmse"] == pytest.approx(fastmri_evaluate.nmse(target, preds), rel=1e-5)
+        assert vol["lpips_alex"] == pytest.approx(rows["lpips_alex"].mean(), rel=1e-6)
+    # the noisier second volume scores worse on every metric
+    worse = summary.set_index("volume")
+    assert worse.loc["file1001", "psnr"] < worse.loc["file1000", "psnr"]
+    assert worse.loc["file1001", "lpips_alex"] > worse.loc["file1000", "lpips_alex"]
+
+
+def test_center_slice_complex_reference_and_the_correlate_round_trip(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for v in range(4):
+        target = _phantom(rng, (5, 24, 24)) * np.exp(1j * 0.3).astype(np.complex64)
+        preds = np.abs(target) + 0.01 * (v + 1) * rng.standard_normal((5, 24, 24))
+        _write(tmp_path / "ref" / f"vol{v}.h5", "target", target.astype(np.complex64))
+        _write(tmp_path / "rec" / f"vol{v}.h5", "reconstruction", preds.astype(np.float32))
+    out = tmp_path / "results.csv"
+    assert (
+        main(
+            _argv(
+                tmp_path,
+                "--metrics",
+                "psnr,nmse",
+                "--target-key",
+                "target",
+                "--slices",
+                "center",
+                "--out",
+                str(out),
+            )
+        )
+        == 0
+    )
+    images = pd.read_csv(out)
+    assert images["slice"].tolist() == [2, 2, 2, 2]
+    with h5py.File(tmp_path / "ref" / "vol0.h5") as f, h5py.File(tmp_path / "rec" / "vol0.h5") as g:
+        target, preds = np.abs(f["target"][2:3]), g["reconstruction"][2:3]
+        volume_max = np.abs(f["target"][()]).max()
+    assert images.loc[0, "psnr"] == pytest.approx(
+        fastmri_evaluate.psnr(target, preds, maxval=volume_max), rel=1e-5
+    )
+    assert images["psnr"].is_monotonic_decreasing
+
+    # evaluate's table is correlate's input as it stands
+    scores = pd.DataFrame(
+        [
+            {"volume": f"vol{v}", "slice": 2, "Reader": r, "Aliasing": 9 - v - (r == "B")}
+            for v in range(4)
+            for r in "ABC"
+        ]
+    )
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "correlate",
+                "--metrics",
+                str(out),
+                "--scores",
+                str(tmp_path / "scores.csv"),
+                "--no-plots",
+                "--n-boot",
+                "20",
+                "--out",
+                str(tmp_path / "corr"),
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(tmp_path / "corr" / "srocc.csv").set_index("metric")
+    assert table.loc["psnr", "srocc"] == pytest.approx(1.0)
+    assert table.loc["nmse", "srocc"] == pytest.approx(-1.0)
+
+
+def test_bad_files_are_named_and_the_rest_is_still_scored(tmp_path, capsys):
+    volumes = _make_dataset(tmp_path, n_volumes=2)  # file1000 and file1001 are fine
+    preds, target = volumes["file1000"]
+    _write(tmp_path / "rec" / "orphan.h5", "reconstruction", preds)  # no reference
+    _write(tmp_path / "ref" / "unpredicted.h5", "reconstruction_rss", target)  # no prediction
+    _write(tmp_path / "rec" / "wrongkey.h5", "recon", preds)
+    _write(tmp_path / "ref" / "wrongkey.h5", "reconstruction_rss", target)
+    _write(tmp_path / "rec" / "wrongshape.h5", "reconstruction", preds[:, :30])
+    _write(tmp_path / "ref" / "wrongshape.h5", "reconstruction_rss", target)
+    nan_preds = preds.copy()
+    nan_preds[1, 3, 3] = np.nan
+    _write(tmp_path / "rec" / "nan.h5", "reconstruction", nan_preds)
+    _write(tmp_path / "ref" / "nan.h5", "reconstruction_rss", target)
+    out = tmp_path / "results.csv"
+
+    code = main(_argv(tmp_path, "--metrics", "psnr,ssim", "--out", str(out)))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "skipped orphan.h5: no reference file of that name in" in err
+    assert "skipped unpredicted.h5: no prediction file of that name in" in err
+    assert "skipped wrongkey.h5: no dataset 'reconstruction' in wrongkey.h5; datasets: ['recon']" in err
+    assert (
+        "skipped wrongshape.h5: shape mismatch: prediction 'reconstruction' (3, 30, 32) vs "
+        "reference 'reconstruction_rss' (3, 32, 32)"
+    ) in err
+    assert "skipped nan.h5:" in err and "5 file(s) not scored" in err
+    images = pd.read_csv(out)
+    assert sorted(images["volume"].unique()) == ["file1000", "file1001"]
+    # the good files give the same numbers as a run without the bad ones
+    for name in ("orphan", "unpredicted", "wrongkey", "wrongshape", "nan"):
+        for folder in ("rec", "ref"):
+            (tmp_path / folder / f"{name}.h5").unlink(missing_ok=True)
+    assert main(_argv(tmp_path, "--metrics", "psnr,ssim", "--out", str(tmp_path / "clean.csv"))) == 0
+    pd.testing.assert_frame_equal(images, pd.read_csv(tmp_path / "clean.csv"))
+
+
+def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys):
+    _make_dataset(tmp_path, n_volumes=1)
+    assert main(_argv(tmp_path, "--metrics", "psnr,sharpness")) == 2
+    assert "but got ['psnr', 'sharpness']" in capsys.readouterr().err
+    assert main(["evaluate", "--target", str(tmp_path / "nope"), "--predictions", str(tmp_path / "rec")]) == 2
+    assert "target folder not found" in capsys.readouterr().err
+    # the default ImageNet weights are not there offline: say which file is missing
+    assert main(_argv(tmp_path, "--metrics", "lpips_alex", "--out", str(tmp_path / "r.csv"))) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "alexnet" in err.lower()
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_single_process_table(tmp_path, alexnet_random):
+    _make_dataset(tmp_path, n_volumes=3)
+    common = ["--metrics", "psnr,nmse,lpips_alex", "--weights", f"lpips_alex={alexnet_random}"]
+    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "one.csv"))) == 0
+    assert main(_argv(tmp_path, *common, "--devices", "2", "--out", str(tmp_path / "two.csv"))) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv"))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(volumes_path(tmp_path / "one.csv")), pd.read_csv(volumes_path(tmp_path / "two.csv"))
+    )
