@@ -37,6 +37,11 @@ class FeatureDistanceNetwork(nn.Module, ABC):
 
     #: a short identity of architecture + weights + preprocessing, used to key feature caches.
     identity: str = ""
+    #: run convolutions in channels-last layout (faster on CPU and tensor cores; same values
+    #: up to float rounding, <= 1e-5 relative in our tests).
+    channels_last: bool = False
+    #: run the encoder under bf16 autocast (GPU option; features come back as float32).
+    autocast: bool = False
 
     @abstractmethod
     def prepare(self, images: Tensor) -> Tensor:
@@ -52,8 +57,19 @@ class FeatureDistanceNetwork(nn.Module, ABC):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Features of ``(M, 1, H, W)`` images: :meth:`prepare` then :meth:`features`."""
-        dtype = self.parameter_dtype
-        return self.features(self.prepare(images.to(dtype)))
+        x = self.prepare(images.to(self.parameter_dtype))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.autocast:
+            return self.features(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            feats = self.features(x)
+        return [f.float() for f in feats]
+
+    def set_options(self, channels_last: bool = False, autocast: bool = False) -> None:
+        """Switch the channels-last layout and bf16 autocast on or off."""
+        self.channels_last, self.autocast = channels_last, autocast
+        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     @property
     def parameter_dtype(self) -> torch.dtype:

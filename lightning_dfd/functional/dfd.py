@@ -15,11 +15,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
@@ -68,18 +70,36 @@ def _split(feats: list[Tensor], n: int) -> tuple[list[Tensor], list[Tensor]]:
     return [f[:n] for f in feats], [f[n:] for f in feats]
 
 
+@dataclass
+class CacheLookup:
+    """Where target features may be found: a cache, a namespace and one key per image."""
+
+    cache: TargetFeatureCache
+    namespace: str
+    keys: list[tuple[int, int]]
+
+
+def _cached_targets(lookup: CacheLookup | None, chunk: slice, targets: Tensor):
+    """Per-image cached features (None where missing) for one chunk."""
+    if lookup is None:
+        return [None] * targets.shape[0]
+    return [lookup.cache.get(lookup.namespace, key, image)
+            for key, image in zip(lookup.keys[chunk], targets, strict=True)]
+
+
 def feature_distances(
     network: FeatureDistanceNetwork,
     preds: Tensor,
     target: Tensor,
     normalization: str,
     max_batch: int | None = None,
-    target_features: Callable[[Tensor, slice], list[Tensor] | None] | None = None,
+    cache: CacheLookup | None = None,
 ) -> Tensor:
-    """Per-image distances between ``(M, 1, H, W)`` batches, ``max_batch`` images at a time.
+    """Per-image distances between ``(M, 1, H, W)`` batches, ``max_batch`` pairs at a time.
 
     Predictions keep their graph when gradients are enabled (usable as a loss); target features
-    never get one. Without gradients, predictions and targets share one batched encoder pass.
+    never get one. Without gradients, predictions and the targets missing from ``cache`` share
+    one batched encoder pass.
 
     Args:
         network: the distance network (already on the images' device).
@@ -87,8 +107,7 @@ def feature_distances(
         target: target images.
         normalization: ``"minmax"``, ``"target"`` or ``"none"``.
         max_batch: at most this many image pairs per encoder pass (None: all at once).
-        target_features: optional lookup ``(target_chunk, chunk_slice) -> features or None`` (a
-            feature cache); None means compute them.
+        cache: where target features may already be, and where new ones are stored.
     """
     check_choice("normalization", normalization, NORMALIZATIONS)
     if max_batch is not None and max_batch < 1:
@@ -101,18 +120,25 @@ def feature_distances(
     for start in range(0, m, step):
         chunk = slice(start, min(start + step, m))
         pc, tc = p01[chunk], t01[chunk]
-        ft = target_features(tc, chunk) if target_features is not None else None
+        cached = _cached_targets(cache, chunk, tc)
+        missing = [i for i, f in enumerate(cached) if f is None]
+        with torch.no_grad():
+            if needs_grad:
+                new = network(tc[missing]) if missing else None
+            else:  # one batched pass over the predictions and the missing targets
+                both = network(torch.cat([pc, tc[missing]])) if missing else network(pc)
+                fp, new = _split(both, pc.shape[0]) if missing else (both, None)
         if needs_grad:
             fp = network(pc)
-            if ft is None:
-                with torch.no_grad():
-                    ft = network(tc)
+        if cache is not None:
+            for j, i in enumerate(missing):
+                cache.cache.put(cache.namespace, cache.keys[chunk][i], tc[i], [f[j] for f in new])
+        if len(missing) == len(cached):
+            ft = new
         else:
-            with torch.no_grad():
-                if ft is None:
-                    fp, ft = _split(network(torch.cat([pc, tc])), pc.shape[0])
-                else:
-                    fp = network(pc)
+            for j, i in enumerate(missing):
+                cached[i] = [f[j] for f in new]
+            ft = [torch.stack(layer) for layer in zip(*cached, strict=True)]
         out.append(network.distance(fp, ft))
     return torch.cat(out)
 

@@ -17,7 +17,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
-from lightning_dfd.functional.dfd import feature_distances, validated_images
+from lightning_dfd.feature_cache import TargetFeatureCache
+from lightning_dfd.functional.dfd import CacheLookup, feature_distances, validated_images
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
@@ -55,7 +56,13 @@ class DeepFeatureDistance(Metric):
             target's) or ``"none"``.
         nan_strategy: non-finite predictions: ``"error"``, ``"ignore"`` (skip and count them in
             ``skipped``) or ``"propagate"``.
-        max_batch: at most this many image pairs per encoder pass (bounds peak memory).
+        max_batch: at most this many image pairs per encoder pass (bounds peak memory; None:
+            the whole batch at once).
+        feature_cache: reuse target features across epochs for updates that pass
+            ``sample_ids``: True (a 2 GiB in-memory LRU), a :class:`TargetFeatureCache` (shareable
+            between metrics, optionally on disk), or None/False (off, the default).
+        channels_last: run the encoder in channels-last layout (faster; float-rounding changes).
+        autocast: run the encoder under bf16 autocast (GPU; documented tolerance ~1e-2 relative).
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ...).
     """
 
@@ -71,7 +78,10 @@ class DeepFeatureDistance(Metric):
         reduction: str = "mean",
         normalization: str = "minmax",
         nan_strategy: str = "error",
-        max_batch: int | None = None,
+        max_batch: int | None = 8,
+        feature_cache: bool | TargetFeatureCache | None = None,
+        channels_last: bool = False,
+        autocast: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,6 +95,10 @@ class DeepFeatureDistance(Metric):
         self.nan_strategy = nan_strategy
         self.max_batch = max_batch
         self.__dict__["_network"] = network  # not a registered submodule: see module docstring
+        network.set_options(channels_last=channels_last, autocast=autocast)
+        if feature_cache is True:
+            feature_cache = TargetFeatureCache()
+        self.feature_cache = feature_cache if isinstance(feature_cache, TargetFeatureCache) else None
         if reduction == "mean":
             self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -111,14 +125,25 @@ class DeepFeatureDistance(Metric):
             return tensor.device
         return torch.device("cpu")
 
-    def _per_image(self, preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-image values and the keep mask, computed before any state is touched."""
-        p, t, keep = validated_images(preds, target, self.nan_strategy)
+    @property
+    def cache_namespace(self) -> str:
+        """What a cached target feature depends on besides the image: network and normalisation."""
+        return f"{self.network.identity}|{self.normalization}|cl={self.network.channels_last}" \
+               f"|ac={self.network.autocast}"
+
+    def _distances(self, p: Tensor, t: Tensor, keep: Tensor, ids: Tensor | None,
+                   channels: int) -> Tensor:
+        """Per-image values of validated ``(M, 1, H, W)`` images (no state is touched)."""
+        lookup = None
+        if self.feature_cache is not None and ids is not None:
+            keys = [(int(i), k % channels) for k, i in enumerate(ids.tolist())]
+            keys = [key for key, kept in zip(keys, keep.tolist(), strict=True) if kept]
+            lookup = CacheLookup(self.feature_cache, self.cache_namespace, keys)
         if not keep.all():
             p, t = p[keep], t[keep]
         if p.shape[0] == 0:
-            return p.new_zeros(0), keep
-        return feature_distances(self.network, p, t, self.normalization, self.max_batch), keep
+            return p.new_zeros(0)
+        return feature_distances(self.network, p, t, self.normalization, self.max_batch, lookup)
 
     def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
         """Score a batch.
@@ -128,8 +153,10 @@ class DeepFeatureDistance(Metric):
             target: same shape; complex when ``preds`` is complex.
             sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"``.
         """
-        values, keep = self._per_image(preds, target)  # validates the pair first
-        ids = expand_ids(sample_ids, preds.shape[0], channels_per_image(preds), self.device)
+        p, t, keep = validated_images(preds, target, self.nan_strategy)
+        channels = channels_per_image(preds)
+        ids = expand_ids(sample_ids, preds.shape[0], channels, self.device)
+        values = self._distances(p, t, keep, ids, channels)
         # Only now, with every check passed and every value computed, change the state.
         self.skipped += (~keep).sum().to(self.skipped.device)
         if self.reduction == "mean":
