@@ -1,0 +1,64 @@
+"""``recon-train``: train and evaluate reconstruction models from YAML with ``LightningCLI``.
+
+Usage::
+
+    recon-train fit --config examples/configs/unet.yaml
+    recon-train validate --config examples/configs/unet.yaml --ckpt_path runs/unet/.../best.ckpt
+    recon-train fit --config examples/configs/unrolled.yaml --trainer.devices 2 --trainer.strategy ddp
+
+The model is :class:`~recon_models.modules.ReconModule` (``model:`` section), the data
+:class:`~recon_models.data.FastMRIDataModule` (``data:`` section). Callbacks and loggers go in the
+``trainer:`` section; :class:`~recon_models.modules.DFDEarlyStopping` and
+:class:`~recon_models.modules.DFDModelCheckpoint` take their mode from the monitored metric. After
+``fit`` the epochs run, the early-stopping epoch and the best checkpoint are printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+
+from recon_models.data import FastMRIDataModule
+from recon_models.modules import ReconModule, fit_summary, format_fit_summary
+
+
+class ReconCLI(LightningCLI):
+    """``LightningCLI`` for :class:`ReconModule` that reports how ``fit`` ended.
+
+    After ``fit``, ``summary`` holds :func:`~recon_models.modules.fit_summary` (epochs run, the
+    early-stopping epoch, the best checkpoint and its score) and rank 0 prints it.
+    """
+
+    summary: dict[str, Any] | None = None
+
+    def after_fit(self) -> None:
+        """Record and print the epochs run, when early stopping fired, and the best checkpoint."""
+        self.summary = fit_summary(self.trainer)
+        _print_rank_zero("\n" + format_fit_summary(self.summary))
+
+
+@rank_zero_only
+def _print_rank_zero(text: str) -> None:
+    print(text, flush=True)
+
+
+def main(args: Sequence[str] | None = None) -> ReconCLI:
+    """Run ``recon-train`` with ``args`` (default: ``sys.argv[1:]``) and return the CLI object.
+
+    Example:
+        >>> main(["fit", "--print_config"])  # doctest: +SKIP
+    """
+    return ReconCLI(
+        ReconModule,
+        FastMRIDataModule,
+        args=None if args is None else list(args),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""LightningModules and callbacks: reconstruction training with DFD-aware validation."""
+
+from recon_models.modules.base import (
+    DEFAULT_DFDS,
+    ImageQualityModule,
+    build_metric_collection,
+    center_crop,
+)
+from recon_models.modules.callbacks import (
+    DFDEarlyStopping,
+    DFDModelCheckpoint,
+    fit_summary,
+    format_fit_summary,
+    metric_mode,
+)
+from recon_models.modules.recon import ReconModule
+
+__all__ = [
+    "DEFAULT_DFDS",
+    "DFDEarlyStopping",
+    "DFDModelCheckpoint",
+    "ImageQualityModule",
+    "ReconModule",
+    "build_metric_collection",
+    "center_crop",
+    "fit_summary",
+    "format_fit_summary",
+    "metric_mode",
+]

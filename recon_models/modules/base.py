@@ -1,0 +1,185 @@
+"""What every image-producing LightningModule of this project shares: metrics and image grids.
+
+:class:`ImageQualityModule` owns a :class:`torchmetrics.MetricCollection` of PSNR / SSIM / NMSE and
+deep feature distances chosen by name (``lightning_dfd.metrics.build_metric``), updates it on
+magnitude images, logs ``val/<name>`` once per validation epoch (values are synced across
+processes by torchmetrics' ``compute()``), and logs image grids to loggers that take images
+(TensorBoard). Subclasses own the model, the loss and the steps (fastMRI's ``MriModule`` pattern).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torchmetrics import MeanMetric, MetricCollection
+from torchvision.utils import make_grid
+
+from lightning_dfd.metrics import build_metric, is_dfd
+
+#: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
+DEFAULT_DFDS: dict[str, dict[str, Any]] = {"lpips_vgg": {}, "dists": {}, "resnet_fd": {}}
+PIXEL_METRICS: tuple[str, ...] = ("psnr", "ssim", "nmse")
+
+
+def build_metric_collection(
+    dfds: Mapping[str, Mapping[str, Any]],
+    pixel_metrics: Sequence[str] = PIXEL_METRICS,
+    prefix: str = "val/",
+) -> MetricCollection:
+    """A ``MetricCollection`` of pixel metrics and DFDs, keys ``<prefix><name>``.
+
+    Args:
+        dfds: DFD name -> keyword arguments of :func:`lightning_dfd.metrics.build_metric`
+            (e.g. ``{"lpips_vgg": {"weights": "random"}}``).
+        pixel_metrics: any of ``"psnr"``, ``"ssim"``, ``"nmse"``.
+        prefix: prepended to every name when the collection is computed.
+
+    Example:
+        >>> metrics = build_metric_collection({"resnet_fd": {"weights": "random"}}, ["psnr"])
+        >>> sorted(metrics.keys(keep_base=True))
+        ['psnr', 'resnet_fd']
+    """
+    metrics = {}
+    for name in pixel_metrics:
+        if name not in PIXEL_METRICS:
+            raise ValueError(f"Argument `pixel_metrics` must hold names from {PIXEL_METRICS}, "
+                             f"but got {name!r}")
+        metrics[name] = build_metric(name)
+    for name, kwargs in dfds.items():
+        if not is_dfd(name):
+            raise ValueError(f"Argument `dfds` has an unknown deep feature distance {name!r}; "
+                             "see lightning_dfd.metrics.METRICS")
+        if name in metrics:
+            raise ValueError(f"Metric {name!r} is configured twice")
+        metrics[name] = build_metric(name, **dict(kwargs or {}))
+    # No compute groups: the metrics never share states, and grouping would compare them all.
+    return MetricCollection(metrics, prefix=prefix, compute_groups=False)
+
+
+def center_crop(image: Tensor, size: Sequence[int]) -> Tensor:
+    """Crop the last two dimensions around the centre (fastMRI's ``center_crop``).
+
+    A crop larger than the image keeps the image's own extent in that dimension, as fastMRI's
+    evaluation does for ``reconSpace`` wider than the k-space.
+
+    Example:
+        >>> center_crop(torch.arange(16.0).reshape(4, 4), (2, 2))
+        tensor([[ 5.,  6.],
+                [ 9., 10.]])
+    """
+    height, width = image.shape[-2:]
+    crop_h, crop_w = min(int(size[0]), height), min(int(size[1]), width)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return image[..., top : top + crop_h, left : left + crop_w]
+
+
+def image_grid(images: Mapping[str, Tensor], scale: Tensor | float = 1.0) -> Tensor:
+    """One row of ``(H, W)`` real images, each divided by ``scale`` and clipped to [0, 1].
+
+    Returns a ``(3, H', W')`` float image for ``add_image``.
+
+    Example:
+        >>> image_grid({"a": torch.ones(8, 8), "b": torch.zeros(8, 8)}).shape
+        torch.Size([3, 12, 22])
+    """
+    stack = torch.stack([image.detach().float() / scale for image in images.values()])
+    return make_grid(stack.unsqueeze(1).clamp(0, 1).cpu(), nrow=len(images), padding=2)
+
+
+class ImageQualityModule(LightningModule):
+    """Base module: validation metrics on magnitude images, synced per epoch, and image grids.
+
+    Args:
+        dfds: DFD name -> keyword arguments of ``build_metric`` (``weights``, ``normalization``,
+            ``max_batch``...); ``None`` means :data:`DEFAULT_DFDS` with their default weights,
+            ``{}`` no DFD.
+        pixel_metrics: which of PSNR / SSIM / NMSE to log.
+        log_images_every_n_epochs: log an image grid every this many epochs (0: never).
+    """
+
+    def __init__(
+        self,
+        dfds: Mapping[str, Mapping[str, Any] | None] | None = None,
+        pixel_metrics: Sequence[str] = PIXEL_METRICS,
+        log_images_every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        if log_images_every_n_epochs < 0:
+            raise ValueError("Argument `log_images_every_n_epochs` must be >= 0, but got "
+                             f"{log_images_every_n_epochs}")
+        dfds = DEFAULT_DFDS if dfds is None else dfds
+        self.val_metrics = build_metric_collection(
+            {name: dict(kwargs or {}) for name, kwargs in dfds.items()}, pixel_metrics
+        )
+        self.val_loss = MeanMetric()
+        self.log_images_every_n_epochs = log_images_every_n_epochs
+
+    @property
+    def metric_modes(self) -> dict[str, str]:
+        """Logged name -> ``"max"`` or ``"min"`` (from each metric's ``higher_is_better``)."""
+        return {
+            f"{self.val_metrics.prefix}{name}": "max" if metric.higher_is_better else "min"
+            for name, metric in self.val_metrics.items(keep_base=True, copy_state=False)
+        }
+
+    def update_val_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Add a batch's mean loss, weighted by its size, to ``val/loss``.
+
+        A torchmetrics mean is exact over processes with unequal numbers of batches, and needs no
+        collective operation per step (see :mod:`recon_models.data.samplers`).
+        """
+        self.val_loss.update(loss.detach(), weight=batch_size)
+
+    def update_val_metrics(
+        self,
+        preds: Tensor,
+        target: Tensor,
+        data_range: Tensor,
+        volume_ids: Tensor,
+        sample_ids: Tensor,
+    ) -> None:
+        """Add a batch of ``(B, H, W)`` magnitude images to every validation metric.
+
+        Pixel metrics get ``data_range`` and ``volume_ids`` (per-volume aggregation as in
+        ``fastmri.evaluate``); DFDs get ``sample_ids``. Each metric receives only the keywords
+        its ``update`` accepts.
+        """
+        with torch.no_grad():
+            self.val_metrics.update(preds.detach(), target, data_range=data_range,
+                                    volume_ids=volume_ids, sample_ids=sample_ids)
+
+    def on_validation_epoch_end(self) -> None:
+        """Compute every metric over all processes, log it as ``val/<name>``, and reset."""
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        if self.val_loss.update_called:
+            values["val/loss"] = self.val_loss.compute()
+        self.val_loss.reset()
+        # Values are identical on every rank already; sync_dist only averages equal numbers.
+        self.log_dict({name: value.float() for name, value in values.items()}, sync_dist=True)
+
+    def should_log_images(self, batch_idx: int) -> bool:
+        """True for the first validation batch of an image-logging epoch, on the global rank 0."""
+        n = self.log_images_every_n_epochs
+        return (
+            n > 0
+            and batch_idx == 0
+            and self.current_epoch % n == 0
+            and not self.trainer.sanity_checking
+            and self.trainer.is_global_zero
+        )
+
+    def log_image_grid(self, tag: str, images: Mapping[str, Tensor], scale: Tensor | float) -> None:
+        """Log one row of images to every logger that takes images (TensorBoard).
+
+        Loggers without ``experiment.add_image`` (CSV) are skipped.
+        """
+        grid = image_grid(images, scale)
+        for logger in self.loggers:
+            add_image = getattr(logger.experiment, "add_image", None)
+            if callable(add_image):
+                add_image(tag, grid, global_step=self.current_epoch)

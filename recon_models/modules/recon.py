@@ -1,0 +1,122 @@
+"""``ReconModule``: trains and validates a reconstruction network (UNet or unrolled FISTA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recon_models.data.sample import ReconSample
+from recon_models.models import build_model, get_loss, sense_adjoint
+from recon_models.modules.base import PIXEL_METRICS, ImageQualityModule, center_crop
+
+
+class ReconModule(ImageQualityModule):
+    """One LightningModule for every reconstruction network of :mod:`recon_models.models`.
+
+    Training minimises the network's loss (complex L1 in the image for the UNet, in k-space for
+    the unrolled network, unless ``loss`` says otherwise). Validation logs ``val/loss`` and, on the
+    centre crop (``crop_size``) of the magnitude images, PSNR / SSIM / NMSE aggregated per volume
+    with ``data_range = max_value`` and the configured deep feature distances, all synced across
+    processes once per epoch. Every ``log_images_every_n_epochs`` epochs an image grid (target,
+    zero-filled, reconstruction, error x ``error_scale``) goes to the image-capable loggers.
+
+    Args:
+        network: ``"unet"`` or ``"unrolled"`` (see :func:`recon_models.models.build_model`).
+        network_kwargs: constructor arguments of the network (paper defaults when empty).
+        loss: ``"image_l1"`` or ``"kspace_l1"``; ``None`` uses the network's ``default_loss``.
+        lr: Adam learning rate (paper: 1e-4).
+        weight_decay: Adam weight decay (paper: 1e-4).
+        dfds: DFD name -> ``build_metric`` keyword arguments, e.g.
+            ``{"lpips_vgg": {"weights": "random"}}``; ``None``: LPIPS-VGG, DISTS and ResNetFD with
+            their default (pretrained) weights; ``{}``: none.
+        pixel_metrics: which of PSNR / SSIM / NMSE to log.
+        log_images_every_n_epochs: image grid period in epochs (0: never).
+        error_scale: the error map in the image grid is ``|recon - target| * error_scale``.
+
+    Example:
+        >>> module = ReconModule("unet", {"chans": 4, "num_pool_layers": 2}, dfds={})
+        >>> module.loss_name, sorted(module.metric_modes.items())
+        ('image_l1', [('val/nmse', 'min'), ('val/psnr', 'max'), ('val/ssim', 'max')])
+    """
+
+    def __init__(
+        self,
+        network: str = "unet",
+        network_kwargs: dict[str, Any] | None = None,
+        loss: str | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        dfds: dict[str, dict[str, Any] | None] | None = None,
+        pixel_metrics: Sequence[str] = PIXEL_METRICS,
+        log_images_every_n_epochs: int = 1,
+        error_scale: float = 5.0,
+    ) -> None:
+        super().__init__(dfds=dfds, pixel_metrics=pixel_metrics,
+                         log_images_every_n_epochs=log_images_every_n_epochs)
+        self.save_hyperparameters()
+        self.network = build_model(network, **(network_kwargs or {}))
+        self.loss_name = loss or self.network.default_loss
+        self.loss_fn = get_loss(self.loss_name)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.error_scale = error_scale
+
+    def forward(self, masked_kspace: Tensor, mask: Tensor, maps: Tensor) -> Tensor:
+        """``(B, C, H, W)`` masked k-space, ``(B, 1, 1, W)`` mask, maps -> ``(B, H, W)`` image."""
+        return self.network(masked_kspace, mask, maps)
+
+    def training_step(self, batch: ReconSample, batch_idx: int) -> Tensor:
+        """Loss of one batch, logged as ``train/loss``."""
+        pred = self(batch.masked_kspace, batch.mask, batch.maps)
+        loss = self.loss_fn(pred, batch.target, batch.maps)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=pred.shape[0])
+        return loss
+
+    def validation_step(self, batch: ReconSample, batch_idx: int) -> Tensor:
+        """Loss (``val/loss``) and metric updates of one batch; an image grid on the first one."""
+        pred = self(batch.masked_kspace, batch.mask, batch.maps)
+        loss = self.loss_fn(pred, batch.target, batch.maps)
+        self.update_val_loss(loss, batch_size=pred.shape[0])
+
+        pred_abs, target_abs = pred.detach().abs(), batch.target.abs()
+        for rows, size in _groups_by_crop(batch.crop_size):
+            self.update_val_metrics(
+                center_crop(pred_abs[rows], size),
+                center_crop(target_abs[rows], size),
+                data_range=batch.max_value[rows],
+                volume_ids=batch.volume_id[rows],
+                sample_ids=batch.sample_id[rows],
+            )
+        if self.should_log_images(batch_idx):
+            self._log_images(batch, pred.detach())
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam with the configured learning rate and weight decay (the paper's optimiser)."""
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _log_images(self, batch: ReconSample, pred: Tensor) -> None:
+        size = batch.crop_size[0].tolist()
+        zero_filled = sense_adjoint(batch.masked_kspace[:1], batch.maps[:1], batch.mask[:1])[0]
+        target = center_crop(batch.target[0].abs(), size)
+        recon = center_crop(pred[0].abs(), size)
+        images = {
+            "target": target,
+            "zero_filled": center_crop(zero_filled.abs(), size),
+            "reconstruction": recon,
+            "error": (recon - target).abs() * self.error_scale,
+        }
+        self.log_image_grid("val/images", images, scale=batch.max_value[0])
+
+
+def _groups_by_crop(crop_size: Tensor) -> list[tuple[Tensor, tuple[int, int]]]:
+    """Row indices of a batch grouped by crop size (one group in any ordinary batch)."""
+    sizes: dict[tuple[int, int], list[int]] = {}
+    for row, size in enumerate(crop_size.tolist()):
+        sizes.setdefault(tuple(size), []).append(row)
+    device = crop_size.device
+    return [(torch.tensor(rows, device=device), size) for size, rows in sizes.items()]
