@@ -8,7 +8,8 @@ import torch
 
 from lightning_dfd import SSFD
 from lightning_dfd.encoders.ssfd import zscore
-from recon_models.data import FastMRIDataModule, make_synthetic_dataset
+from recon_models.data import FastMRIDataModule
+from recon_models.data.synthetic import make_synthetic_dataset
 from recon_models.export import export_ssfd_encoder
 from recon_models.export import main as export_main
 from recon_models.models.ssfd_unet import SSFDUNet
