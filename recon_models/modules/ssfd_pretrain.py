@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from torchmetrics import MeanMetric
 
 from lightning_dfd.encoders.ssfd import zscore
 from recon_models.data.inpainting_masks import PatchMaskSampler, poisson_disc_patch_mask
@@ -83,6 +84,9 @@ class SSFDPretrainModule(LightningModule):
         self.save_hyperparameters()
         self.model = SSFDUNet()
         self.masks = PatchMaskSampler(patch_size, coverage, mask_bank_size, seed)
+        # Means over every validation image of every process (torchmetrics syncs them).
+        self.val_loss = MeanMetric()
+        self.val_masked_mse = MeanMetric()
         self.exported_path: Path | None = None
 
     # ----------------------------------------------------------------------------------- data
@@ -128,16 +132,23 @@ class SSFDPretrainModule(LightningModule):
         return loss
 
     def validation_step(self, batch: ReconSample, batch_idx: int) -> None:
-        """``val/loss`` (whole image, as trained) and ``val/masked_mse`` (patches only)."""
+        """Per-image L2 on the whole image (as trained) and on the patches only."""
         images = self.images(batch)
         masks = self.validation_masks(batch, images.shape[-2], images.shape[-1])
         restored = self(images, masks)
-        n = images.shape[0]
-        self.log("val/loss", F.mse_loss(restored, images), sync_dist=True, batch_size=n)
-        masked = ((restored - images) ** 2 * masks).sum() / masks.sum().clamp_min(1.0)
-        self.log("val/masked_mse", masked, sync_dist=True, batch_size=n)
+        squared = (restored - images) ** 2
+        self.val_loss.update(squared.flatten(1).mean(dim=1))
+        masked = (squared * masks).flatten(1).sum(dim=1) / masks.flatten(1).sum(dim=1).clamp_min(1)
+        self.val_masked_mse.update(masked)
         if self._should_log_images(batch_idx):
             self._log_images(images[0, 0], masks[0, 0], restored[0, 0])
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/loss`` and ``val/masked_mse``: means over all validation images."""
+        self.log("val/loss", self.val_loss.compute())
+        self.log("val/masked_mse", self.val_masked_mse.compute())
+        self.val_loss.reset()
+        self.val_masked_mse.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam over the whole UNet."""
