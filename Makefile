@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
+	# The medvae package is only the reference for the Med-VAE parity test; its own dependency
+	# list (wandb, monai, hydra, ...) is not needed for its model class.
+	$(PY) -m pip install -q --no-deps medvae==0.1.7 einops
 	touch $(STAMP)
 
 demo: $(STAMP)
