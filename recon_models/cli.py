@@ -45,19 +45,27 @@ def _print_rank_zero(text: str) -> None:
     print(text, flush=True)
 
 
-def main(args: Sequence[str] | None = None) -> ReconCLI:
+def run_cli(args: Sequence[str] | None = None) -> ReconCLI:
     """Run ``recon-train`` with ``args`` (default: ``sys.argv[1:]``) and return the CLI object.
 
+    The returned :class:`ReconCLI` holds ``trainer``, ``model``, ``datamodule`` and, after ``fit``,
+    ``summary``.
+
     Example:
-        >>> main(["fit", "--print_config"])  # doctest: +SKIP
+        >>> cli = run_cli(["fit", "--config", "examples/configs/demo.yaml"])  # doctest: +SKIP
+        >>> cli.summary["best_checkpoint"]  # doctest: +SKIP
     """
     return ReconCLI(
         ReconModule,
         FastMRIDataModule,
         args=None if args is None else list(args),
         save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=True,
     )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Console entry point ``recon-train`` (returns nothing, so the exit status is 0)."""
+    run_cli(args)
 
 
 if __name__ == "__main__":
