@@ -1,8 +1,9 @@
 """Synthetic fastMRI-format multi-coil knee data: phantoms, coil maps, noise, h5 files.
 
-Each volume is a stack of coronal knee-like slices (femur and tibia with cortex and trabecular
-marrow, femoral and tibial cartilage, menisci, collateral and cruciate ligaments, muscle with
-fibre texture and fascia, subcutaneous fat, thin vessels), with a smooth complex phase. The
+Each volume is a stack of coronal knee-like slices, front to back (femur, tibia, patella in
+front and fibula behind, with cortex and trabecular marrow, femoral and tibial cartilage,
+menisci, collateral and cruciate ligaments, muscle with fibre texture and fascia, subcutaneous
+fat, thin vessels), with a smooth complex phase. The
 textures are smoothed 3-D noise, so neighbouring slices look alike. Each image is multiplied
 by smooth, complex loop-coil sensitivities (Biot-Savart-like fall-off), transformed with the
 centred orthonormal 2-D FFT (fastMRI's ``fft2c``) and given coil-correlated complex Gaussian
@@ -40,6 +41,7 @@ from scipy.ndimage import gaussian_filter
 from recon_models.data.fastmri_format import HEADER_KEY, KSPACE_KEY, RSS_KEY, ismrmrd_header
 
 ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
+DEFAULT_SLICE_SPACING = 0.12  # depth units between slices; the knee spans -1 to 1
 
 # Relative intensities of each tissue in proton-density (PD) and fat-suppressed PD images.
 _TISSUE = {
@@ -71,6 +73,7 @@ class KneeAnatomy:
         phase: Coefficients of the smooth image phase ``(constant, row, column, quadratic)``.
         scale: Maximum of the volume's ``reconstruction_rss`` (fastMRI-like, about 1e-4).
         acquisition: ``"CORPD_FBK"`` or ``"CORPDFS_FBK"``.
+        slab_center: Depth of the middle slice (0 = centre of the knee, -1 front, +1 back).
     """
 
     joint_line: float
@@ -85,6 +88,7 @@ class KneeAnatomy:
     phase: tuple[float, float, float, float]
     scale: float
     acquisition: str
+    slab_center: float = 0.0
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> KneeAnatomy:
@@ -113,7 +117,12 @@ class KneeAnatomy:
             phase=tuple(float(p) for p in rng.uniform(-1.0, 1.0, size=4) * (np.pi, 0.8, 0.8, 0.5)),
             scale=float(10 ** rng.uniform(-4.3, -3.6)),
             acquisition=str(rng.choice(ACQUISITIONS)),
+            slab_center=float(rng.uniform(-0.35, 0.35)),
         )
+
+
+def _slice_offsets(num_slices: int, spacing: float) -> np.ndarray:
+    return (np.arange(num_slices) - (num_slices - 1) / 2) * spacing
 
 
 def _ramp(distance: np.ndarray, pixel: float) -> np.ndarray:
@@ -141,7 +150,7 @@ def _line_network(noise: np.ndarray, width: float) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: Sequence[float]):
-    field = gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    field = gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect")
     return field / (field.std() + 1e-12)
 
 
@@ -151,6 +160,7 @@ def knee_volume(
     shape: tuple[int, int],
     recon_shape: tuple[int, int],
     rng: np.random.Generator,
+    slice_spacing: float = DEFAULT_SLICE_SPACING,
 ) -> np.ndarray:
     """Render a noise-free complex knee phantom volume (unit maximum magnitude).
 
@@ -160,6 +170,8 @@ def knee_volume(
         shape: ``(H, W)`` image grid (the k-space size; the readout ``H`` is oversampled).
         recon_shape: ``(h, w)`` central region that holds the knee (fastMRI's ``reconSpace``).
         rng: Random generator for the textures.
+        slice_spacing: Distance between slices (the knee spans depths -1 to 1), so a volume
+            of many slices reaches past the bones into soft tissue, as real knee scans do.
 
     Returns:
         ``[slices, H, W]`` complex64.
@@ -182,17 +194,18 @@ def knee_volume(
 
     grid = (num_slices, height, width)
     sigma_scale = unit / 32  # textures keep their physical size whatever the matrix
-    muscle_noise = _smooth_noise(rng, grid, (0.8, 4.0 * sigma_scale, 1.2 * sigma_scale))
-    fascia_noise = _smooth_noise(rng, grid, (1.0, 6.0 * sigma_scale, 2.5 * sigma_scale))
-    trabecular_noise = _smooth_noise(rng, grid, (0.5, 1.0 * sigma_scale, 1.0 * sigma_scale))
-    vessel_noise = _smooth_noise(rng, grid, (1.0, 5.0 * sigma_scale, 5.0 * sigma_scale))
-    fat_noise = _smooth_noise(rng, grid, (0.8, 2.0 * sigma_scale, 2.0 * sigma_scale))
+    depth = 1.0 / slice_spacing  # slices per depth unit
+    muscle_noise = _smooth_noise(rng, grid, (0.15 * depth, 4.0 * sigma_scale, 1.2 * sigma_scale))
+    fascia_noise = _smooth_noise(rng, grid, (0.2 * depth, 6.0 * sigma_scale, 2.5 * sigma_scale))
+    trabecular_noise = _smooth_noise(rng, grid, (0.08 * depth, sigma_scale, sigma_scale))
+    vessel_noise = _smooth_noise(rng, grid, (0.2 * depth, 5.0 * sigma_scale, 5.0 * sigma_scale))
+    fat_noise = _smooth_noise(rng, grid, (0.12 * depth, 2.0 * sigma_scale, 2.0 * sigma_scale))
 
     tissue = _TISSUE[anatomy.acquisition]
     a = anatomy
     jl, tc, ct, spread = a.joint_line, a.cartilage_thickness, a.cortex_thickness, a.condyle_spread
     volume = np.zeros(grid, dtype=np.complex64)
-    depths = np.linspace(-0.95, 0.95, num_slices) if num_slices > 1 else np.zeros(1)
+    depths = anatomy.slab_center + _slice_offsets(num_slices, slice_spacing)
     for index, z in enumerate(depths):
         bone = a.bone_scale * np.sqrt(max(0.05, 1.0 - (z / 1.15) ** 2))
         central = max(0.0, 1.0 - (z / 0.45) ** 2)  # cruciate ligaments, notch: central slices
@@ -226,7 +239,10 @@ def knee_volume(
         )
         tibia = np.maximum(np.minimum(tibia_half - np.abs(v), u - plateau_u), spines * central)
         fibula = _ellipse(u, v, plateau_u + 0.32, 0.47 * bone, 0.08, 0.07)
-        bones = np.maximum(np.maximum(femur, tibia), np.where(z > 0.2, fibula, -1.0))
+        patella = _ellipse(u, v, jl - 0.42, 0.02, 0.17 * bone, 0.13 * bone)  # anterior slices
+        bones = np.maximum.reduce(
+            [femur, tibia, np.where(z > 0.2, fibula, -1.0), np.where(z < -0.45, patella, -1.0)]
+        )
 
         # Cartilage: bands outside the femoral condyles (lower half) and on the tibial plateau.
         femoral_cartilage = np.where(u > condyle_u, np.minimum(femur + tc, -femur), -1.0)
@@ -287,6 +303,7 @@ def coil_sensitivities(
     shape: tuple[int, int],
     recon_shape: tuple[int, int],
     rng: np.random.Generator,
+    slice_spacing: float = DEFAULT_SLICE_SPACING,
 ) -> np.ndarray:
     """Smooth complex receive sensitivities of loop coils arranged around the knee.
 
@@ -301,6 +318,7 @@ def coil_sensitivities(
         shape: ``(H, W)`` image grid.
         recon_shape: ``(h, w)`` central region that holds the knee.
         rng: Random generator for the coil layout.
+        slice_spacing: Distance between slices.
 
     Returns:
         ``[slices, coils, H, W]`` complex64.
@@ -317,7 +335,7 @@ def coil_sensitivities(
     u, v = np.meshgrid(rows, cols, indexing="ij")
     rings = 2 if num_coils >= 8 else 1
     per_ring = int(np.ceil(num_coils / rings))
-    depths = np.linspace(-0.5, 0.5, num_slices) if num_slices > 1 else np.zeros(1)
+    depths = _slice_offsets(num_slices, slice_spacing)
     maps = np.zeros((num_slices, num_coils, height, width), dtype=np.complex64)
     for coil in range(num_coils):
         ring, position = divmod(coil, per_ring)
