@@ -81,6 +81,10 @@ class FastMRIDataModule(pl.LightningDataModule):
         cache_dir: Folder for the maps cache; ``None`` puts it beside each data folder as
             ``<folder>_sense_cache``. Never inside a data folder.
         calib_width: Side of the fully sampled k-space centre used to estimate maps.
+        maps_device: Device for ESPIRiT in :meth:`prepare_data` (e.g. ``"cuda"``; keep
+            ``precompute_maps`` on, since forked DataLoader workers cannot use CUDA); ``None``
+            uses the CPU. At fastMRI knee size (15 coils, 640x368) ESPIRiT takes about 19 s
+            per slice on one CPU core.
         batch_size: Slices per batch (keep 1 for real fastMRI data, whose widths vary).
         num_workers: DataLoader worker processes.
         seed: Seed of the volume split and of ``sample_rate``'s selection.
@@ -118,6 +122,7 @@ class FastMRIDataModule(pl.LightningDataModule):
         sens_method: str = "espirit",
         cache_dir: str | None = None,
         calib_width: int = 24,
+        maps_device: str | None = None,
         batch_size: int = 1,
         num_workers: int = 0,
         seed: int = 0,
@@ -157,7 +162,9 @@ class FastMRIDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         # Validate masks and maps parameters now, not in a worker process later.
         self.mask_func = build_mask_func(mask_type, accelerations, center_fractions)
-        self.sensitivity = SensitivityCache(sens_method, cache_dir, calib_width=calib_width)
+        self.sensitivity = SensitivityCache(
+            sens_method, cache_dir, calib_width=calib_width, device=maps_device
+        )
         self.datasets: dict[str, FastMRISliceDataset] = {}
 
     def split_files(self) -> dict[str, list[Path]]:
