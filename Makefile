@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 # on CPU (see DESIGN.md, "Performance notes").
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184
 export PYTHONUNBUFFERED := 1
+# OpenMP threads spin-wait by default; with DDP test processes sharing 2 cores that costs 5-25x.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv demo test test-all lint bench clean
 

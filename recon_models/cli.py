@@ -5,6 +5,8 @@ Usage::
     recon-train fit --config examples/configs/unet.yaml
     recon-train validate --config examples/configs/unet.yaml --ckpt_path runs/unet/.../best.ckpt
     recon-train fit --config examples/configs/unrolled.yaml --trainer.devices 2 --trainer.strategy ddp
+    recon-train ssfd-pretrain fit --config examples/configs/ssfd_pretrain.yaml
+    recon-train export-ssfd runs/ssfd_pretrain/.../last.ckpt ssfd_encoder.ckpt
 
 The model is :class:`~recon_models.modules.ReconModule` (``model:`` section), the data
 :class:`~recon_models.data.FastMRIDataModule` (``data:`` section). Callbacks and loggers go in the
@@ -15,6 +17,7 @@ The model is :class:`~recon_models.modules.ReconModule` (``model:`` section), th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,9 +66,27 @@ def run_cli(args: Sequence[str] | None = None) -> ReconCLI:
     )
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Console entry point ``recon-train`` (returns nothing, so the exit status is 0)."""
-    run_cli(args)
+def run_ssfd_cli(args: Sequence[str] | None = None) -> LightningCLI:
+    """``recon-train ssfd-pretrain ...``: LightningCLI for :class:`SSFDPretrainModule`."""
+    from recon_models.modules import SSFDPretrainModule
+
+    return LightningCLI(SSFDPretrainModule, FastMRIDataModule,
+                        args=None if args is None else list(args),
+                        save_config_kwargs={"overwrite": True})
+
+
+def main(args: Sequence[str] | None = None) -> int | None:
+    """Console entry point ``recon-train`` (exit status 0 unless a sub-command says otherwise)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["export-ssfd"]:
+        from recon_models import export
+
+        return export.main(argv[1:])
+    if argv[:1] == ["ssfd-pretrain"]:
+        run_ssfd_cli(argv[1:])
+        return None
+    run_cli(argv)
+    return None
 
 
 if __name__ == "__main__":

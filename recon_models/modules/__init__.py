@@ -14,6 +14,7 @@ from recon_models.modules.callbacks import (
     metric_mode,
 )
 from recon_models.modules.recon import ReconModule
+from recon_models.modules.ssfd_pretrain import SSFDPretrainModule
 
 __all__ = [
     "DEFAULT_DFDS",
@@ -21,6 +22,7 @@ __all__ = [
     "DFDModelCheckpoint",
     "ImageQualityModule",
     "ReconModule",
+    "SSFDPretrainModule",
     "build_metric_collection",
     "center_crop",
     "fit_summary",

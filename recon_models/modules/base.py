@@ -55,7 +55,8 @@ def build_metric_collection(
                              "see lightning_dfd.metrics.METRICS")
         if name in metrics:
             raise ValueError(f"Metric {name!r} is configured twice")
-        metrics[name] = build_metric(name, **dict(kwargs or {}))
+        # Validation targets never change: cache their features (keyed by sample id) by default.
+        metrics[name] = build_metric(name, **{"feature_cache": True, **dict(kwargs or {})})
     # No compute groups: the metrics never share states, and grouping would compare them all.
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
 

@@ -1,0 +1,1 @@
+"""recon_models: fastMRI data, reconstruction networks and LightningModules that log DFDs."""
