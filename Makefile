@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 # OpenMP threads spin-wait by default; with DDP test processes sharing 2 cores that costs 5-25x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo demo-ssfd test lint bench clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# SSFD end to end: self-supervised pretraining on the synthetic data, export, then a UNet run
+# that logs and early-stops on the freshly pretrained SSFD.
+demo-ssfd: $(STAMP)
+	$(PY) examples/ssfd_demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
