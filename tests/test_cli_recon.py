@@ -116,7 +116,8 @@ def test_early_stopping_on_a_dfd_reports_stopped_epoch_and_best_checkpoint(
     assert cli.summary["stopped_epoch"] == 1
     assert cli.summary["best_checkpoint"] == str(tmp_path / "ckpt" / "best-0.ckpt")
     logged = _metrics(cli.trainer.log_dir)["val/lpips_vgg"].dropna()
-    assert len(logged) == 2 and logged.iloc[0] == logged.iloc[1]
+    # equal up to float rounding: epoch 1 reuses cached target features (another batch layout)
+    assert len(logged) == 2 and logged.iloc[0] == pytest.approx(logged.iloc[1], rel=1e-6)
     out = capsys.readouterr().out
     assert "early stopping on val/lpips_vgg: stopped at epoch 1" in out
     assert f"best checkpoint (val/lpips_vgg = {logged.iloc[0]:.6g}): " in out
