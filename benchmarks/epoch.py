@@ -1,0 +1,143 @@
+"""A validation epoch of the UNet on synthetic fastMRI-format data, with and without DFDs.
+
+The data are written by :mod:`recon_models.data.synthetic` at fastMRI knee size (k-space
+640x368, ``reconSpace`` 320x320, where the metrics are computed) and read by the project's own
+:class:`~recon_models.data.FastMRIDataModule` (RSS maps, no ESPIRiT, so map estimation is not in
+the epoch). Each variant is its own :class:`~recon_models.modules.ReconModule` with the same
+seeded UNet; ``trainer.validate`` is timed wall-clock, variants interleaved round by round. The
+first round is a warm-up (and fills the target-feature caches); the overhead of a variant is the
+median over rounds of ``t_variant / t_no_dfd - 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import references as R
+from benchmarks.common import median
+
+#: fastMRI knee: 640x368 k-space, 320x320 reconSpace
+FULL_SHAPE, RECON_SHAPE = (640, 368), (320, 320)
+UNET = {"chans": 32, "num_pool_layers": 4, "drop_prob": 0.0}  # examples/configs/unet.yaml
+
+
+def suite(cached: bool = False, channels_last: bool = False) -> dict[str, dict[str, Any]]:
+    """The default DFD suite (LPIPS-VGG, DISTS, ResNetFD) on the benchmark's random weights."""
+    paths = R.checkpoint_paths()
+    options: dict[str, Any] = {}
+    if cached:
+        options["feature_cache"] = True
+    if channels_last:
+        options["channels_last"] = True
+    return {
+        "lpips_vgg": {"weights": str(paths["vgg16"]), **options},
+        "dists": {"weights": str(paths["vgg16"]), **options},
+        "resnet_fd": {"weights": str(paths["resnet50"]), **options},
+    }
+
+
+VARIANTS = {
+    "no DFDs (PSNR/SSIM/NMSE only)": lambda: {},
+    "default DFD suite": lambda: suite(),
+    "suite, cached": lambda: suite(cached=True),
+    "suite, cached + channels_last": lambda: suite(cached=True, channels_last=True),
+}
+
+
+def make_data(root: Path, volumes: int, slices: int, coils: int) -> Path:
+    """Write the validation volumes (once) and return their folder."""
+    from recon_models.data.synthetic import make_synthetic_dataset
+
+    folder = root / "val"
+    if not folder.is_dir():
+        make_synthetic_dataset(folder, volumes=volumes, slices=slices, coils=coils,
+                               shape=FULL_SHAPE, recon_shape=RECON_SHAPE, seed=1)
+    return folder
+
+
+def datamodule(folder: Path, batch_size: int):
+    """The project's data module over ``folder`` (validation only)."""
+    from recon_models.data import FastMRIDataModule
+
+    return FastMRIDataModule(val_path=str(folder), sens_method="rss", batch_size=batch_size,
+                             cache_dir=str(folder.parent / "maps_cache"), num_workers=0)
+
+
+def build_module(dfds: dict, module_cls=None):
+    """A ReconModule with the paper's UNet (seeded: every variant has the same weights)."""
+    from recon_models.modules import ReconModule
+
+    torch.manual_seed(0)
+    cls = module_cls or ReconModule
+    return cls(network="unet", network_kwargs=dict(UNET), dfds=dfds, log_images_every_n_epochs=0)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-call banners and data-loader advice."""
+    import lightning.pytorch  # noqa: F401 - creates its loggers
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("lightning"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*sync_dist.*")
+
+
+def trainer(device: torch.device, **kwargs):
+    """A bare Trainer for ``validate``: no logger, checkpoints, progress bar or summary."""
+    from lightning.pytorch import Trainer
+
+    return Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, logger=False,
+                   enable_progress_bar=False, enable_checkpointing=False,
+                   enable_model_summary=False, **kwargs)
+
+
+def validate_seconds(module, data, device: torch.device) -> float:
+    """Wall-clock seconds of one ``trainer.validate`` epoch."""
+    t = trainer(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    t.validate(module, datamodule=data, verbose=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coils: int,
+                batch_size: int, rounds: int, log=print) -> list[dict]:
+    """Rows ``{case, median_s, overhead, images, ...}`` for every variant."""
+    quiet_lightning()
+    folder = make_data(root, volumes, slices, coils)
+    data = datamodule(folder, batch_size)
+    data.prepare_data()
+    modules = {name: build_module(make()) for name, make in VARIANTS.items()}
+    base = next(iter(VARIANTS))
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for rnd in range(rounds + 1):  # round 0: warm-up, fills the caches
+        for name, module in modules.items():
+            seconds = validate_seconds(module, data, device)
+            if rnd:
+                times[name].append(seconds)
+            log(f"  epoch round {rnd}{' (warm-up)' if not rnd else ''}: {name} {seconds:.2f}s")
+    images = volumes * slices
+    rows = []
+    for name in VARIANTS:
+        t = times[name]
+        rows.append({
+            "section": "epoch", "group": "UNet validation epoch", "case": name,
+            "device": device.type, "height": RECON_SHAPE[0], "width": RECON_SHAPE[1],
+            "batch": batch_size, "median_s": median(t), "images_per_s": images / median(t),
+            "overhead": median([a / b - 1 for a, b in zip(t, times[base], strict=True)]),
+            "repeats": rounds,
+            "notes": f"{images} slices ({volumes} volumes x {slices}), k-space "
+                     f"{FULL_SHAPE[0]}x{FULL_SHAPE[1]}, {coils} coils, metrics on the "
+                     f"{RECON_SHAPE[0]}x{RECON_SHAPE[1]} crop",
+        })
+    return rows
