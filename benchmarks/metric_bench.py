@@ -60,9 +60,9 @@ BASE_ONLY = {"floor: bare VGG-16, contiguous", "ours uncached, library defaults"
 LARGEST_ONLY = {"ours uncached, max_batch=4"}
 
 
-def _active(case: C.Case, index: int, configs: list[tuple[int, int, int]]) -> bool:
+def _active(case: C.Case, index: int, configs: list[tuple[int, int, int]], extras: bool) -> bool:
     if case.name in BASE_ONLY:
-        return index == 0
+        return extras and index == 0
     if case.name in LARGEST_ONLY:
         return index == len(configs) - 1 and len(configs) > 1
     return True
@@ -97,9 +97,13 @@ def bench_group(
     device: torch.device,
     repeats: int,
     log=print,
+    extras: bool = True,
 ) -> tuple[list[Row], str]:
-    """Rows for every case of ``group`` at every ``(height, width, batch)`` configuration."""
-    names = C.case_names(group)
+    """Rows for every case of ``group`` at every ``(height, width, batch)`` configuration.
+
+    ``extras=False`` leaves out the informative rows (:data:`BASE_ONLY`) that no target needs.
+    """
+    names = [n for n in C.case_names(group) if extras or n not in BASE_ONLY]
     cases = []
     for name in names:
         log(f"  building {group} / {name}")
@@ -109,7 +113,7 @@ def bench_group(
     method = ""
     for index, (h, w, n) in enumerate(configs):
         preds, target = R.mr_like_batch(n, h, w, seed=index)
-        active = [c for c in cases if _active(c, index, configs)]
+        active = [c for c in cases if _active(c, index, configs, extras)]
         args = {c.name: c.prepare(preds, target) for c in active}
         peaks, values = {}, {}
         for case in active:  # warm-up, with its peak memory

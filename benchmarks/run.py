@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="320x320, batch 8, 2 repeats, small epoch, no memory cross-check")
+                   help="320x320, batch 8, 2 repeats, main rows only, small epoch, no "
+                   "fresh-process memory check")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                    help="folder for RESULTS.md and results.csv (default: benchmarks/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             for group in args.groups.split(","):
                 _log(f"{group}: {len(_configs(args))} configurations, {args.repeats} rounds")
                 group_rows, memory_method = bench_group(group, _configs(args), device,
-                                                        args.repeats, log=_log)
+                                                        args.repeats, log=_log,
+                                                        extras=not args.quick)
                 rows += report.as_dicts(group_rows)
             if not args.quick and (640, 368, 16) in _configs(args):
                 _memory_cross_check(rows, device, args.threads)
