@@ -6,11 +6,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback
 from torch import Tensor
 
 from recon_models.data.sample import ReconSample
 from recon_models.models import build_model, get_loss, sense_adjoint
 from recon_models.modules.base import PIXEL_METRICS, ImageQualityModule, center_crop
+from recon_models.modules.callbacks import RNGStateCheckpoint
+
+#: ``lr_scheduler`` names -> torch scheduler classes (stepped once per epoch).
+LR_SCHEDULERS: dict[str, type[torch.optim.lr_scheduler.LRScheduler]] = {
+    "step": torch.optim.lr_scheduler.StepLR,
+    "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+}
 
 
 class ReconModule(ImageQualityModule):
@@ -29,12 +37,23 @@ class ReconModule(ImageQualityModule):
         loss: ``"image_l1"`` or ``"kspace_l1"``; ``None`` uses the network's ``default_loss``.
         lr: Adam learning rate (paper: 1e-4).
         weight_decay: Adam weight decay (paper: 1e-4).
+        lr_scheduler: ``None`` (the paper: constant learning rate), ``"step"`` (``StepLR``) or
+            ``"cosine"`` (``CosineAnnealingLR``), stepped once per epoch; its state is saved in
+            checkpoints and restored on resume.
+        lr_scheduler_kwargs: arguments of the scheduler: ``step_size`` (default 10) and
+            ``gamma`` (default 0.5) for ``"step"``; ``T_max`` (default: the trainer's
+            ``max_epochs``) and ``eta_min`` for ``"cosine"``.
         dfds: DFD name -> ``build_metric`` keyword arguments, e.g.
             ``{"lpips_vgg": {"weights": "random"}}``; ``None``: LPIPS-VGG, DISTS and ResNetFD with
             their default (pretrained) weights; ``{}``: none.
         pixel_metrics: which of PSNR / SSIM / NMSE to log.
         log_images_every_n_epochs: image grid period in epochs (0: never).
         error_scale: the error map in the image grid is ``|recon - target| * error_scale``.
+
+    Resuming (``fit(ckpt_path="last")``) continues the epoch, optimizer, scheduler and callback
+    states (Lightning) and the random number generators (:class:`RNGStateCheckpoint`, which
+    :meth:`configure_callbacks` adds), so a resumed run draws the same training masks and
+    shuffles as an uninterrupted one.
 
     Example:
         >>> module = ReconModule("unet", {"chans": 4, "num_pool_layers": 2}, dfds={})
@@ -49,11 +68,16 @@ class ReconModule(ImageQualityModule):
         loss: str | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
+        lr_scheduler: str | None = None,
+        lr_scheduler_kwargs: dict[str, Any] | None = None,
         dfds: dict[str, dict[str, Any] | None] | None = None,
         pixel_metrics: Sequence[str] = PIXEL_METRICS,
         log_images_every_n_epochs: int = 1,
         error_scale: float = 5.0,
     ) -> None:
+        if lr_scheduler is not None and lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"Argument `lr_scheduler` must be None or one of "
+                             f"{tuple(LR_SCHEDULERS)}, but got {lr_scheduler!r}")
         super().__init__(dfds=dfds, pixel_metrics=pixel_metrics,
                          log_images_every_n_epochs=log_images_every_n_epochs)
         self.save_hyperparameters()
@@ -62,6 +86,8 @@ class ReconModule(ImageQualityModule):
         self.loss_fn = get_loss(self.loss_name)
         self.lr = lr
         self.weight_decay = weight_decay
+        self.lr_scheduler = lr_scheduler
+        self.lr_scheduler_kwargs = dict(lr_scheduler_kwargs or {})
         self.error_scale = error_scale
 
     def forward(self, masked_kspace: Tensor, mask: Tensor, maps: Tensor) -> Tensor:
@@ -95,9 +121,35 @@ class ReconModule(ImageQualityModule):
             self._log_images(batch, pred.detach())
         return loss
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam with the configured learning rate and weight decay (the paper's optimiser)."""
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Adam with the configured learning rate and weight decay (the paper's optimiser).
+
+        Returns the optimizer alone without ``lr_scheduler``; otherwise Lightning's dict with the
+        scheduler stepped once per epoch.
+        """
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_scheduler is None:
+            return optimizer
+        kwargs = dict(self.lr_scheduler_kwargs)
+        if self.lr_scheduler == "step":
+            kwargs = {"step_size": 10, "gamma": 0.5, **kwargs}
+        elif "T_max" not in kwargs:
+            max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+            if max_epochs is None or max_epochs < 1:
+                raise ValueError("`lr_scheduler='cosine'` needs `lr_scheduler_kwargs.T_max` when "
+                                 "the trainer has no positive `max_epochs`")
+            kwargs["T_max"] = max_epochs
+        try:
+            scheduler = LR_SCHEDULERS[self.lr_scheduler](optimizer, **kwargs)
+        except TypeError as error:
+            raise ValueError(f"Argument `lr_scheduler_kwargs` {self.lr_scheduler_kwargs} does not "
+                             f"fit lr_scheduler={self.lr_scheduler!r}: {error}") from error
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
+
+    def configure_callbacks(self) -> list[Callback]:
+        """:class:`RNGStateCheckpoint`: resumed runs continue the random streams exactly."""
+        return [RNGStateCheckpoint()]
 
     def _log_images(self, batch: ReconSample, pred: Tensor) -> None:
         size = batch.crop_size[0].tolist()
