@@ -87,3 +87,25 @@ def test_channels_last_within_tolerance(network):
     fast.update(preds, target)
     exact.update(preds, target)
     assert torch.allclose(fast.compute(), exact.compute(), rtol=1e-5, atol=1e-7)
+
+
+def test_cache_from_config_dict_and_random_weights_never_share(network, tmp_path):
+    preds, target = mr_like_pair(n=2, h=32, w=32)
+    ids = torch.tensor([1, 2])
+    torch.manual_seed(1)
+    first = ResNetFD(weights="random", reduction="none",
+                     feature_cache={"directory": str(tmp_path), "max_bytes": 1 << 24})
+    first.update(preds, target, sample_ids=ids)
+    assert first.feature_cache.directory == str(tmp_path) and first.feature_cache.stats.misses == 2
+    torch.manual_seed(2)  # another random initialisation under the same identity string
+    second = ResNetFD(weights="random", reduction="none",
+                      feature_cache={"directory": str(tmp_path)})
+    second.update(preds, target, sample_ids=ids)
+    assert second.feature_cache.stats.disk_hits == 0 and second.feature_cache.stats.misses == 2
+    torch.manual_seed(1)  # the same weights again: the disk store is reused
+    third = ResNetFD(weights="random", reduction="none", feature_cache={"directory": str(tmp_path)})
+    third.update(preds, target, sample_ids=ids)
+    assert third.feature_cache.stats.disk_hits == 2
+    assert torch.allclose(third.compute(), first.compute(), atol=1e-6)
+    with pytest.raises(TypeError, match="feature_cache"):
+        ResNetFD(weights="random", feature_cache="yes")

@@ -8,6 +8,7 @@ keeps the frozen encoder out of the module tree: it follows ``.to(device)`` but 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any
 
@@ -26,6 +27,29 @@ from lightning_dfd.preprocess import (
     channels_per_image,
     check_choice,
 )
+
+
+def make_feature_cache(spec: bool | dict | TargetFeatureCache | None) -> TargetFeatureCache | None:
+    """The ``feature_cache`` argument -> a cache or None; anything else is an error."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return TargetFeatureCache()
+    if isinstance(spec, dict):
+        return TargetFeatureCache(**spec)
+    if isinstance(spec, TargetFeatureCache):
+        return spec
+    raise TypeError(f"Argument `feature_cache` must be a bool, a dict of TargetFeatureCache "
+                    f"arguments or a TargetFeatureCache, but got {type(spec).__name__}")
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short BLAKE2 digest of every parameter and buffer of ``module``."""
+    digest = hashlib.blake2b(digest_size=8)
+    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _empty(state: list | Tensor) -> bool:
@@ -59,8 +83,9 @@ class DeepFeatureDistance(Metric):
         max_batch: at most this many image pairs per encoder pass (bounds peak memory; None:
             the whole batch at once).
         feature_cache: reuse target features across epochs for updates that pass
-            ``sample_ids``: True (a 2 GiB in-memory LRU), a :class:`TargetFeatureCache` (shareable
-            between metrics, optionally on disk), or None/False (off, the default).
+            ``sample_ids``: True (a 2 GiB in-memory LRU), a dict of :class:`TargetFeatureCache`
+            arguments (``{"max_bytes": ..., "directory": ...}``, e.g. from YAML), a
+            :class:`TargetFeatureCache` (shareable between metrics), or None/False (off, default).
         channels_last: run the encoder in channels-last layout (faster; float-rounding changes).
         autocast: run the encoder under bf16 autocast (GPU; documented tolerance ~1e-2 relative).
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ...).
@@ -79,7 +104,7 @@ class DeepFeatureDistance(Metric):
         normalization: str = "minmax",
         nan_strategy: str = "error",
         max_batch: int | None = 8,
-        feature_cache: bool | TargetFeatureCache | None = None,
+        feature_cache: bool | dict | TargetFeatureCache | None = None,
         channels_last: bool = False,
         autocast: bool = False,
         **kwargs: Any,
@@ -96,9 +121,8 @@ class DeepFeatureDistance(Metric):
         self.max_batch = max_batch
         self.__dict__["_network"] = network  # not a registered submodule: see module docstring
         network.set_options(channels_last=channels_last, autocast=autocast)
-        if feature_cache is True:
-            feature_cache = TargetFeatureCache()
-        self.feature_cache = feature_cache if isinstance(feature_cache, TargetFeatureCache) else None
+        self.feature_cache = make_feature_cache(feature_cache)
+        self._namespace: str | None = None
         if reduction == "mean":
             self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -127,9 +151,15 @@ class DeepFeatureDistance(Metric):
 
     @property
     def cache_namespace(self) -> str:
-        """What a cached target feature depends on besides the image: network and normalisation."""
-        return f"{self.network.identity}|{self.normalization}|cl={self.network.channels_last}" \
-               f"|ac={self.network.autocast}"
+        """What a cached target feature depends on besides the image: the network's identity and
+        a digest of its actual weights (so two random initialisations never share entries), the
+        normalisation and the numeric options.
+        """
+        if self._namespace is None:
+            self._namespace = (f"{self.network.identity}|{weights_digest(self.network)}|"
+                               f"{self.normalization}|cl={self.network.channels_last}|"
+                               f"ac={self.network.autocast}")
+        return self._namespace
 
     def _distances(self, p: Tensor, t: Tensor, keep: Tensor, ids: Tensor | None,
                    channels: int) -> Tensor:

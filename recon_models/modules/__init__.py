@@ -9,6 +9,7 @@ from recon_models.modules.base import (
 from recon_models.modules.callbacks import (
     DFDEarlyStopping,
     DFDModelCheckpoint,
+    RNGStateCheckpoint,
     fit_summary,
     format_fit_summary,
     metric_mode,
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_DFDS",
     "DFDEarlyStopping",
     "DFDModelCheckpoint",
+    "RNGStateCheckpoint",
     "ImageQualityModule",
     "ReconModule",
     "SSFDPretrainModule",
