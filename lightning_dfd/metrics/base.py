@@ -151,9 +151,10 @@ class DeepFeatureDistance(Metric):
 
     @property
     def cache_namespace(self) -> str:
-        """What a cached target feature depends on besides the image: the network's identity and
-        a digest of its actual weights (so two random initialisations never share entries), the
-        normalisation and the numeric options.
+        """What a cached target feature depends on besides the image.
+
+        The network's identity and a digest of its actual weights (two random initialisations
+        never share entries), the normalisation and the numeric options.
         """
         if self._namespace is None:
             self._namespace = (f"{self.network.identity}|{weights_digest(self.network)}|"
