@@ -14,6 +14,7 @@ from recon_models.modules.callbacks import (
     format_fit_summary,
     metric_mode,
 )
+from recon_models.modules.prediction_writer import ReconstructionWriter
 from recon_models.modules.recon import ReconModule
 from recon_models.modules.ssfd_pretrain import SSFDPretrainModule
 
@@ -24,6 +25,7 @@ __all__ = [
     "RNGStateCheckpoint",
     "ImageQualityModule",
     "ReconModule",
+    "ReconstructionWriter",
     "SSFDPretrainModule",
     "build_metric_collection",
     "center_crop",

@@ -121,6 +121,23 @@ class ReconModule(ImageQualityModule):
             self._log_images(batch, pred.detach())
         return loss
 
+    def predict_step(self, batch: ReconSample, batch_idx: int) -> dict[str, Any]:
+        """Centre-cropped magnitudes of the reconstruction and the reference, with their keys.
+
+        :class:`~recon_models.modules.prediction_writer.ReconstructionWriter` writes them as h5
+        files for ``lightning-dfd evaluate``. Mixed crop sizes in one batch are not supported.
+        """
+        pred = self(batch.masked_kspace, batch.mask, batch.maps)
+        size = batch.crop_size[0].tolist()
+        if not bool((batch.crop_size == batch.crop_size[0]).all()):
+            raise ValueError("predict_step needs one crop size per batch; use batch_size=1")
+        return {
+            "fname": list(batch.fname),
+            "slice_num": batch.slice_num,
+            "reconstruction": center_crop(pred.abs(), size),
+            "reference": center_crop(batch.target.abs(), size),
+        }
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         """Adam with the configured learning rate and weight decay (the paper's optimiser).
 

@@ -1,0 +1,37 @@
+"""Predictions of the recon module are written as h5 files that `lightning-dfd evaluate` scores."""
+
+from __future__ import annotations
+
+import h5py
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+
+from lightning_dfd.cli import main as dfd_cli
+from recon_models.modules import ReconModule, ReconstructionWriter
+
+
+def test_predict_writes_fastmri_files_that_evaluate_scores(make_datamodule, tmp_path, capsys):
+    torch.manual_seed(0)
+    module = ReconModule("unet", {"chans": 4, "num_pool_layers": 2}, dfds={})
+    datamodule = make_datamodule(split=(0.4, 0.2, 0.4), batch_size=2, sens_method="rss")
+    writer = ReconstructionWriter(tmp_path / "out")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[writer],
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    recons = sorted((tmp_path / "out" / "reconstructions").glob("*.h5"))
+    refs = sorted((tmp_path / "out" / "references").glob("*.h5"))
+    assert len(recons) == len(refs) == 2 and [p.name for p in recons] == [p.name for p in refs]
+    slices = datamodule.datasets["test"].slices_per_volume
+    for path in recons:
+        with h5py.File(path) as hf:
+            assert hf["reconstruction"].shape == (slices[path.name], 32, 32)
+            assert hf["reconstruction"].dtype == "float32"
+    out_csv = tmp_path / "results.csv"
+    code = dfd_cli(["evaluate", "--target", str(tmp_path / "out" / "references"),
+                    "--target-key", "reconstruction_sense",
+                    "--predictions", str(tmp_path / "out" / "reconstructions"),
+                    "--metrics", "psnr,ssim,nmse", "--out", str(out_csv)])
+    assert code == 0, capsys.readouterr().err
+    table = pd.read_csv(out_csv)
+    assert len(table) == sum(slices.values()) and table["psnr"].notna().all()
