@@ -80,6 +80,24 @@ class DFDModelCheckpoint(ModelCheckpoint):
             mode = "min" if monitor is None else metric_mode(monitor)
         super().__init__(monitor=monitor, mode=mode, **kwargs)
 
+    # Lightning 2.6 rewrites `last.ckpt` only in epochs that also saved a top-k checkpoint, so with
+    # a monitored DFD a crash could cost every epoch since the last improvement. With
+    # `save_last=True` this callback keeps `last.ckpt` at the latest epoch, always.
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:  # noqa: D102
+        super().on_train_epoch_end(trainer, pl_module)
+        self._refresh_last(trainer, at_train_epoch_end=True)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:  # noqa: D102
+        super().on_validation_end(trainer, pl_module)
+        self._refresh_last(trainer, at_train_epoch_end=False)
+
+    def _refresh_last(self, trainer: Any, at_train_epoch_end: bool) -> None:
+        if (not self.save_last or self._should_skip_saving_checkpoint(trainer)
+                or self._should_save_on_train_epoch_end(trainer) != at_train_epoch_end
+                or self._last_global_step_saved == trainer.global_step):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 def rng_states() -> dict[str, Any]:
     """This process's torch (CPU and CUDA), numpy and Python generator states.
