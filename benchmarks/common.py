@@ -31,13 +31,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """Seconds one call takes (GPU work included), and what it returned."""
+def time_call(fn: Callable[[], object], device: torch.device) -> tuple[float, float, object]:
+    """Wall-clock seconds of one call (GPU work included), the process's CPU seconds during it
+    (all threads), and what the call returned."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     out = fn()
     synchronize(device)
-    return time.perf_counter() - start, out
+    return time.perf_counter() - start, time.process_time() - cpu_start, out
 
 
 def median(values: list[float]) -> float:

@@ -4,9 +4,11 @@ The data are written by :mod:`recon_models.data.synthetic` at fastMRI knee size 
 640x368, ``reconSpace`` 320x320, where the metrics are computed) and read by the project's own
 :class:`~recon_models.data.FastMRIDataModule` (RSS maps, no ESPIRiT, so map estimation is not in
 the epoch). Each variant is its own :class:`~recon_models.modules.ReconModule` with the same
-seeded UNet; ``trainer.validate`` is timed wall-clock, variants interleaved round by round. The
-first round is a warm-up (and fills the target-feature caches); the overhead of a variant is the
-median over rounds of ``t_variant / t_no_dfd - 1``.
+seeded UNet; ``trainer.validate`` is timed (wall clock, and on the CPU the process's CPU time:
+with ``num_workers=0`` all of the epoch runs in this process), variants interleaved round by
+round. The first round is a warm-up (and fills the target-feature caches); the overhead of a
+variant is the median over rounds of ``t_variant / t_no_dfd - 1``, on CPU time on the CPU (see
+:mod:`benchmarks.metric_bench` for why) and on wall time on a GPU.
 """
 
 from __future__ import annotations
@@ -98,16 +100,16 @@ def trainer(device: torch.device, **kwargs):
                    enable_model_summary=False, **kwargs)
 
 
-def validate_seconds(module, data, device: torch.device) -> float:
-    """Wall-clock seconds of one ``trainer.validate`` epoch."""
+def validate_seconds(module, data, device: torch.device) -> tuple[float, float]:
+    """Wall-clock and CPU seconds of one ``trainer.validate`` epoch."""
     t = trainer(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     t.validate(module, datamodule=data, verbose=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coils: int,
@@ -119,13 +121,17 @@ def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coi
     data.prepare_data()
     modules = {name: build_module(make()) for name, make in VARIANTS.items()}
     base = next(iter(VARIANTS))
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for rnd in range(rounds + 1):  # round 0: warm-up, fills the caches
         for name, module in modules.items():
-            seconds = validate_seconds(module, data, device)
+            seconds, cpu_seconds = validate_seconds(module, data, device)
             if rnd:
-                times[name].append(seconds)
-            log(f"  epoch round {rnd}{' (warm-up)' if not rnd else ''}: {name} {seconds:.2f}s")
+                wall[name].append(seconds)
+                cpu[name].append(cpu_seconds)
+            log(f"  epoch round {rnd}{' (warm-up)' if not rnd else ''}: {name} "
+                f"{seconds:.1f} s wall, {cpu_seconds:.1f} s CPU")
+    times = cpu if device.type == "cpu" else wall
     images = volumes * slices
     rows = []
     for name in VARIANTS:
@@ -133,8 +139,11 @@ def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coi
         rows.append({
             "section": "epoch", "group": "UNet validation epoch", "case": name,
             "device": device.type, "height": RECON_SHAPE[0], "width": RECON_SHAPE[1],
-            "batch": batch_size, "median_s": median(t), "images_per_s": images / median(t),
+            "batch": batch_size, "median_s": median(wall[name]), "cpu_s": median(cpu[name]),
+            "images_per_s": images / median(wall[name]),
             "overhead": median([a / b - 1 for a, b in zip(t, times[base], strict=True)]),
+            "overhead_wall": median([a / b - 1 for a, b in zip(wall[name], wall[base],
+                                                                strict=True)]),
             "repeats": rounds,
             "notes": f"{images} slices ({volumes} volumes x {slices}), k-space "
                      f"{FULL_SHAPE[0]}x{FULL_SHAPE[1]}, {coils} coils, metrics on the "

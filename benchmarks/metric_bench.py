@@ -1,10 +1,15 @@
 """Time, peak memory and values of every case of a group, interleaved in one process.
 
 For each input configuration all cases of a group score the same batch: one warm-up call each
-(its peak memory is measured: see :class:`benchmarks.common.PeakMemory`), then ``repeats``
-rounds in which every case runs once, in an order rotated each round so that no case always
-follows the same neighbour. Times are medians over rounds; ratios between two cases are
-medians of their per-round ratios (both ran within seconds of each other, under the same load).
+(its peak memory is measured: see :class:`benchmarks.common.PeakMemory`), then some rounds in
+which every case runs once, in an order rotated each round so that no case always follows the
+same neighbour. Times are medians over rounds; ratios between two cases are medians of their
+per-round ratios (both ran within seconds of each other, under the same load).
+
+On the CPU each call's wall time and the process's CPU time (all threads) are recorded. On a
+shared machine wall time mostly measures how long the scheduler kept us waiting; CPU time
+measures the work done, so the ratios that decide the targets use CPU time on the CPU (the
+wall-time ratios are kept alongside) and wall time on a GPU.
 A cached case's memory is measured again on one extra call after the timed rounds (steady
 state: targets come from the cache).
 """
@@ -33,10 +38,14 @@ class Row:
     width: int
     batch: int
     median_s: float
+    cpu_s: float
     images_per_s: float
     x_floor: float | None
     speedup_vs_package: float | None
     speedup_vs_torchmetrics: float | None
+    x_floor_wall: float | None
+    speedup_vs_package_wall: float | None
+    speedup_vs_torchmetrics_wall: float | None
     max_abs_diff: float | None
     rel_diff: float | None
     peak_mem_gib: float | None
@@ -95,13 +104,14 @@ def bench_group(
     group: str,
     configs: list[tuple[int, int, int]],
     device: torch.device,
-    repeats: int,
+    rounds: list[int],
     log=print,
     extras: bool = True,
 ) -> tuple[list[Row], str]:
     """Rows for every case of ``group`` at every ``(height, width, batch)`` configuration.
 
-    ``extras=False`` leaves out the informative rows (:data:`BASE_ONLY`) that no target needs.
+    ``rounds[i]`` timed rounds at ``configs[i]``; ``extras=False`` leaves out the informative
+    rows (:data:`BASE_ONLY`) that no target needs.
     """
     names = [n for n in C.case_names(group) if extras or n not in BASE_ONLY]
     cases = []
@@ -121,30 +131,41 @@ def bench_group(
             values[case.name], peaks[case.name], method = _measured_call(case, args[case.name],
                                                                          device)
         malloc_trim()
-        times: dict[str, list[float]] = {c.name: [] for c in active}
+        wall: dict[str, list[float]] = {c.name: [] for c in active}
+        cpu: dict[str, list[float]] = {c.name: [] for c in active}
+        repeats = rounds[index]
         for rnd in range(repeats):
             shift = rnd % len(active)
             for case in active[shift:] + active[:shift]:
                 with torch.inference_mode():
-                    seconds, out = time_call(lambda c=case, a=args[case.name]: c.run(*a), device)
-                times[case.name].append(seconds)
+                    seconds, cpu_seconds, out = time_call(
+                        lambda c=case, a=args[case.name]: c.run(*a), device)
+                wall[case.name].append(seconds)
+                cpu[case.name].append(cpu_seconds)
                 values[case.name] = out
-            log(f"  {group} {h}x{w} b{n} round {rnd + 1}/{repeats}: "
-                + ", ".join(f"{k.split(':')[0]} {v[-1]:.2f}s" for k, v in times.items()))
+            log(f"  {group} {h}x{w} b{n} round {rnd + 1}/{repeats} (wall/CPU s): "
+                + ", ".join(f"{k.split(':')[0]} {v[-1]:.1f}/{cpu[k][-1]:.1f}"
+                            for k, v in wall.items()))
+        times = cpu if device.type == "cpu" else wall
         for case in active:  # steady-state memory of cached rows (targets from the cache)
             if case.cache_bytes is not None:
                 _, peaks[case.name], _ = _measured_call(case, args[case.name], device)
         reference = values[package_name]
         for case in active:
-            t = times[case.name]
+            t, tw = times[case.name], wall[case.name]
             diff, rel = _diff(values[case.name], reference) if case.kind != "floor" else (None, None)
             rows.append(Row(
                 group=group, case=case.name, kind=case.kind, device=device.type,
-                height=h, width=w, batch=n, median_s=median(t), images_per_s=n / median(t),
+                height=h, width=w, batch=n, median_s=median(tw), cpu_s=median(cpu[case.name]),
+                images_per_s=n / median(tw),
                 x_floor=_paired_ratio(t, times[floor_name]),
                 speedup_vs_package=_paired_ratio(times[package_name], t),
                 speedup_vs_torchmetrics=(_paired_ratio(times[tm_name], t)
                                          if tm_name in times else None),
+                x_floor_wall=_paired_ratio(tw, wall[floor_name]),
+                speedup_vs_package_wall=_paired_ratio(wall[package_name], tw),
+                speedup_vs_torchmetrics_wall=(_paired_ratio(wall[tm_name], tw)
+                                              if tm_name in wall else None),
                 max_abs_diff=diff, rel_diff=rel,
                 peak_mem_gib=peaks[case.name] / (1 << 30),
                 cache_gib=case.cache_bytes() / (1 << 30) if case.cache_bytes else None,

@@ -9,9 +9,10 @@ from pathlib import Path
 
 CSV_COLUMNS = (
     "section", "group", "case", "kind", "device", "height", "width", "batch", "median_s",
-    "images_per_s", "x_floor", "speedup_vs_package", "speedup_vs_torchmetrics", "max_abs_diff",
+    "cpu_s", "images_per_s", "x_floor", "speedup_vs_package", "speedup_vs_torchmetrics",
+    "x_floor_wall", "speedup_vs_package_wall", "speedup_vs_torchmetrics_wall", "max_abs_diff",
     "rel_diff", "peak_mem_gib", "peak_mem_subprocess_gib", "cache_gib", "overhead",
-    "sync_fraction", "repeats", "notes",
+    "overhead_wall", "sync_fraction", "repeats", "notes",
 )
 VALUE_TOL = 1e-5
 
@@ -46,10 +47,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
+def _pair(value, wall) -> str:
+    return _fmt(value) if wall is None else f"{_fmt(value)} ({_fmt(wall)})"
+
+
 def _metric_table(rows: list[dict]) -> list[str]:
-    lines = ["| size, batch | case | s / batch | images/s | x floor | speed-up vs package | "
+    lines = ["| size, batch | case | wall s | CPU s | images/s | x floor | speed-up vs package | "
              "vs torchmetrics | max abs diff (rel) | peak mem GiB | cache GiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         diff = "–" if r["max_abs_diff"] is None else \
             f"{r['max_abs_diff']:.1e} ({r['rel_diff']:.0e})"
@@ -58,8 +63,11 @@ def _metric_table(rows: list[dict]) -> list[str]:
             mem += f" ({_fmt(r['peak_mem_subprocess_gib'])})"
         lines.append(
             f"| {r['height']}x{r['width']}, {r['batch']} | {r['case']} | {_fmt(r['median_s'])} | "
-            f"{_fmt(r['images_per_s'])} | {_fmt(r['x_floor'])} | {_fmt(r['speedup_vs_package'])} | "
-            f"{_fmt(r['speedup_vs_torchmetrics'])} | {diff} | {mem} | {_fmt(r['cache_gib'])} |"
+            f"{_fmt(r['cpu_s'])} | {_fmt(r['images_per_s'])} | "
+            f"{_pair(r['x_floor'], r['x_floor_wall'])} | "
+            f"{_pair(r['speedup_vs_package'], r['speedup_vs_package_wall'])} | "
+            f"{_pair(r['speedup_vs_torchmetrics'], r['speedup_vs_torchmetrics_wall'])} | "
+            f"{diff} | {mem} | {_fmt(r['cache_gib'])} |"
         )
     return lines
 
@@ -143,7 +151,8 @@ def targets(metric: list[dict], epoch: list[dict]) -> tuple[list[str], set[str]]
 def _floor_per_image(metric: list[dict], group: str, h: int, w: int) -> float | None:
     rows = [r for r in metric if r["group"] == group and r["kind"] == "floor"
             and (r["height"], r["width"]) == (h, w) and "contiguous" not in r["case"]]
-    return min((r["median_s"] / r["batch"] for r in rows), default=None)
+    key = "cpu_s" if rows and rows[0].get("cpu_s") else "median_s"
+    return min((r[key] / r["batch"] for r in rows), default=None)
 
 
 def causes(metric: list[dict], epoch: list[dict], missed: set[str]) -> list[str]:
@@ -191,7 +200,7 @@ def causes(metric: list[dict], epoch: list[dict], missed: set[str]) -> list[str]
     if "epoch" in missed and epoch:
         base = epoch[0]
         slices = round(base["median_s"] * base["images_per_s"])
-        per_slice = base["median_s"] / max(slices, 1)
+        per_slice = (base.get("cpu_s") or base["median_s"]) / max(slices, 1)
         floors = {g: _floor_per_image(metric, g, base["height"], base["width"])
                   for g in ("LPIPS-VGG", "DISTS", "ResNetFD")}
         known = {g: f for g, f in floors.items() if f is not None}
@@ -201,7 +210,7 @@ def causes(metric: list[dict], epoch: list[dict], missed: set[str]) -> list[str]
                 "**epoch overhead**: not reachable by any implementation of this suite on a CPU. "
                 "The bare encoders alone, over one 320x320 prediction, take "
                 + ", ".join(f"{g} {1e3 * f:.0f} ms" for g, f in known.items())
-                + f" (floor rows, batched), {1e3 * total:.0f} ms in all, against "
+                + f" (CPU time, floor rows, batched), {1e3 * total:.0f} ms in all, against "
                 f"{1e3 * per_slice:.0f} ms per slice for the whole epoch without DFDs (UNet "
                 f"forward at 640x368, data, pixel metrics): a floor of +{100 * total / per_slice:.0f} "
                 "% before any distance is computed. Validation also runs at batch 1 "
@@ -263,9 +272,11 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, analysis: list[str]
         out += _metric_table([r for r in metric if r["group"] == group])
     if epoch:
         out += ["", "## UNet validation epoch", "", epoch[0]["notes"] + ".", "",
-                "| case | epoch s | slices/s | overhead vs no DFDs |", "|---|---:|---:|---:|"]
-        out += [f"| {r['case']} | {_fmt(r['median_s'])} | {_fmt(r['images_per_s'])} | "
-                f"{_fmt(r['overhead'], pct=True)} |" for r in epoch]
+                "| case | epoch wall s | epoch CPU s | slices/s | overhead vs no DFDs (wall) |",
+                "|---|---:|---:|---:|---:|"]
+        out += [f"| {r['case']} | {_fmt(r['median_s'])} | {_fmt(r.get('cpu_s'))} | "
+                f"{_fmt(r['images_per_s'])} | {_fmt(r['overhead'], pct=True)} "
+                f"({_fmt(r.get('overhead_wall'), pct=True)}) |" for r in epoch]
     if ddp:
         out += ["", "## DDP (2 processes, gloo, CPU): metric sync per epoch", "",
                 "| case | seconds | fraction of the epoch | notes |", "|---|---:|---:|---|"]
