@@ -22,3 +22,20 @@ def _offline_weights(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LIGHTNING_DFD_HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     yield
+
+
+@pytest.fixture
+def single_thread_cli(monkeypatch):
+    """One torch thread (small convolutions on shared cores) and a clean ``sys.argv``.
+
+    ``LightningCLI(args=...)`` also looks at ``sys.argv``, which holds pytest's own arguments.
+    """
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(sys, "argv", ["recon-train"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

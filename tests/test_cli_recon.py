@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from recon_models.cli import run_cli
@@ -23,13 +21,7 @@ TINY_NETWORKS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_no_pytest_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["recon-train"])  # LightningCLI(args=...) also sees sys.argv
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_cli")
 
 
 @pytest.fixture(scope="module")

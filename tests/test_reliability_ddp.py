@@ -40,13 +40,7 @@ TOLERANCE = 1e-6
 DFD_COLUMNS = ["val/lpips_vgg", "val/resnet_fd"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_no_pytest_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["recon-train"])  # LightningCLI(args=...) also sees sys.argv
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_cli")
 
 
 @pytest.fixture(scope="module")

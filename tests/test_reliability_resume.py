@@ -47,12 +47,7 @@ MAX_EPOCHS = 3
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_cli")
 
 
 @pytest.fixture(scope="module")
