@@ -21,6 +21,8 @@ VALUE_REFERENCE = {"LPIPS-VGG": "lpips package", "DISTS": "DISTS_pytorch",
                    "ResNetFD": "torchvision by hand"}
 #: a cache large enough for every target of the largest configuration (no eviction while timing)
 CACHE_BYTES = 8 << 30
+#: LPIPS-VGG with and without linear layers, updated together through a DFDCollection
+SHARED_CASE = "ours uncached, lin + nolin in one DFDCollection"
 
 
 @dataclass
@@ -88,6 +90,28 @@ def _ours(group: str, name: str, factory: Callable[..., nn.Module], device: torc
                 extra={"metric": metric})
 
 
+def _ours_shared(group: str, name: str, vgg, device: torch.device) -> Case:
+    """LPIPS-VGG with and without linear layers in one DFDCollection: one VGG pass for both."""
+    from lightning_dfd import LPIPS
+    from lightning_dfd.metrics.shared import DFDCollection
+
+    options = {"weights": vgg, "reduction": "none", "channels_last": True}
+    suite = DFDCollection({"lin": LPIPS(**options), "nolin": LPIPS(linear=False, **options)})
+    suite = suite.to(device)
+
+    def run(preds: Tensor, target: Tensor) -> Tensor:
+        suite.update(preds, target)
+        values = suite["lin"].values[-1]
+        suite.reset()
+        return values
+
+    def prepare(preds: Tensor, target: Tensor) -> tuple:
+        return preds.to(device), target.to(device)
+
+    return Case(group, name, "ours", run, prepare=prepare,
+                notes="two metrics (values of the linear one); compare with 'ours uncached'")
+
+
 def _reference(group: str, name: str, score: Callable[[Tensor, Tensor], Tensor],
                device: torch.device, notes: str = "") -> Case:
     module = getattr(score, "module", None)
@@ -115,7 +139,8 @@ def case_names(group: str) -> list[str]:
     return {
         "LPIPS-VGG": ["floor: bare VGG-16, channels_last", "floor: bare VGG-16, contiguous",
                       "ours uncached", "ours cached", "ours uncached, library defaults",
-                      "ours uncached, max_batch=4", "lpips package", "torchmetrics LPIPS"],
+                      "ours uncached, max_batch=4", SHARED_CASE, "lpips package",
+                      "torchmetrics LPIPS"],
         "DISTS": ["floor: bare DISTS VGG-16, channels_last", "ours uncached", "ours cached",
                   "ours uncached, library defaults", "DISTS_pytorch",
                   "torchmetrics DISTS (network built once)", "torchmetrics DISTS (metric class)"],
@@ -142,6 +167,8 @@ def build_case(group: str, name: str, device: torch.device) -> Case:
     if name == "ours uncached, max_batch=4":
         return _ours(group, name, factories[group], device, cached=False, channels_last=True,
                      max_batch=4)
+    if name == SHARED_CASE:
+        return _ours_shared(group, name, vgg, device)
     if name == "ours uncached, library defaults":
         return _ours(group, name, factories[group], device, cached=False, channels_last=False)
     builders: dict[str, Callable[[], Case]] = {

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from benchmarks.cases import SHARED_CASE
+
 CSV_COLUMNS = (
     "section", "group", "case", "kind", "device", "height", "width", "batch", "median_s",
     "cpu_s", "images_per_s", "x_floor", "speedup_vs_package", "speedup_vs_torchmetrics",
@@ -240,6 +242,16 @@ def derived_notes(metric: list[dict]) -> list[str]:
         "entry is evicted just before it is needed: the hit rate is 0, not budget/size "
         "(checked with TargetFeatureCache directly: 3 slots, 4 images, 0 hits in 3 epochs). "
         "`feature_cache=True` also gives each metric its own 2 GiB.")
+    for shared in _pick(metric, "LPIPS-VGG", SHARED_CASE):
+        single = [r for r in _pick(metric, "LPIPS-VGG", "ours uncached")
+                  if (r["height"], r["width"], r["batch"]) == (shared["height"], shared["width"],
+                                                                shared["batch"])]
+        if single:
+            notes.append(
+                f"Shared encoder pass: LPIPS-VGG with and without linear layers, two metrics in one "
+                f"`DFDCollection`, cost {shared['x_floor'] / single[0]['x_floor']:.2f}x one "
+                f"LPIPS-VGG metric alone ({shared['height']}x{shared['width']}, batch "
+                f"{shared['batch']}); two separate metrics would cost 2x.")
     for group in ("LPIPS-VGG", "DISTS", "ResNetFD"):
         fast, default = _pick(metric, group, "ours uncached"), \
             _pick(metric, group, "ours uncached, library defaults")

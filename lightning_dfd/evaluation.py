@@ -245,9 +245,11 @@ def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
     """Instantiate the metrics of ``config`` (per-image values) on ``config.device``.
 
     Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
-    fastMRI's per-volume value.
+    fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
+    pass (:mod:`lightning_dfd.metrics.shared`).
     """
     from lightning_dfd.metrics import build_metric, is_dfd
+    from lightning_dfd.metrics.shared import link_shared_encoders
 
     metrics: dict[str, Any] = {}
     for name in config.metrics:
@@ -257,6 +259,7 @@ def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
         metrics[name] = build_metric(name, **kwargs).to(config.device)
         if not is_dfd(name):
             metrics[f"{name}@volume"] = build_metric(name, reduction="none").to(config.device)
+    link_shared_encoders(metrics.values())
     return metrics
 
 
@@ -308,19 +311,23 @@ def evaluate_pair(
 
     values: dict[str, np.ndarray] = {}
     volume_values: dict[str, float] = {}
+    from lightning_dfd.metrics.shared import linked_groups, shared_batch
+
+    for metric in metrics.values():
+        metric.reset()
     with torch.no_grad():
+        for start in range(0, len(index), config.batch_size):
+            chunk = slice(start, start + config.batch_size)
+            with shared_batch(linked_groups(metrics.values())):  # every metric, one update each
+                for name, metric in metrics.items():
+                    if not hasattr(metric, "metric_name"):  # a DFD
+                        metric.update(preds[chunk], target[chunk])
+                    elif name.endswith("@volume"):  # PSNR / SSIM / NMSE take a data range
+                        ids = torch.zeros(preds[chunk].shape[0], dtype=torch.long, device=device)
+                        metric.update(preds[chunk], target[chunk], data_range[chunk], volume_ids=ids)
+                    else:
+                        metric.update(preds[chunk], target[chunk], data_range[chunk])
         for name, metric in metrics.items():
-            metric.reset()
-            pixel = hasattr(metric, "metric_name")  # PSNR / SSIM / NMSE take a data range
-            for start in range(0, len(index), config.batch_size):
-                chunk = slice(start, start + config.batch_size)
-                if not pixel:
-                    metric.update(preds[chunk], target[chunk])
-                elif name.endswith("@volume"):
-                    ids = torch.zeros(preds[chunk].shape[0], dtype=torch.long, device=device)
-                    metric.update(preds[chunk], target[chunk], data_range[chunk], volume_ids=ids)
-                else:
-                    metric.update(preds[chunk], target[chunk], data_range[chunk])
             result = _as_numpy(metric.compute()).reshape(-1)
             if name.endswith("@volume"):
                 volume_values[name.removesuffix("@volume")] = float(result[0])

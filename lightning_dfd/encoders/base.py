@@ -37,6 +37,13 @@ class FeatureDistanceNetwork(nn.Module, ABC):
 
     #: a short identity of architecture + weights + preprocessing, used to key feature caches.
     identity: str = ""
+    #: what the *features* depend on (identity minus distance-only options): networks with equal
+    #: ``features_identity`` and equal feature weights compute identical features, so they can
+    #: share one encoder pass and one target-feature cache (empty: same as ``identity``).
+    features_identity: str = ""
+    #: names (prefixes) of parameters/buffers used only by :meth:`distance`, left out of the
+    #: feature-weights digest (LPIPS' linear layers, DISTS' alpha/beta).
+    head_prefixes: tuple[str, ...] = ()
     #: run convolutions in channels-last layout (faster on CPU and tensor cores; same values
     #: up to float rounding, <= 1e-5 relative in our tests).
     channels_last: bool = False

@@ -57,6 +57,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
         self.register_buffer("alpha", shipped["alpha"].float())
         self.register_buffer("beta", shipped["beta"].float())
         self.identity = f"dists-{os.fspath(weights)}"
+        self.head_prefixes = ("alpha", "beta")
         freeze(self)
 
     def prepare(self, images: Tensor) -> Tensor:

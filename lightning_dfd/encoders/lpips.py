@@ -69,7 +69,9 @@ class LPIPSNetwork(FeatureDistanceNetwork):
             self.lins.load_state_dict(
                 {k.replace("lin", "", 1): v for k, v in shipped.items()}, strict=True
             )
+        self.features_identity = f"lpips-{net}-{os.fspath(weights)}"
         self.identity = f"lpips-{net}-{'lin' if linear else 'nolin'}-{os.fspath(weights)}"
+        self.head_prefixes = ("lins.",)
         freeze(self)
 
     def prepare(self, images: Tensor) -> Tensor:

@@ -57,7 +57,8 @@ class ResNetFDNetwork(FeatureDistanceNetwork):
         self.layers = tuple(layers)
         self.lo, self.hi = lo, hi
         self._distance = mean_squared_distance if distance == "mse" else mean_absolute_distance
-        self.identity = f"resnet50-{os.fspath(weights)}-{'+'.join(layers)}-{lo},{hi}-{distance}"
+        self.features_identity = f"resnet50-{os.fspath(weights)}-{'+'.join(layers)}-{lo},{hi}"
+        self.identity = f"{self.features_identity}-{distance}"
         freeze(self)
 
     def prepare(self, images: Tensor) -> Tensor:

@@ -262,7 +262,8 @@ class SSFDNetwork(FeatureDistanceNetwork):
         self.layers = layers
         self._levels = [SSFD_LAYERS.index(layer) for layer in layers]
         self._distance = mean_squared_distance if distance == "mse" else mean_absolute_distance
-        self.identity = f"ssfd-{os.fspath(weights)}-{'+'.join(layers)}-{distance}"
+        self.features_identity = f"ssfd-{os.fspath(weights)}-{'+'.join(layers)}"
+        self.identity = f"{self.features_identity}-{distance}"
         self.encoder.eval()
         for p in self.parameters():
             p.requires_grad_(False)

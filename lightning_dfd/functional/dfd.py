@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,14 +109,36 @@ def feature_distances(
         max_batch: at most this many image pairs per encoder pass (None: all at once).
         cache: where target features may already be, and where new ones are stored.
     """
+    return shared_feature_distances([network], preds, target, normalization, max_batch, cache)[0]
+
+
+def shared_feature_distances(
+    networks: Sequence[FeatureDistanceNetwork],
+    preds: Tensor,
+    target: Tensor,
+    normalization: str,
+    max_batch: int | None = None,
+    cache: CacheLookup | None = None,
+) -> list[Tensor]:
+    """:func:`feature_distances` for several networks with identical features, one encoder pass.
+
+    ``networks[0]`` encodes; every network's :meth:`~FeatureDistanceNetwork.distance` is applied
+    to those features (e.g. LPIPS-VGG with and without its linear layers). The caller guarantees
+    that the networks share ``features_identity`` and feature weights
+    (:func:`lightning_dfd.metrics.shared.sharing_key` does).
+
+    Returns:
+        One ``(M,)`` tensor per network, in order.
+    """
     check_choice("normalization", normalization, NORMALIZATIONS)
     if max_batch is not None and max_batch < 1:
         raise ValueError(f"Argument `max_batch` must be a positive integer or None, got {max_batch}")
+    network = networks[0]
     p01, t01 = normalize_pair(preds, target, normalization)
     m = p01.shape[0]
     step = max_batch or m
     needs_grad = torch.is_grad_enabled() and p01.requires_grad
-    out = []
+    out: list[list[Tensor]] = [[] for _ in networks]
     for start in range(0, m, step):
         chunk = slice(start, min(start + step, m))
         pc, tc = p01[chunk], t01[chunk]
@@ -134,13 +156,19 @@ def feature_distances(
             for j, i in enumerate(missing):
                 cache.cache.put(cache.namespace, cache.keys[chunk][i], tc[i], [f[j] for f in new])
         if len(missing) == len(cached):
-            ft = new
-        else:
-            for j, i in enumerate(missing):
-                cached[i] = [f[j] for f in new]
-            ft = [torch.stack(layer) for layer in zip(*cached, strict=True)]
-        out.append(network.distance(fp, ft))
-    return torch.cat(out)
+            for values, head in zip(out, networks, strict=True):
+                values.append(head.distance(fp, new))
+            continue
+        for j, i in enumerate(missing):
+            cached[i] = [f[j] for f in new]
+        # Image by image against views of the cached maps: stacking them into a batch would copy
+        # every cached feature map on every update (~50 MB per 320x320 LPIPS-VGG target).
+        for values, head in zip(out, networks, strict=True):
+            values.append(torch.cat([
+                head.distance([f[i : i + 1] for f in fp], [f.unsqueeze(0) for f in feats])
+                for i, feats in enumerate(cached)
+            ]))
+    return [torch.cat(values) for values in out]
 
 
 def reduce(values: Tensor, reduction: str) -> Tensor:

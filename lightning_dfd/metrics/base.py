@@ -19,7 +19,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.feature_cache import TargetFeatureCache
-from lightning_dfd.functional.dfd import CacheLookup, feature_distances, validated_images
+from lightning_dfd.functional.dfd import CacheLookup, shared_feature_distances, validated_images
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
@@ -43,10 +43,12 @@ def make_feature_cache(spec: bool | dict | TargetFeatureCache | None) -> TargetF
                     f"arguments or a TargetFeatureCache, but got {type(spec).__name__}")
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """A short BLAKE2 digest of every parameter and buffer of ``module``."""
+def weights_digest(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
+    """A short BLAKE2 digest of every parameter and buffer of ``module`` (but names in ``skip``)."""
     digest = hashlib.blake2b(digest_size=8)
     for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        if skip and name.startswith(skip):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
@@ -123,6 +125,8 @@ class DeepFeatureDistance(Metric):
         network.set_options(channels_last=channels_last, autocast=autocast)
         self.feature_cache = make_feature_cache(feature_cache)
         self._namespace: str | None = None
+        #: set by :func:`lightning_dfd.metrics.shared.link_shared_encoders`
+        self._share = None
         if reduction == "mean":
             self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -153,18 +157,29 @@ class DeepFeatureDistance(Metric):
     def cache_namespace(self) -> str:
         """What a cached target feature depends on besides the image.
 
-        The network's identity and a digest of its actual weights (two random initialisations
-        never share entries), the normalisation and the numeric options.
+        The network's features identity and a digest of its feature weights (two random
+        initialisations never share entries; LPIPS with and without linear layers do), the
+        normalisation and the numeric options. Metrics with equal namespaces compute identical
+        features and can share one encoder pass (:mod:`lightning_dfd.metrics.shared`).
         """
         if self._namespace is None:
-            self._namespace = (f"{self.network.identity}|{weights_digest(self.network)}|"
-                               f"{self.normalization}|cl={self.network.channels_last}|"
-                               f"ac={self.network.autocast}")
+            net = self.network
+            self._namespace = (f"{net.features_identity or net.identity}|"
+                               f"{weights_digest(net, net.head_prefixes)}|"
+                               f"{self.normalization}|cl={net.channels_last}|ac={net.autocast}")
         return self._namespace
 
     def _distances(self, p: Tensor, t: Tensor, keep: Tensor, ids: Tensor | None,
                    channels: int) -> Tensor:
         """Per-image values of validated ``(M, 1, H, W)`` images (no state is touched)."""
+        if self._share is not None:
+            return self._share.distances(self, p, t, keep, ids, channels)
+        return self.distances_for([self.network], p, t, keep, ids, channels)[0]
+
+    def distances_for(self, networks: list[FeatureDistanceNetwork], p: Tensor, t: Tensor,
+                      keep: Tensor, ids: Tensor | None, channels: int) -> list[Tensor]:
+        """Per-image values for each of ``networks`` (identical features), from one encoder pass
+        with this metric's options and target-feature cache."""
         lookup = None
         if self.feature_cache is not None and ids is not None:
             keys = [(int(i), k % channels) for k, i in enumerate(ids.tolist())]
@@ -173,8 +188,8 @@ class DeepFeatureDistance(Metric):
         if not keep.all():
             p, t = p[keep], t[keep]
         if p.shape[0] == 0:
-            return p.new_zeros(0)
-        return feature_distances(self.network, p, t, self.normalization, self.max_batch, lookup)
+            return [p.new_zeros(0) for _ in networks]
+        return shared_feature_distances(networks, p, t, self.normalization, self.max_batch, lookup)
 
     def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
         """Score a batch.

@@ -1,10 +1,11 @@
 """What every image-producing LightningModule of this project shares: metrics and image grids.
 
-:class:`ImageQualityModule` owns a :class:`torchmetrics.MetricCollection` of PSNR / SSIM / NMSE and
-deep feature distances chosen by name (``lightning_dfd.metrics.build_metric``), updates it on
-magnitude images, logs ``val/<name>`` once per validation epoch (values are synced across
-processes by torchmetrics' ``compute()``), and logs image grids to loggers that take images
-(TensorBoard). Subclasses own the model, the loss and the steps (fastMRI's ``MriModule`` pattern).
+:class:`ImageQualityModule` owns a :class:`~lightning_dfd.metrics.DFDCollection` of PSNR / SSIM /
+NMSE and deep feature distances chosen by name (``lightning_dfd.metrics.build_metric``; DFDs with
+identical features share one encoder pass), updates it on magnitude images, logs ``val/<name>``
+once per validation epoch (values are synced across processes by torchmetrics' ``compute()``),
+and logs image grids to loggers that take images (TensorBoard). Subclasses own the model, the
+loss and the steps (fastMRI's ``MriModule`` pattern).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
 from lightning_dfd.metrics import build_metric, is_dfd
+from lightning_dfd.metrics.shared import DFDCollection
 
 #: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
 DEFAULT_DFDS: dict[str, dict[str, Any]] = {"lpips_vgg": {}, "dists": {}, "resnet_fd": {}}
@@ -29,8 +31,10 @@ def build_metric_collection(
     dfds: Mapping[str, Mapping[str, Any]],
     pixel_metrics: Sequence[str] = PIXEL_METRICS,
     prefix: str = "val/",
-) -> MetricCollection:
-    """A ``MetricCollection`` of pixel metrics and DFDs, keys ``<prefix><name>``.
+) -> DFDCollection:
+    """A :class:`~lightning_dfd.metrics.shared.DFDCollection` of pixel metrics and DFDs.
+
+    Keys are ``<prefix><name>``.
 
     Args:
         dfds: DFD name -> keyword arguments of :func:`lightning_dfd.metrics.build_metric`
@@ -57,8 +61,8 @@ def build_metric_collection(
             raise ValueError(f"Metric {name!r} is configured twice")
         # Validation targets never change: cache their features (keyed by sample id) by default.
         metrics[name] = build_metric(name, **{"feature_cache": True, **dict(kwargs or {})})
-    # No compute groups: the metrics never share states, and grouping would compare them all.
-    return MetricCollection(metrics, prefix=prefix, compute_groups=False)
+    # DFDs with identical features (LPIPS with/without linear layers) share one encoder pass.
+    return DFDCollection(metrics, prefix=prefix)
 
 
 def center_crop(image: Tensor, size: Sequence[int]) -> Tensor:
