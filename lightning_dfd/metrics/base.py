@@ -178,8 +178,10 @@ class DeepFeatureDistance(Metric):
 
     def distances_for(self, networks: list[FeatureDistanceNetwork], p: Tensor, t: Tensor,
                       keep: Tensor, ids: Tensor | None, channels: int) -> list[Tensor]:
-        """Per-image values for each of ``networks`` (identical features), from one encoder pass
-        with this metric's options and target-feature cache."""
+        """Per-image values for each of ``networks`` (identical features), one encoder pass.
+
+        The pass uses this metric's options (normalisation, ``max_batch``) and feature cache.
+        """
         lookup = None
         if self.feature_cache is not None and ids is not None:
             keys = [(int(i), k % channels) for k, i in enumerate(ids.tolist())]
