@@ -112,11 +112,47 @@ def validate_seconds(module, data, device: torch.device) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu_start
 
 
+def flop_rows(folder: Path) -> list[dict]:
+    """Forward FLOPs per slice (``torch.utils.flop_counter``): the UNet vs each DFD encoder.
+
+    Hardware-independent: the encoders' share is a lower bound of the suite's overhead wherever
+    the epoch is compute-bound, whatever the implementation (the cached floor is one encoder pass
+    over each prediction).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lightning_dfd.metrics import DeepFeatureDistance
+
+    data = datamodule(folder, batch_size=1)
+    data.prepare_data()
+    data.setup("validate")
+    batch = next(iter(data.val_dataloader()))
+    module = build_module(suite())
+    counts: dict[str, int] = {}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            module(batch.masked_kspace, batch.mask, batch.maps)
+        counts[f"UNet forward ({FULL_SHAPE[0]}x{FULL_SHAPE[1]} k-space)"] = counter.get_total_flops()
+        image = torch.rand(1, 1, *RECON_SHAPE)
+        for name, metric in module.val_metrics.items(keep_base=True, copy_state=False):
+            if isinstance(metric, DeepFeatureDistance):
+                with FlopCounterMode(display=False) as counter:
+                    metric.network(image)
+                counts[f"{name} encoder, one {RECON_SHAPE[0]}x{RECON_SHAPE[1]} image"] = \
+                    counter.get_total_flops()
+    unet = next(iter(counts.values()))
+    return [{"section": "flops", "group": "FLOPs per slice", "case": name, "gflops": flops / 1e9,
+             "overhead": flops / unet if i else None,
+             "notes": "convolutions and matrix products (FFTs, pointwise ops not counted)"}
+            for i, (name, flops) in enumerate(counts.items())]
+
+
 def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coils: int,
                 batch_size: int, rounds: int, log=print) -> list[dict]:
     """Rows ``{case, median_s, overhead, images, ...}`` for every variant."""
     quiet_lightning()
     folder = make_data(root, volumes, slices, coils)
+    flops = flop_rows(folder)
     data = datamodule(folder, batch_size)
     data.prepare_data()
     modules = {name: build_module(make()) for name, make in VARIANTS.items()}
@@ -149,4 +185,4 @@ def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coi
                      f"{FULL_SHAPE[0]}x{FULL_SHAPE[1]}, {coils} coils, metrics on the "
                      f"{RECON_SHAPE[0]}x{RECON_SHAPE[1]} crop",
         })
-    return rows
+    return rows + flops
