@@ -82,6 +82,19 @@ def test_evaluation_masks_fixed_per_volume_training_masks_vary(synthetic_dir):
     assert torch.equal(train[0].mask, train_masks[0])  # reproducible from torch's seed
 
 
+def test_training_masks_differ_between_ranks_seeded_alike(synthetic_dir, monkeypatch):
+    train = _dataset(synthetic_dir, fixed_mask=False, method="rss", files=["file_synth0000.h5"])
+    per_rank = {}
+    for rank in (0, 1, 2):
+        monkeypatch.setenv("RANK", str(rank))
+        torch.manual_seed(0)  # seed_everything gives every rank the same seed
+        per_rank[rank] = [tuple(train[0].mask.flatten().tolist()) for _ in range(4)]
+    assert len({tuple(masks) for masks in per_rank.values()}) == 3
+    monkeypatch.delenv("RANK")
+    torch.manual_seed(0)
+    assert tuple(train[0].mask.flatten().tolist()) == per_rank[0][0]  # rank 0: single process
+
+
 def test_default_collate_adds_the_batch_dimension(synthetic_dir):
     dataset = _dataset(synthetic_dir, method="rss")
     batch = next(iter(DataLoader(dataset, batch_size=3)))

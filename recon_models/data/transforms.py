@@ -19,6 +19,20 @@ from recon_models.data.sample import SAMPLE_ID_STRIDE, ReconSample
 from recon_models.data.sensitivity import sense_combine
 
 
+def distributed_rank() -> int:
+    """This process's global rank: from the initialised process group, else ``$RANK``, else 0.
+
+    DataLoader workers forked from a rank inherit its process-group state and environment.
+
+    Example:
+        >>> distributed_rank()
+        0
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
 class ReconTransform:
     """A ``SliceDataset`` transform: masks k-space, adds coil maps and the SENSE reference.
 
@@ -28,7 +42,9 @@ class ReconTransform:
     ``fixed_mask``, else fresh per slice) unless the file carries its own ``mask``.
 
     Training masks are seeded from torch's global generator, which Lightning seeds per process
-    and DataLoader per worker, so workers draw different masks and runs are reproducible.
+    and DataLoader per worker, so workers draw different masks and runs are reproducible. The
+    distributed rank is mixed into the seed (:func:`distributed_rank`): every rank is seeded
+    alike by ``seed_everything``, and would otherwise draw the same sequence of masks.
 
     Args:
         mask_func: A fastMRI mask function; ``None`` keeps k-space fully sampled.
@@ -95,6 +111,8 @@ class ReconTransform:
             seed = volume_seed(fname)
         else:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            rank = distributed_rank()
+            seed = (seed, rank) if rank else seed  # one process: as before
         padding = None
         if "padding_left" in attrs and "padding_right" in attrs:
             padding = (int(attrs["padding_left"]), int(attrs["padding_right"]))
