@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,24 @@ def test_metric_mode_by_name():
     assert DFDEarlyStopping(monitor="val/lpips_vgg", mode="max").mode == "max"  # explicit wins
     with pytest.raises(ValueError, match="give `mode`"):
         DFDEarlyStopping(monitor="val/sharpness")
+
+
+def test_per_image_dfd_is_logged_as_mean_and_written_per_sample(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    samples = _volumes([(12, 12), (10, 14)], slices=2)
+    torch.manual_seed(0)
+    module = ReconModule("unet", SMALL_UNET, log_images_every_n_epochs=0,
+                         dfds={"resnet_fd": {"weights": "random", "reduction": "none"}})
+    trainer = Trainer(accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    (logged,) = trainer.validate(module, DataLoader(samples, batch_size=3))
+    found = module.per_image_values["resnet_fd"]
+    assert found["ids"].tolist() == [0, 1, 10_000, 10_001]
+    assert logged["val/resnet_fd"] == pytest.approx(float(found["values"].mean()), rel=1e-6)
+    lines = (Path(trainer.log_dir) / "per_image" / "epoch=000.csv").read_text().splitlines()
+    assert lines[0] == "sample_id,volume_id,slice,resnet_fd"
+    assert [line.split(",")[:3] for line in lines[1:]] == [
+        ["0", "0", "0"], ["1", "0", "1"], ["10000", "1", "0"], ["10001", "1", "1"]]
+    written = [float(line.split(",")[3]) for line in lines[1:]]
+    assert written == pytest.approx(found["values"].tolist(), rel=1e-6)

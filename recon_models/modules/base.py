@@ -10,7 +10,9 @@ loss and the steps (fastMRI's ``MriModule`` pattern).
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +21,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
-from lightning_dfd.metrics import build_metric, is_dfd
+from lightning_dfd.metrics import DeepFeatureDistance, build_metric, is_dfd
 from lightning_dfd.metrics.shared import DFDCollection
+from recon_models.data.sample import SAMPLE_ID_STRIDE
 
 #: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
 DEFAULT_DFDS: dict[str, dict[str, Any]] = {"lpips_vgg": {}, "dists": {}, "resnet_fd": {}}
@@ -104,6 +107,11 @@ class ImageQualityModule(LightningModule):
             ``{}`` no DFD.
         pixel_metrics: which of PSNR / SSIM / NMSE to log.
         log_images_every_n_epochs: log an image grid every this many epochs (0: never).
+
+    A DFD configured with ``reduction: none`` is logged as its mean, and its per-image values
+    (all processes, sorted by sample id) are kept in :attr:`per_image_values` and written by the
+    global rank 0 to ``<log_dir>/per_image/epoch=NNN.csv`` (``sample_id, volume_id, slice`` and
+    one column per such metric), e.g. for correlation with reader scores.
     """
 
     def __init__(
@@ -122,6 +130,8 @@ class ImageQualityModule(LightningModule):
         )
         self.val_loss = MeanMetric()
         self.log_images_every_n_epochs = log_images_every_n_epochs
+        #: metric name -> ``{"ids", "values"}`` of the last validation epoch (``reduction="none"``)
+        self.per_image_values: dict[str, dict[str, Tensor]] = {}
 
     @property
     def metric_modes(self) -> dict[str, str]:
@@ -160,12 +170,37 @@ class ImageQualityModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         """Compute every metric over all processes, log it as ``val/<name>``, and reset."""
         values = self.val_metrics.compute()
+        self.per_image_values = {}
+        for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
+            if isinstance(metric, DeepFeatureDistance) and metric.reduction == "none":
+                self.per_image_values[name] = metric.compute_per_image()
+                values[f"{self.val_metrics.prefix}{name}"] = self.per_image_values[name]["values"].mean()
         self.val_metrics.reset()
+        if self.per_image_values and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            self.write_per_image_values(Path(self.trainer.log_dir or ".") / "per_image")
         if self.val_loss.update_called:
             values["val/loss"] = self.val_loss.compute()
         self.val_loss.reset()
         # Values are identical on every rank already; sync_dist only averages equal numbers.
         self.log_dict({name: value.float() for name, value in values.items()}, sync_dist=True)
+
+    def write_per_image_values(self, folder: Path) -> Path:
+        """Write :attr:`per_image_values` as ``folder/epoch=NNN.csv``; returns the path."""
+        rows: dict[int, dict[str, float]] = {}
+        for name, found in self.per_image_values.items():
+            for sample_id, value in zip(found["ids"].tolist(), found["values"].tolist(), strict=True):
+                rows.setdefault(sample_id, {})[name] = value
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"epoch={self.current_epoch:03d}.csv"
+        names = list(self.per_image_values)
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sample_id", "volume_id", "slice", *names])
+            for sample_id in sorted(rows):
+                volume, slice_num = divmod(sample_id, SAMPLE_ID_STRIDE)
+                writer.writerow([sample_id, volume, slice_num,
+                                 *(rows[sample_id].get(name, "") for name in names)])
+        return path
 
     def should_log_images(self, batch_idx: int) -> bool:
         """True for the first validation batch of an image-logging epoch, on the global rank 0."""
