@@ -231,7 +231,8 @@ def causes(metric: list[dict], epoch: list[dict], missed: set[str],
             "for what channels_last gains on this CPU now.")
     if "memory" in missed:
         out.append(
-            "**peak memory**: with `max_batch=8` one encoder pass holds 16 images (8 predictions + "
+            "**peak memory** (missed with `max_batch=8` only; the library default is 4): with "
+            "`max_batch=8` one encoder pass holds 16 images (8 predictions + "
             "8 targets) and keeps the unit-normalised maps of all five LPIPS taps of all 16 images "
             "(~115 MB per 640x368 image) until the distance; `max_batch=4` halves both (row "
             "'ours uncached, max_batch=4').")

@@ -131,7 +131,8 @@ def _setup_lines(args, device: torch.device, load_start, load_end, memory_method
         "same call varied up to 3x in wall time and ~3 % in CPU time); the targets are judged on "
         "CPU time. On an idle machine with 2 threads the two agree up to the serial parts (Python, "
         "hashing), which CPU time weighs half as much as wall time.",
-        "Ours: `reduction='none'`, `max_batch=8` (default), `channels_last=True`; 'cached' passes "
+        "Ours: `reduction='none'`, `max_batch=8` (explicit; the library default is 4, the row "
+        "'ours uncached, max_batch=4'), `channels_last=True`; 'cached' passes "
         "`sample_ids` with `feature_cache=TargetFeatureCache(8 GiB)` filled by the warm-up "
         "(steady state of epoch >= 2); 'library defaults' is `channels_last=False`.",
         f"Peak memory: {memory_method} during the warm-up call (the first call on that input; for "

@@ -83,7 +83,9 @@ class DeepFeatureDistance(Metric):
         nan_strategy: non-finite predictions: ``"error"``, ``"ignore"`` (skip and count them in
             ``skipped``) or ``"propagate"``.
         max_batch: at most this many image pairs per encoder pass (bounds peak memory; None:
-            the whole batch at once).
+            the whole batch at once). The default 4 keeps LPIPS-VGG at 640x368 with batch 16 at
+            about a third of the ``lpips`` package's peak, at the same speed as 8 on a CPU
+            (``benchmarks/RESULTS.md``).
         feature_cache: reuse target features across epochs for updates that pass
             ``sample_ids``: True (a 2 GiB in-memory LRU), a dict of :class:`TargetFeatureCache`
             arguments (``{"max_bytes": ..., "directory": ...}``, e.g. from YAML), a
@@ -105,7 +107,7 @@ class DeepFeatureDistance(Metric):
         reduction: str = "mean",
         normalization: str = "minmax",
         nan_strategy: str = "error",
-        max_batch: int | None = 8,
+        max_batch: int | None = 4,
         feature_cache: bool | dict | TargetFeatureCache | None = None,
         channels_last: bool = False,
         autocast: bool = False,
