@@ -142,7 +142,7 @@ def case_names(group: str) -> list[str]:
                       "ours uncached, max_batch=4", SHARED_CASE, "lpips package",
                       "torchmetrics LPIPS"],
         "DISTS": ["floor: bare DISTS VGG-16, channels_last", "ours uncached", "ours cached",
-                  "ours uncached, library defaults", "DISTS_pytorch",
+                  "ours uncached, library defaults", "ours uncached, max_batch=4", "DISTS_pytorch",
                   "torchmetrics DISTS (network built once)", "torchmetrics DISTS (metric class)"],
         "ResNetFD": ["floor: bare ResNet-50 to layer3.3.conv3, channels_last", "ours uncached",
                      "ours cached", "ours uncached, library defaults", "torchvision by hand"],

@@ -61,3 +61,20 @@ def test_merge_combines_runs_into_one_report(tmp_path):
     assert text.index("## LPIPS-VGG") < text.index("## UNet validation epoch")
     merged = report.read_csv(tmp_path / "out" / "results.csv")
     assert [r["section"] for r in merged] == ["metric"] * 4 + ["epoch"]
+
+
+def test_merge_fills_a_row_measured_in_two_runs(tmp_path):
+    timing = _metric_row("ours uncached", "ours", 2.1, max_abs_diff=3e-7, rel_diff=1e-6,
+                         peak_mem_gib=6.0)
+    memory = report.as_dicts([{k: timing[k] for k in ("section", "group", "case", "kind", "device",
+                                                       "height", "width", "batch")}
+                              | {"peak_mem_subprocess_gib": 5.5}])[0]
+    for name, part in (("t", [timing]), ("m", [memory])):
+        (tmp_path / name).mkdir()
+        report.write_csv(part, tmp_path / name / "results.csv")
+        report.write_markdown(part, tmp_path / name / "RESULTS.md",
+                              {"argv": name, "date": "today", "setup": []}, analysis=[])
+    merge([tmp_path / "t", tmp_path / "m"], tmp_path / "out")
+    (row,) = report.read_csv(tmp_path / "out" / "results.csv")
+    assert row["x_floor"] == 2.1 and row["peak_mem_gib"] == 6.0
+    assert row["peak_mem_subprocess_gib"] == 5.5
