@@ -221,7 +221,7 @@ def merge(parts: list[Path], out: Path) -> int:
     for part in parts:
         for row in report.read_csv(part / "results.csv"):
             key = tuple(row[k] for k in ("section", "group", "case", "height", "width", "batch"))
-            if key in seen and row["section"] != "flops":  # the same row from another run:
+            if key in seen:  # the same row from another run:
                 first = seen[key]  # fill in what the first run did not measure
                 first.update({k: v for k, v in row.items() if first.get(k) is None})
                 continue
