@@ -273,6 +273,7 @@ def _memory_cross_check(rows: list[dict], device: torch.device, threads: int,
                         groups: list[str]) -> None:
     """Fresh-process peaks at 640x368, batch 16 into ``rows``; a row is added where none is."""
     from benchmarks import cases as C
+    from benchmarks import report
     from benchmarks.memory_case import measure
 
     for group, case in MEMORY_CROSS_CHECK:
@@ -288,20 +289,13 @@ def _memory_cross_check(rows: list[dict], device: torch.device, threads: int,
                                      r["batch"]) == key]
         if not found:
             kind = "reference" if case == C.VALUE_REFERENCE.get(group) else "ours"
-            found = [{"section": "metric", "group": group, "case": case, "kind": kind,
-                      "device": device.type, "height": 640, "width": 368, "batch": 16,
-                      "notes": "fresh-process peak only (--memory-only)"}]
-            rows += [{k: found[0].get(k) for k in report_columns()}]
+            rows += report.as_dicts([{"section": "metric", "group": group, "case": case,
+                                      "kind": kind, "device": device.type, "height": 640,
+                                      "width": 368, "batch": 16,
+                                      "notes": "fresh-process peak only (--memory-only)"}])
             found = rows[-1:]
         for row in found:
             row["peak_mem_subprocess_gib"] = result["peak_bytes"] / (1 << 30)
-
-
-def report_columns() -> tuple[str, ...]:
-    """The CSV schema (imported lazily: the report module pulls in torch via the cases)."""
-    from benchmarks.report import CSV_COLUMNS
-
-    return CSV_COLUMNS
 
 
 def _epoch(args, device: torch.device, tmp: Path) -> list[dict]:

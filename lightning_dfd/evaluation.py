@@ -309,16 +309,17 @@ def evaluate_pair(
     else:
         data_range = target.double().flatten(1).amax(dim=1)
 
-    values: dict[str, np.ndarray] = {}
-    volume_values: dict[str, float] = {}
     from lightning_dfd.metrics.shared import linked_groups, shared_batch
 
+    values: dict[str, np.ndarray] = {}
+    volume_values: dict[str, float] = {}
+    shares = linked_groups(metrics.values())
     for metric in metrics.values():
         metric.reset()
     with torch.no_grad():
         for start in range(0, len(index), config.batch_size):
             chunk = slice(start, start + config.batch_size)
-            with shared_batch(linked_groups(metrics.values())):  # every metric, one update each
+            with shared_batch(shares):  # every metric, one update each
                 for name, metric in metrics.items():
                     if not hasattr(metric, "metric_name"):  # a DFD
                         metric.update(preds[chunk], target[chunk])

@@ -72,9 +72,8 @@ class SharedEncoderPass:
         if not self._active:
             return metric.distances_for([metric.network], p, t, keep, ids, channels)[0]
         if id(metric) not in self._pending:
-            networks = [metric.network] + [m.network for m in self.metrics if m is not metric]
             members = [metric] + [m for m in self.metrics if m is not metric]
-            values = metric.distances_for(networks, p, t, keep, ids, channels)
+            values = metric.distances_for([m.network for m in members], p, t, keep, ids, channels)
             self._pending = {id(m): v for m, v in zip(members, values, strict=True)}
         return self._pending.pop(id(metric))
 
