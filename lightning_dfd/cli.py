@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"lightning_dfd.commands.{name}")
+            module = importlib.import_module(f"lightning_dfd.analysis.commands.{name}")
         except ModuleNotFoundError as err:
-            if err.name != f"lightning_dfd.commands.{name}":
+            if err.name != f"lightning_dfd.analysis.commands.{name}":
                 raise
             continue
         module.add_parser(subparsers)

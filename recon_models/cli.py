@@ -10,8 +10,8 @@ Usage::
 
 The model is :class:`~recon_models.modules.ReconModule` (``model:`` section), the data
 :class:`~recon_models.data.FastMRIDataModule` (``data:`` section). Callbacks and loggers go in the
-``trainer:`` section; :class:`~recon_models.modules.DFDEarlyStopping` and
-:class:`~recon_models.modules.DFDModelCheckpoint` take their mode from the monitored metric. After
+``trainer:`` section; :class:`~lightning_dfd.callbacks.DFDEarlyStopping` and
+:class:`~lightning_dfd.callbacks.DFDModelCheckpoint` take their mode from the monitored metric. After
 ``fit`` the epochs run, the early-stopping epoch and the best checkpoint are printed.
 """
 

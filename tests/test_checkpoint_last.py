@@ -5,7 +5,8 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from recon_models.modules import DFDModelCheckpoint, ReconModule
+from lightning_dfd.callbacks import DFDModelCheckpoint
+from recon_models.modules import ReconModule
 
 
 def test_last_checkpoint_follows_every_epoch(make_datamodule, tmp_path):

@@ -92,9 +92,9 @@ def test_early_stopping_on_a_dfd_reports_stopped_epoch_and_best_checkpoint(
 ):
     # lr = 0: the model never changes, so val/lpips_vgg stops improving after the first epoch
     callbacks = [
-        {"class_path": "recon_models.modules.DFDEarlyStopping",
+        {"class_path": "lightning_dfd.callbacks.DFDEarlyStopping",
          "init_args": {"monitor": "val/lpips_vgg", "patience": 1}},
-        {"class_path": "recon_models.modules.DFDModelCheckpoint",
+        {"class_path": "lightning_dfd.callbacks.DFDModelCheckpoint",
          "init_args": {"monitor": "val/lpips_vgg", "dirpath": str(tmp_path / "ckpt"),
                        "filename": "best-{epoch}", "auto_insert_metric_name": False}},
     ]  # fmt: skip

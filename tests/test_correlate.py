@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lightning_dfd import correlation as corr
-from lightning_dfd.commands import correlate
+from lightning_dfd.analysis import correlation as corr
+from lightning_dfd.analysis.commands import correlate
 
 N_BOOT = 200
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

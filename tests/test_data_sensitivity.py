@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import recon_models.data.maps_cache as maps_cache
-from recon_models.data import fft2c, ifft2c
 from recon_models.data.maps_cache import SensitivityCache, default_cache_dir
 from recon_models.data.sensitivity import (
     espirit_maps,
@@ -21,6 +20,7 @@ from recon_models.data.sensitivity import (
     sense_combine,
 )
 from recon_models.data.synthetic import make_synthetic_dataset, synthetic_kspace
+from recon_models.fourier import fft2c, ifft2c
 
 
 @pytest.fixture(scope="module")

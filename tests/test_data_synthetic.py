@@ -10,7 +10,6 @@ from fastmri import rss as fastmri_rss
 from fastmri.data import SliceDataset
 from fastmri.data.transforms import center_crop, to_tensor
 
-from recon_models.data import fft2c, ifft2c
 from recon_models.data.fastmri_format import check_volume, parse_header
 from recon_models.data.synthetic import (
     KneeAnatomy,
@@ -20,6 +19,7 @@ from recon_models.data.synthetic import (
     make_synthetic_dataset,
     synthetic_kspace,
 )
+from recon_models.fourier import fft2c, ifft2c
 from tests.data_fixtures import SYNTHETIC_KWARGS
 
 

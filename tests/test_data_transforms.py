@@ -14,10 +14,10 @@ from recon_models.data import (
     ReconTransform,
     SensitivityCache,
     build_mask_func,
-    ifft2c,
     sense_combine,
 )
 from recon_models.data.masks import sample_mask, volume_seed
+from recon_models.fourier import ifft2c
 
 
 def _dataset(root, fixed_mask=True, method="espirit", files=None):

@@ -12,8 +12,8 @@ import torch
 import torchvision
 from fastmri import evaluate as fastmri_evaluate
 
+from lightning_dfd.analysis.commands.evaluate import volumes_path
 from lightning_dfd.cli import main
-from lightning_dfd.commands.evaluate import volumes_path
 from lightning_dfd.metrics import LPIPS, NMSE, PSNR, SSIM
 
 SHAPE = (3, 32, 32)  # slices, H, W

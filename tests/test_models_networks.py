@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from recon_models.fourier import ifft2c
 from recon_models.models import (
     ComplexUnet,
     UnrolledFISTA,
     build_model,
     get_loss,
-    ifft2c,
     sense_adjoint,
     sense_forward,
 )

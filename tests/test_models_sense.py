@@ -6,14 +6,13 @@ import fastmri
 import pytest
 import torch
 
+from recon_models.fourier import fft2c, ifft2c
 from recon_models.models import (
     channels_to_complex,
     complex_l1_image_loss,
     complex_l1_kspace_loss,
     complex_to_channels,
-    fft2c,
     get_loss,
-    ifft2c,
     sense_adjoint,
     sense_forward,
 )

@@ -13,15 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from lightning_dfd.callbacks import DFDEarlyStopping, DFDModelCheckpoint, metric_mode
 from recon_models.data.sample import ReconSample
-from recon_models.modules import (
-    DFDEarlyStopping,
-    DFDModelCheckpoint,
-    ReconModule,
-    build_metric_collection,
-    center_crop,
-    metric_mode,
-)
+from recon_models.modules import ReconModule, build_metric_collection, center_crop
 from tests.test_models_networks import make_slice
 
 SMALL_UNET = {"chans": 4, "num_pool_layers": 2}

@@ -29,9 +29,10 @@ import torch
 import yaml
 from lightning.pytorch import Trainer
 
+from lightning_dfd.callbacks import DFDEarlyStopping
 from recon_models.data import FastMRIDataModule
 from recon_models.data.synthetic import make_synthetic_dataset
-from recon_models.modules import DFDEarlyStopping, ReconModule
+from recon_models.modules import ReconModule
 from recon_models.modules.callbacks import RNGStateCheckpoint
 from tests.ddp import run_ddp
 from tests.reliability_worker import KILL_ENV
@@ -149,9 +150,9 @@ def _config(run_dir: Path, knee_data) -> Path:
     callbacks = [
         # min_delta makes every epoch after the first a non-improvement: the patience counter
         # grows (0, 1, 2) and the best score stays epoch 0's; patience 10 never stops the run.
-        {"class_path": "recon_models.modules.DFDEarlyStopping",
+        {"class_path": "lightning_dfd.callbacks.DFDEarlyStopping",
          "init_args": {"monitor": "val/lpips_vgg", "patience": 10, "min_delta": 1.0}},
-        {"class_path": "recon_models.modules.DFDModelCheckpoint",
+        {"class_path": "lightning_dfd.callbacks.DFDModelCheckpoint",
          "init_args": {"monitor": "val/lpips_vgg", "dirpath": str(run_dir / "ckpt"),
                        "filename": "best-{epoch}", "save_last": True}},
         {"class_path": "tests.reliability_worker.DiskFeatureCache",

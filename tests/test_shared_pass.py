@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_dfd import DISTS, LPIPS, PSNR, ResNetFD
-from lightning_dfd.evaluation import build_metrics
+from lightning_dfd.analysis.evaluation import build_metrics
 from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.metrics.shared import DFDCollection, link_shared_encoders, sharing_key
 from tests.metric_fixtures import mr_like_pair
@@ -141,7 +141,7 @@ def test_collection_as_loss_shares_the_prediction_graph(vgg_file):
 
 
 def test_evaluate_links_lpips_variants(vgg_file, tmp_path):
-    from lightning_dfd.evaluation import EvaluationConfig
+    from lightning_dfd.analysis.evaluation import EvaluationConfig
 
     config = EvaluationConfig(metrics=("lpips_vgg", "lpips_vgg_nolin", "psnr"),
                               weights={"lpips_vgg": str(vgg_file), "lpips_vgg_nolin": str(vgg_file)})

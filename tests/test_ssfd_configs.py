@@ -10,11 +10,12 @@ import torch
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_dfd import SSFD
+from lightning_dfd.callbacks import DFDEarlyStopping, DFDModelCheckpoint
 from lightning_dfd.encoders.ssfd import SSFDEncoder
 from recon_models.cli import ReconCLI
 from recon_models.data import FastMRIDataModule
 from recon_models.data.synthetic import make_synthetic_dataset
-from recon_models.modules import DFDEarlyStopping, DFDModelCheckpoint, ReconModule
+from recon_models.modules import ReconModule
 from recon_models.modules.ssfd_pretrain import SSFDPretrainModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"

@@ -18,7 +18,6 @@ from recon_models.data.datamodule import FastMRIDataModule
 from recon_models.data.dataset import FastMRISliceDataset
 from recon_models.data.errors import DataFormatError
 from recon_models.data.fastmri_format import check_volume, list_volumes
-from recon_models.data.fourier import fft2c, ifft2c
 from recon_models.data.maps_cache import SensitivityCache
 from recon_models.data.masks import build_mask_func, default_center_fraction, sample_mask
 from recon_models.data.sample import ReconSample
@@ -38,8 +37,6 @@ __all__ = [
     "check_volume",
     "default_center_fraction",
     "estimate_maps",
-    "fft2c",
-    "ifft2c",
     "list_volumes",
     "sample_mask",
     "sense_combine",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recon_models.data.fourier import ifft2c
+from recon_models.fourier import ifft2c
 
 SENS_METHODS = ("espirit", "jsense", "rss")
 DEFAULT_KERNEL_WIDTH = {"espirit": 6, "jsense": 16, "rss": 0}

@@ -21,7 +21,7 @@ from recon_models.models.losses import (
     complex_l1_kspace_loss,
     get_loss,
 )
-from recon_models.models.sense import fft2c, ifft2c, sense_adjoint, sense_forward
+from recon_models.models.sense import sense_adjoint, sense_forward
 from recon_models.models.unet import ComplexUnet
 from recon_models.models.unrolled import FISTAStep, ResNetProx, UnrolledFISTA
 
@@ -57,9 +57,7 @@ __all__ = [
     "complex_l1_image_loss",
     "complex_l1_kspace_loss",
     "complex_to_channels",
-    "fft2c",
     "get_loss",
-    "ifft2c",
     "sense_adjoint",
     "sense_forward",
 ]

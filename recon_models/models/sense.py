@@ -12,40 +12,9 @@ to ``(B, C, H, W)`` (the data pipeline gives ``(B, 1, 1, W)``), or ``None`` for 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-_SPATIAL = (-2, -1)
-
-
-def fft2c(image: Tensor) -> Tensor:
-    """Centred orthonormal 2-D FFT over the last two dimensions of a complex tensor.
-
-    Same result as ``fastmri.fft2c`` on the ``(..., 2)`` real layout.
-
-    Example:
-        >>> x = torch.randn(4, 6, dtype=torch.complex64)
-        >>> torch.allclose(ifft2c(fft2c(x)), x, atol=1e-6)
-        True
-    """
-    _check_complex(image, "image")
-    shifted = torch.fft.ifftshift(image, dim=_SPATIAL)
-    return torch.fft.fftshift(torch.fft.fft2(shifted, dim=_SPATIAL, norm="ortho"), dim=_SPATIAL)
-
-
-def ifft2c(kspace: Tensor) -> Tensor:
-    """Centred orthonormal inverse 2-D FFT over the last two dimensions of a complex tensor.
-
-    Same result as ``fastmri.ifft2c`` on the ``(..., 2)`` real layout.
-
-    Example:
-        >>> k = torch.zeros(4, 4, dtype=torch.complex64); k[2, 2] = 4.0
-        >>> ifft2c(k).real.unique()  # the DC sample is a constant image
-        tensor([1.])
-    """
-    _check_complex(kspace, "kspace")
-    shifted = torch.fft.ifftshift(kspace, dim=_SPATIAL)
-    return torch.fft.fftshift(torch.fft.ifft2(shifted, dim=_SPATIAL, norm="ortho"), dim=_SPATIAL)
+from recon_models.fourier import check_complex, fft2c, ifft2c
 
 
 def sense_forward(image: Tensor, maps: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -60,6 +29,7 @@ def sense_forward(image: Tensor, maps: Tensor, mask: Tensor | None = None) -> Te
         ``(B, C, H, W)`` complex k-space.
 
     Example:
+        >>> import torch
         >>> x = torch.randn(1, 8, 8, dtype=torch.complex64)
         >>> maps = torch.ones(1, 2, 8, 8, dtype=torch.complex64) / 2**0.5
         >>> sense_forward(x, maps, torch.ones(1, 1, 1, 8)).shape
@@ -84,12 +54,13 @@ def sense_adjoint(kspace: Tensor, maps: Tensor, mask: Tensor | None = None) -> T
         ``(B, H, W)`` complex image.
 
     Example:
+        >>> import torch
         >>> x = torch.randn(1, 8, 8, dtype=torch.complex128)
         >>> maps = torch.ones(1, 2, 8, 8, dtype=torch.complex128) / 2**0.5
         >>> torch.allclose(sense_adjoint(sense_forward(x, maps), maps), x)
         True
     """
-    _check_complex(kspace, "kspace")
+    check_complex(kspace, "kspace")
     if kspace.ndim != 4 or kspace.shape != maps.shape:
         raise ValueError(
             f"Expected `kspace` and `maps` of the same shape (B, C, H, W), but got "
@@ -100,14 +71,9 @@ def sense_adjoint(kspace: Tensor, maps: Tensor, mask: Tensor | None = None) -> T
     return (maps.conj() * ifft2c(kspace)).sum(dim=1)
 
 
-def _check_complex(tensor: Tensor, name: str) -> None:
-    if not tensor.is_complex():
-        raise TypeError(f"Expected `{name}` to be a complex tensor, but got dtype {tensor.dtype}")
-
-
 def _check_pair(image: Tensor, maps: Tensor) -> None:
-    _check_complex(image, "image")
-    _check_complex(maps, "maps")
+    check_complex(image, "image")
+    check_complex(maps, "maps")
     if image.ndim != 3 or maps.ndim != 4 or maps.shape[-2:] != image.shape[-2:]:
         raise ValueError(
             f"Expected `image` (B, H, W) and `maps` (B, C, H, W) with the same H, W, but got "

@@ -6,22 +6,13 @@ from recon_models.modules.base import (
     build_metric_collection,
     center_crop,
 )
-from recon_models.modules.callbacks import (
-    DFDEarlyStopping,
-    DFDModelCheckpoint,
-    RNGStateCheckpoint,
-    fit_summary,
-    format_fit_summary,
-    metric_mode,
-)
+from recon_models.modules.callbacks import RNGStateCheckpoint, fit_summary, format_fit_summary
 from recon_models.modules.prediction_writer import ReconstructionWriter
 from recon_models.modules.recon import ReconModule
 from recon_models.modules.ssfd_pretrain import SSFDPretrainModule
 
 __all__ = [
     "DEFAULT_DFDS",
-    "DFDEarlyStopping",
-    "DFDModelCheckpoint",
     "RNGStateCheckpoint",
     "ImageQualityModule",
     "ReconModule",
@@ -31,5 +22,4 @@ __all__ = [
     "center_crop",
     "fit_summary",
     "format_fit_summary",
-    "metric_mode",
 ]

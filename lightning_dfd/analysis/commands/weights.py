@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from lightning_dfd import weights as W
-from lightning_dfd.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
+from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
 
 def _load_all_specs() -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from lightning_dfd.correlation import ALL_GROUP, srocc
+from lightning_dfd.analysis.correlation import ALL_GROUP, srocc
 
 __all__ = ["plot_inter_reader", "plot_metric_scatter", "plot_srocc_bars"]
 
@@ -56,7 +56,7 @@ def plot_srocc_bars(
     """Bar chart of |SROCC| per metric with CIs and the IRV line, one panel per score.
 
     Args:
-        table: Output of :func:`lightning_dfd.correlation.correlation_table`.
+        table: Output of :func:`lightning_dfd.analysis.correlation.correlation_table`.
         path: PNG file to write.
         irv: Inter-reader variability per score (drawn as a dashed line when finite).
         group: Which rows of ``table`` to draw (``"all"``: every image).
@@ -182,7 +182,7 @@ def plot_inter_reader(
     """Each reader's score against the mean of the other readers, one panel per reader.
 
     Args:
-        table: Output of :func:`lightning_dfd.correlation.inter_reader_table`.
+        table: Output of :func:`lightning_dfd.analysis.correlation.inter_reader_table`.
         path: PNG file to write.
         reader_column: Column naming the reader.
         per_reader: SROCC per reader for the panel titles (computed when absent).

@@ -9,6 +9,12 @@ from __future__ import annotations
 import torch
 
 
+def check_complex(tensor: torch.Tensor, name: str) -> None:
+    """Raise a ``TypeError`` naming ``name`` unless ``tensor`` is complex."""
+    if not tensor.is_complex():
+        raise TypeError(f"Expected `{name}` to be a complex tensor, but got dtype {tensor.dtype}")
+
+
 def fft2c(image: torch.Tensor) -> torch.Tensor:
     """Centred orthonormal 2-D FFT over the last two dimensions.
 
@@ -23,6 +29,7 @@ def fft2c(image: torch.Tensor) -> torch.Tensor:
         >>> torch.allclose(ifft2c(fft2c(x)), x, atol=1e-6)
         True
     """
+    check_complex(image, "image")
     dims = (-2, -1)
     shifted = torch.fft.ifftshift(image, dim=dims)
     return torch.fft.fftshift(torch.fft.fft2(shifted, dim=dims, norm="ortho"), dim=dims)
@@ -42,6 +49,7 @@ def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
         >>> ifft2c(k).abs().unique()
         tensor([1.])
     """
+    check_complex(kspace, "kspace")
     dims = (-2, -1)
     shifted = torch.fft.ifftshift(kspace, dim=dims)
     return torch.fft.fftshift(torch.fft.ifft2(shifted, dim=dims, norm="ortho"), dim=dims)

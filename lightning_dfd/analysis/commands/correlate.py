@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lightning_dfd import correlation as corr
-from lightning_dfd.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
+from lightning_dfd.analysis import correlation as corr
+from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
 __all__ = ["add_parser", "run"]
 
@@ -322,7 +322,7 @@ def _inter_reader(
 
 
 def _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args) -> None:
-    from lightning_dfd import plots  # matplotlib only when figures are asked for
+    from lightning_dfd.analysis import plots  # matplotlib only when figures are asked for
 
     overall = table[table["group"].astype(str) == corr.ALL_GROUP]
     irv = dict(zip(overall["score"], overall["irv"]))

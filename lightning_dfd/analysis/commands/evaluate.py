@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lightning_dfd.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
+from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
 __all__ = ["add_parser", "parse_weights", "run"]
 
@@ -110,7 +110,7 @@ def volumes_path(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Score the files; return 0 (all scored), 1 (some files not scored) or 2 (bad input)."""
-    from lightning_dfd import evaluation as ev  # torch only when this command runs
+    from lightning_dfd.analysis import evaluation as ev  # torch only when this command runs
     from lightning_dfd.weights import WeightsError
 
     try:
