@@ -27,8 +27,10 @@ NanStrategy = Literal["error", "ignore", "propagate"]
 NAN_STRATEGIES: tuple[str, ...] = ("error", "ignore", "propagate")
 REDUCTIONS: tuple[str, ...] = ("mean", "none")
 
-#: Denominator floor for min-max scaling: a constant image maps to zeros, never to NaN.
-EPS = 1e-8
+#: An image is constant when its spread is at most this many units of float rounding of its own
+#: magnitude (``RELATIVE_EPS * finfo(dtype).eps * max|x|``): a relative guard, so an image in raw
+#: k-space units (~1e-9) is scaled like the same image in [0, 1], and a constant one maps to zeros.
+RELATIVE_EPS = 8.0
 
 
 def check_choice(name: str, value: object, valid: tuple) -> None:
@@ -104,8 +106,25 @@ def nonfinite_images(x: Tensor) -> Tensor:
     return ~torch.isfinite(x.detach()).flatten(1).all(dim=1)
 
 
+def is_constant(spread: Tensor, magnitude: Tensor) -> Tensor:
+    """True where ``spread`` (max - min, or a std) is float rounding noise of ``magnitude``.
+
+    Relative to the values' own scale, so no absolute floor decides it: ``(1e-9, 2e-9)`` is an
+    image, ``(1.0, 1.0 + 1e-9)`` in float32 is not.
+
+    Example:
+        >>> is_constant(torch.tensor([1e-9, 0.0, 1e-9]), torch.tensor([2e-9, 0.0, 1.0])).tolist()
+        [False, True, True]
+    """
+    floor = RELATIVE_EPS * torch.finfo(spread.dtype).eps * magnitude
+    return spread.detach() <= floor.detach()
+
+
 def _minmax(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    return (x - lo) / (hi - lo).clamp_min(EPS)
+    spread = hi - lo
+    constant = is_constant(spread, torch.maximum(lo.abs(), hi.abs()))
+    # A constant reference is only shifted (it maps to zeros; other images keep their units).
+    return (x - lo) / torch.where(constant, torch.ones_like(spread), spread)
 
 
 def normalize_pair(preds: Tensor, target: Tensor, mode: Normalization) -> tuple[Tensor, Tensor]:
@@ -164,3 +183,35 @@ def complex_from_real_pair(x: Tensor) -> Tensor:
     if x.shape[-1] != 2:
         raise ValueError(f"expected a last dimension of size 2 (real, imag), got {tuple(x.shape)}")
     return torch.view_as_complex(x.float().contiguous())
+
+
+def validated_images(
+    preds: Tensor, target: Tensor, nan_strategy: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Check a pair and flatten it to ``(M, 1, H, W)`` grayscale batches.
+
+    Returns:
+        ``(preds_images, target_images, keep)`` where ``keep`` is a boolean ``(M,)`` mask of the
+        images to score (all True unless ``nan_strategy="ignore"`` dropped some).
+
+    Raises:
+        ValueError: non-finite targets (always), non-finite predictions with ``"error"``.
+    """
+    check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
+    check_pair(preds, target)
+    p, t = to_grayscale_batch(preds), to_grayscale_batch(target)
+    bad_target = nonfinite_images(t)
+    if bad_target.any():
+        raise ValueError(
+            f"`target` holds NaN or inf in images {bad_target.nonzero().flatten().tolist()} "
+            f"(of {t.shape[0]}, counted over batch x channels); a reference must be finite"
+        )
+    bad = nonfinite_images(p)
+    if bad.any() and nan_strategy == "error":
+        raise ValueError(
+            f"`preds` holds NaN or inf in images {bad.nonzero().flatten().tolist()} "
+            f"(of {p.shape[0]}, counted over batch x channels); pass nan_strategy='ignore' to skip "
+            "them or 'propagate' to score them as NaN"
+        )
+    keep = ~bad if nan_strategy == "ignore" else torch.ones_like(bad)
+    return p, t, keep

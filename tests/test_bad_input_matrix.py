@@ -51,7 +51,7 @@ def _metric_call(make_inputs, **metric_kwargs):
         target_metric = metric
         if metric_kwargs:
             target_metric = LPIPS(net="alex", weights="random", **metric_kwargs)
-            target_metric.__dict__["_network"] = metric.network
+            target_metric.network.load_state_dict(metric.network.state_dict())
         preds, target = make_inputs(*mr_like_pair(n=2, h=32, w=32))
         target_metric.update(preds, target)
         return target_metric
@@ -191,10 +191,10 @@ def test_accepted_edge_cases_keep_meaning(metric):
     """Half precision is upcast, NaN can be skipped, constant images stay finite."""
     preds, target = mr_like_pair(n=2, h=32, w=32, complex_=False)
     half = LPIPS(net="alex", weights="random", reduction="none")
-    half.__dict__["_network"] = metric.network
+    half.network.load_state_dict(metric.network.state_dict())
     half.update(preds.half(), target.half())
     full = LPIPS(net="alex", weights="random", reduction="none")
-    full.__dict__["_network"] = metric.network
+    full.network.load_state_dict(metric.network.state_dict())
     full.update(preds.half().float(), target.half().float())
     assert torch.allclose(half.compute(), full.compute())
     skip = ResNetFD(weights="random", nan_strategy="ignore")

@@ -18,7 +18,7 @@ def network():
 
 def _metric(network, **kwargs):
     metric = LPIPS(net="alex", weights="random", reduction="none", **kwargs)
-    metric.__dict__["_network"] = network
+    metric.network.load_state_dict(network.state_dict())
     return metric
 
 

@@ -58,7 +58,9 @@ def test_encoder_stays_eval_and_out_of_state_dict(alex):
     assert not module.metric.network.training and not module.dists.network.training
     keys = list(module.state_dict())
     assert keys == ["layer.weight", "layer.bias"], keys
-    assert sum(p.numel() for p in module.parameters()) == 6
+    # The encoders are real submodules, frozen: nothing of them is trainable or checkpointed.
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == 6
+    module.load_state_dict(module.state_dict(), strict=True)
     module.to(torch.float64)  # dtype casts leave the encoder alone; device moves follow .to()
     assert module.metric.network.parameter_dtype == torch.float32
 
@@ -127,13 +129,13 @@ def test_channels_are_independent_images_and_normalization_modes(alex):
     preds, target = mr_like_pair(n=2, h=32, w=32)
     stacked_p, stacked_t = torch.stack([preds, preds * 2], 1), torch.stack([target, target * 2], 1)
     per_image = LPIPS(net="alex", weights="random", reduction="none")
-    per_image.__dict__["_network"] = alex.network
+    per_image.network.load_state_dict(alex.network.state_dict())
     per_image.update(stacked_p, stacked_t)
     values = per_image.compute()
     assert values.shape == (4,)
     assert torch.allclose(values[0::2], values[1::2], atol=1e-6)  # min-max: scale invariant
     target_mode = LPIPS(net="alex", weights="random", normalization="target", reduction="none")
-    target_mode.__dict__["_network"] = alex.network
+    target_mode.network.load_state_dict(alex.network.state_dict())
     target_mode.update(preds * 5, target)
     assert not torch.allclose(target_mode.compute(), values[0::2])
     with pytest.raises(ValueError, match="Argument `normalization` must be one of"):
@@ -153,9 +155,9 @@ def test_half_precision_inputs_are_upcast(alex):
 def test_max_batch_chunks_give_identical_values(alex):
     preds, target = mr_like_pair(n=5, h=32, w=32)
     full = LPIPS(net="alex", weights="random", reduction="none")
-    full.__dict__["_network"] = alex.network
+    full.network.load_state_dict(alex.network.state_dict())
     chunked = LPIPS(net="alex", weights="random", reduction="none", max_batch=2)
-    chunked.__dict__["_network"] = alex.network
+    chunked.network.load_state_dict(alex.network.state_dict())
     full.update(preds, target)
     chunked.update(preds, target)
     assert torch.allclose(full.compute(), chunked.compute(), atol=1e-6)

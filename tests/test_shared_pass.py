@@ -8,7 +8,8 @@ import torch
 from lightning_dfd import DISTS, LPIPS, PSNR, ResNetFD
 from lightning_dfd.analysis.evaluation import build_metrics
 from lightning_dfd.feature_cache import TargetFeatureCache
-from lightning_dfd.metrics.shared import DFDCollection, link_shared_encoders, sharing_key
+from lightning_dfd.metrics import DFDCollection
+from lightning_dfd.metrics.encoder_pass import share_encoders
 from tests.metric_fixtures import mr_like_pair
 
 
@@ -36,16 +37,16 @@ def _lpips_pair(vgg_file, **kwargs):
 def test_sharing_key_groups_identical_features_only(vgg_file):
     lin, nolin = _lpips_pair(vgg_file)
     assert lin.cache_namespace == nolin.cache_namespace
-    assert sharing_key(lin) == sharing_key(nolin)
+    assert lin.sharing_key == nolin.sharing_key
     other_trunk = LPIPS(linear=False, weights="random")
-    assert sharing_key(other_trunk) != sharing_key(lin)  # other weights
-    assert sharing_key(LPIPS(weights=vgg_file, normalization="target")) != sharing_key(lin)
-    assert sharing_key(LPIPS(weights=vgg_file, max_batch=2)) != sharing_key(lin)
-    assert sharing_key(DISTS(weights=vgg_file)) != sharing_key(lin)  # L2 pooling: other features
+    assert other_trunk.sharing_key != lin.sharing_key  # other weights
+    assert LPIPS(weights=vgg_file, normalization="target").sharing_key != lin.sharing_key
+    assert LPIPS(weights=vgg_file, max_batch=2).sharing_key != lin.sharing_key
+    assert DISTS(weights=vgg_file).sharing_key != lin.sharing_key  # L2 pooling: other features
     mse = ResNetFD(weights="random")
     mae = ResNetFD(weights="random", distance="mae")
     mae.network.load_state_dict(mse.network.state_dict())
-    assert sharing_key(mse) == sharing_key(mae)
+    assert mse.sharing_key == mae.sharing_key
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -120,7 +121,7 @@ def test_bad_batch_leaves_every_member_untouched(vgg_file):
 def test_linked_metric_alone_computes_for_itself(vgg_file):
     preds, target = mr_like_pair(n=2, h=32, w=32, seed=5)
     lin, nolin = _lpips_pair(vgg_file)
-    link_shared_encoders([lin, nolin])
+    share_encoders([lin, nolin])
     lin.update(preds, target)  # outside a collection update: no pending values, no leak
     nolin.update(preds, target)
     ref = _lpips_pair(vgg_file)
@@ -146,4 +147,4 @@ def test_evaluate_links_lpips_variants(vgg_file, tmp_path):
     config = EvaluationConfig(metrics=("lpips_vgg", "lpips_vgg_nolin", "psnr"),
                               weights={"lpips_vgg": str(vgg_file), "lpips_vgg_nolin": str(vgg_file)})
     metrics = build_metrics(config)
-    assert metrics["lpips_vgg"]._share is metrics["lpips_vgg_nolin"]._share is not None
+    assert metrics["lpips_vgg"].encoder is metrics["lpips_vgg_nolin"].encoder

@@ -246,10 +246,10 @@ def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
 
     Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
     fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
-    pass (:mod:`lightning_dfd.metrics.shared`).
+    pass (:func:`lightning_dfd.metrics.encoder_pass.share_encoders`).
     """
     from lightning_dfd.metrics import build_metric, is_dfd
-    from lightning_dfd.metrics.shared import link_shared_encoders
+    from lightning_dfd.metrics.encoder_pass import share_encoders
 
     metrics: dict[str, Any] = {}
     for name in config.metrics:
@@ -259,7 +259,7 @@ def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
         metrics[name] = build_metric(name, **kwargs).to(config.device)
         if not is_dfd(name):
             metrics[f"{name}@volume"] = build_metric(name, reduction="none").to(config.device)
-    link_shared_encoders(metrics.values())
+    share_encoders(metrics.values())
     return metrics
 
 
@@ -309,17 +309,17 @@ def evaluate_pair(
     else:
         data_range = target.double().flatten(1).amax(dim=1)
 
-    from lightning_dfd.metrics.shared import linked_groups, shared_batch
+    from lightning_dfd.metrics.encoder_pass import shared_passes, sharing
 
     values: dict[str, np.ndarray] = {}
     volume_values: dict[str, float] = {}
-    shares = linked_groups(metrics.values())
+    shares = shared_passes(metrics.values())
     for metric in metrics.values():
         metric.reset()
     with torch.no_grad():
         for start in range(0, len(index), config.batch_size):
             chunk = slice(start, start + config.batch_size)
-            with shared_batch(shares):  # every metric, one update each
+            with sharing(shares):  # every metric, one update each
                 for name, metric in metrics.items():
                     if not hasattr(metric, "metric_name"):  # a DFD
                         metric.update(preds[chunk], target[chunk])

@@ -24,6 +24,27 @@ from lightning_dfd import weights as W
 
 WeightsArg = str | os.PathLike
 
+#: The one map of short weight names: (architecture, alias) -> weights-registry name.
+WEIGHT_ALIASES: dict[tuple[str, str], str] = {
+    ("vgg16", "imagenet"): "vgg16-imagenet",
+    ("alexnet", "imagenet"): "alexnet-imagenet",
+    ("resnet50", "imagenet"): "resnet50-imagenet",
+    ("resnet50", "radimagenet"): "resnet50-radimagenet",
+}
+
+
+def resolve_alias(architecture: str, weights: WeightsArg) -> WeightsArg:
+    """``"imagenet"`` / ``"radimagenet"`` -> the registry name for ``architecture``; else unchanged.
+
+    Example:
+        >>> resolve_alias("resnet50", "imagenet"), resolve_alias("vgg16", "random")
+        ('resnet50-imagenet', 'random')
+    """
+    if isinstance(weights, str):
+        return WEIGHT_ALIASES.get((architecture, weights), weights)
+    return weights
+
+
 
 def freeze(module: nn.Module) -> nn.Module:
     """Eval mode and no gradients for every parameter; returns ``module``."""

@@ -9,9 +9,59 @@ talk to this interface, so a new DFD is one subclass.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+def parse_layers(layers: str | Sequence[str], valid: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The one ``layers`` parser: a name or a sequence of names -> a non-empty tuple.
+
+    Args:
+        layers: one layer name or several.
+        valid: the names allowed (None: any).
+
+    Raises:
+        ValueError: an empty selection or a name outside ``valid``.
+
+    Example:
+        >>> parse_layers("layer3"), parse_layers(["layer2", "layer3"])
+        (('layer3',), ('layer2', 'layer3'))
+    """
+    parsed = (layers,) if isinstance(layers, str) else tuple(layers)
+    if not parsed or not all(isinstance(name, str) for name in parsed) or (
+        valid is not None and any(name not in valid for name in parsed)
+    ):
+        allowed = f"a non-empty subset of {tuple(valid)}" if valid is not None else "non-empty"
+        raise ValueError(f"Argument `layers` must be {allowed}, but got {layers!r}")
+    return parsed
+
+
+def _probe_minimum_size(network: nn.Module, limit: int = 1024) -> int:
+    """The smallest side ``s`` for which ``network`` encodes an ``s x s`` image (sizes above work)."""
+    device = next((t.device for t in (*network.parameters(), *network.buffers())), torch.device("cpu"))
+
+    def works(size: int) -> bool:
+        try:
+            with torch.no_grad():
+                network(torch.zeros(1, 1, size, size, device=device))
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+    hi = 1
+    while not works(hi):
+        if hi >= limit:
+            return limit
+        hi *= 2
+    lo = hi // 2  # lo fails (or is 0), hi works
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if works(mid) else (mid, hi)
+    return hi
 
 
 def mean_squared_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
@@ -47,8 +97,11 @@ class FeatureDistanceNetwork(nn.Module, ABC):
     #: run convolutions in channels-last layout (faster on CPU and tensor cores; same values
     #: up to float rounding, <= 1e-5 relative in our tests).
     channels_last: bool = False
-    #: run the encoder under bf16 autocast (GPU option; features come back as float32).
-    autocast: bool = False
+    #: ``"fp32"`` (exact) or ``"bf16"``: the encoder runs under ``torch.autocast(bfloat16)`` on the
+    #: images' device (CPU or CUDA); features come back as float32, distances are computed in fp32.
+    precision: str = "fp32"
+    #: the smallest image side the encoder accepts (None: found by trying, see :meth:`minimum_size`).
+    min_size: int | None = None
 
     @abstractmethod
     def prepare(self, images: Tensor) -> Tensor:
@@ -64,19 +117,45 @@ class FeatureDistanceNetwork(nn.Module, ABC):
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Features of ``(M, 1, H, W)`` images: :meth:`prepare` then :meth:`features`."""
+        self.pin_eval()
         x = self.prepare(images.to(self.parameter_dtype))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if not self.autocast:
+        if self.precision == "fp32":
             return self.features(x)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             feats = self.features(x)
         return [f.float() for f in feats]
 
-    def set_options(self, channels_last: bool = False, autocast: bool = False) -> None:
-        """Switch the channels-last layout and bf16 autocast on or off."""
-        self.channels_last, self.autocast = channels_last, autocast
+    def set_options(self, channels_last: bool = False, precision: str = "fp32") -> None:
+        """Switch the channels-last layout and the encoder precision (``"fp32"`` / ``"bf16"``)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"Argument `precision` must be one of {PRECISIONS}, but got {precision!r}")
+        self.channels_last, self.precision = channels_last, precision
         self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def minimum_size(self) -> int:
+        """The smallest image side (pixels) this encoder accepts.
+
+        :attr:`min_size` when the subclass states it; otherwise found once by encoding zero images
+        of growing size on the CPU (an encoder that pools too often fails on small inputs).
+        """
+        if self.min_size is None:
+            self.min_size = _probe_minimum_size(self)
+        return self.min_size
+
+    def pin_eval(self) -> None:
+        """Put every submodule back in eval mode.
+
+        Copies of some modules (torch.fx graph modules) come back in training mode.
+        """
+        for module in self.modules():
+            if module.training:
+                module.training = False
+
+    def __setstate__(self, state: dict) -> None:  # noqa: D105 - deepcopy / unpickling
+        super().__setstate__(state)
+        self.pin_eval()
 
     @property
     def parameter_dtype(self) -> torch.dtype:

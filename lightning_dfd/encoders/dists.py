@@ -19,7 +19,7 @@ import torch
 from DISTS_pytorch.DISTS_pt import L2pooling
 from torch import Tensor, nn
 
-from lightning_dfd.encoders.backbones import WeightsArg, freeze, vgg16_features
+from lightning_dfd.encoders.backbones import WeightsArg, freeze, resolve_alias, vgg16_features
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.preprocess import to_rgb
 
@@ -45,8 +45,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
 
     def __init__(self, weights: WeightsArg = "imagenet"):
         super().__init__()
-        name = "vgg16-imagenet" if os.fspath(weights) == "imagenet" else weights
-        features = vgg16_features(name)
+        features = vgg16_features(resolve_alias("vgg16", weights))
         stages = [features[0:4]]
         for channels, start, end in _STAGES:
             stages.append(nn.Sequential(L2pooling(channels=channels), *features[start:end]))
@@ -58,6 +57,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
         self.register_buffer("beta", shipped["beta"].float())
         self.identity = f"dists-{os.fspath(weights)}"
         self.head_prefixes = ("alpha", "beta")
+        self.min_size = 1  # L2 pooling pads: any size encodes (tried down to 1x1)
         freeze(self)
 
     def prepare(self, images: Tensor) -> Tensor:

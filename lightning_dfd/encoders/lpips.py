@@ -21,14 +21,22 @@ import lpips as lpips_pkg
 import torch
 from torch import Tensor, nn
 
-from lightning_dfd.encoders.backbones import WeightsArg, alexnet_features, freeze, vgg16_features
+from lightning_dfd.encoders.backbones import (
+    WeightsArg,
+    alexnet_features,
+    freeze,
+    resolve_alias,
+    vgg16_features,
+)
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.preprocess import to_rgb, to_signed_unit
 
 #: End index (exclusive) of each LPIPS slice in torchvision's ``features``; taps after the ReLUs.
 LPIPS_SLICES = {"vgg": (4, 9, 16, 23, 30), "alex": (2, 5, 8, 10, 12)}
 LPIPS_CHANNELS = {"vgg": (64, 128, 256, 512, 512), "alex": (64, 192, 384, 256, 256)}
-BACKBONE_WEIGHTS = {"vgg": "vgg16-imagenet", "alex": "alexnet-imagenet"}
+#: smallest image side each trunk accepts (VGG pools 4 times before its last tap; AlexNet's
+#: stride-4 11x11 convolution and 3 poolings need 31 pixels), found by trying every size.
+LPIPS_MIN_SIZE = {"vgg": 16, "alex": 31}
 
 
 def lpips_linear_weights_path(net: str) -> Path:
@@ -38,7 +46,7 @@ def lpips_linear_weights_path(net: str) -> Path:
 
 def backbone_weights(net: str, weights: WeightsArg) -> WeightsArg:
     """``"imagenet"`` -> the registry name of the torchvision ImageNet checkpoint for ``net``."""
-    return BACKBONE_WEIGHTS[net] if os.fspath(weights) == "imagenet" else weights
+    return resolve_alias({"vgg": "vgg16", "alex": "alexnet"}[net], weights)
 
 
 class LPIPSNetwork(FeatureDistanceNetwork):
@@ -72,6 +80,7 @@ class LPIPSNetwork(FeatureDistanceNetwork):
         self.features_identity = f"lpips-{net}-{os.fspath(weights)}"
         self.identity = f"lpips-{net}-{'lin' if linear else 'nolin'}-{os.fspath(weights)}"
         self.head_prefixes = ("lins.",)
+        self.min_size = LPIPS_MIN_SIZE[net]
         freeze(self)
 
     def prepare(self, images: Tensor) -> Tensor:

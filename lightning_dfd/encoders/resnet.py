@@ -17,15 +17,15 @@ import os
 from torch import Tensor
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from lightning_dfd.encoders.backbones import WeightsArg, freeze, resnet50
+from lightning_dfd.encoders.backbones import WeightsArg, freeze, resnet50, resolve_alias
 from lightning_dfd.encoders.base import (
     FeatureDistanceNetwork,
     mean_absolute_distance,
     mean_squared_distance,
+    parse_layers,
 )
 from lightning_dfd.preprocess import to_rgb
 
-RESNET_WEIGHTS = {"imagenet": "resnet50-imagenet", "radimagenet": "resnet50-radimagenet"}
 DEFAULT_LAYER = "layer3.3.conv3"
 
 
@@ -52,13 +52,15 @@ class ResNetFDNetwork(FeatureDistanceNetwork):
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
             raise ValueError(f"Argument `input_range` must be (low, high) with high > low, got {input_range}")
-        name = RESNET_WEIGHTS.get(os.fspath(weights), weights)
-        self.body = create_feature_extractor(resnet50(name), return_nodes=list(layers))
+        layers = parse_layers(layers)
+        self.body = create_feature_extractor(resnet50(resolve_alias("resnet50", weights)),
+                                             return_nodes=list(layers))
         self.layers = tuple(layers)
         self.lo, self.hi = lo, hi
         self._distance = mean_squared_distance if distance == "mse" else mean_absolute_distance
         self.features_identity = f"resnet50-{os.fspath(weights)}-{'+'.join(layers)}-{lo},{hi}"
         self.identity = f"{self.features_identity}-{distance}"
+        self.min_size = 1  # every stride pads: a 1x1 image still reaches layer4
         freeze(self)
 
     def prepare(self, images: Tensor) -> Tensor:

@@ -34,7 +34,9 @@ from lightning_dfd.encoders.base import (
     FeatureDistanceNetwork,
     mean_absolute_distance,
     mean_squared_distance,
+    parse_layers,
 )
+from lightning_dfd.preprocess import is_constant
 
 #: Output channels of ``firstblock``, ``encoder1`` .. ``encoder4``.
 SSFD_CHANNELS: tuple[int, ...] = (20, 40, 80, 160, 320)
@@ -44,8 +46,6 @@ SSFD_LAYERS: tuple[str, ...] = tuple(f"block{i}_relu1" for i in range(1, 6))
 DEFAULT_LAYER = "block4_relu1"
 #: Registry name of the published checkpoint.
 SSFD_WEIGHTS = "ssfd-fastmri-knee"
-#: Denominator floor of the per-image z-score: a constant image maps to zeros, never to NaN.
-ZSCORE_EPS = 1e-8
 
 W.register(
     W.WeightSpec(
@@ -213,18 +213,26 @@ def load_ssfd_encoder(weights: str | os.PathLike = SSFD_WEIGHTS) -> SSFDEncoder:
     return encoder
 
 
-def zscore(images: Tensor, eps: float = ZSCORE_EPS) -> Tensor:
+def zscore(images: Tensor) -> Tensor:
     """Per-image zero mean, unit (unbiased) standard deviation of ``(M, 1, H, W)`` images.
+
+    A constant image (spread below float rounding of its own magnitude, see
+    :func:`lightning_dfd.preprocess.is_constant`) maps to zeros, never to NaN; any other image is
+    scaled exactly, however small its units (raw k-space magnitudes ~1e-9 included).
 
     Example:
         >>> z = zscore(torch.rand(3, 1, 8, 8) * 7 + 2)
         >>> round(float(z.mean()), 4) == 0.0, round(float(z[0].std()), 4)
         (True, 1.0)
+        >>> float(zscore(torch.full((1, 1, 4, 4), 3.0)).abs().max())
+        0.0
     """
     flat = images.flatten(1)
     mean = flat.mean(dim=1).view(-1, 1, 1, 1)
     std = flat.std(dim=1).view(-1, 1, 1, 1) if flat.shape[1] > 1 else torch.zeros_like(mean)
-    return (images - mean) / std.clamp_min(eps)
+    constant = is_constant(std, flat.detach().abs().amax(dim=1).view(-1, 1, 1, 1))
+    z = (images - mean) / torch.where(constant, torch.ones_like(std), std)
+    return torch.where(constant, torch.zeros_like(z), z)
 
 
 class SSFDNetwork(FeatureDistanceNetwork):
@@ -249,11 +257,7 @@ class SSFDNetwork(FeatureDistanceNetwork):
         distance: str = "mse",
     ):
         super().__init__()
-        layers = (layers,) if isinstance(layers, str) else tuple(layers)
-        if not layers or any(layer not in SSFD_LAYERS for layer in layers):
-            raise ValueError(
-                f"Argument `layers` must be a non-empty subset of {SSFD_LAYERS}, but got {layers}"
-            )
+        layers = parse_layers(layers, SSFD_LAYERS)
         if distance not in ("mse", "mae"):
             raise ValueError(
                 f"Argument `distance` must be one of ('mse', 'mae'), but got {distance!r}"
@@ -264,6 +268,7 @@ class SSFDNetwork(FeatureDistanceNetwork):
         self._distance = mean_squared_distance if distance == "mse" else mean_absolute_distance
         self.features_identity = f"ssfd-{os.fspath(weights)}-{'+'.join(layers)}"
         self.identity = f"{self.features_identity}-{distance}"
+        self.min_size = 2 ** max(self._levels)  # one 2x pooling before each deeper block
         self.encoder.eval()
         for p in self.parameters():
             p.requires_grad_(False)

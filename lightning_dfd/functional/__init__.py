@@ -1,8 +1,12 @@
-"""Functional (stateless) forms of every metric."""
+"""Functional (stateless) forms of every metric, one file per DFD as in ``encoders/`` and ``metrics/``."""
 
-from lightning_dfd.functional.dfd import feature_distances, functional_distance
-from lightning_dfd.functional.networks import dists, lpips, resnet_fd
+from lightning_dfd.functional.dfd import functional_distance
+from lightning_dfd.functional.dists import dists
+from lightning_dfd.functional.lpips import lpips
 from lightning_dfd.functional.pixel import nmse, psnr, ssim
+from lightning_dfd.functional.resnet import resnet_fd
+from lightning_dfd.functional.ssfd import ssfd
+from lightning_dfd.functional.vaefd import vae_fd
 
-__all__ = ["dists", "feature_distances", "functional_distance", "lpips", "nmse", "psnr",
-           "resnet_fd", "ssim"]
+__all__ = ["dists", "functional_distance", "lpips", "nmse", "psnr", "resnet_fd", "ssfd", "ssim",
+           "vae_fd"]

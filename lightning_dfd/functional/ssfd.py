@@ -1,4 +1,4 @@
-"""Functional SSFD (the network is built once per arguments and device, then cached).
+"""Functional SSFD (the network is built once per arguments and device, then reused).
 
 Example:
     >>> import torch
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from lightning_dfd.encoders.base import parse_layers
 from lightning_dfd.encoders.ssfd import DEFAULT_LAYER, SSFD_WEIGHTS, SSFDNetwork
 from lightning_dfd.functional.dfd import cached_network, functional_distance
 
@@ -26,6 +27,7 @@ def ssfd(
     distance: str = "mse",
     reduction: str = "mean",
     max_batch: int | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """SSFD between ``preds`` and ``target`` (see :class:`lightning_dfd.SSFD`).
 
@@ -37,12 +39,14 @@ def ssfd(
         distance: ``"mse"`` or ``"mae"``.
         reduction: ``"mean"`` or ``"none"`` (one value per image and channel).
         max_batch: at most this many image pairs per encoder pass.
+        precision: ``"fp32"`` or ``"bf16"``.
     """
-    layers = (layers,) if isinstance(layers, str) else tuple(layers)
+    layers = parse_layers(layers)
     network = cached_network(
         SSFDNetwork, preds.device, weights=weights, layers=layers, distance=distance
     )
     # z-scoring makes the [0, 1] normalisation irrelevant: "none" skips it.
     return functional_distance(
-        network, preds, target, normalization="none", reduction=reduction, max_batch=max_batch
+        network, preds, target, normalization="none", reduction=reduction, max_batch=max_batch,
+        precision=precision,
     )

@@ -1,11 +1,11 @@
-"""Functional Med-VAE feature distance (network built once per arguments and device, cached).
+"""Functional Med-VAE feature distance (network built once per arguments and device, reused).
 
 Example:
     >>> import torch
     >>> from lightning_dfd.encoders.medvae import MedVAEConfig
     >>> small = MedVAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1)
     >>> x = torch.rand(2, 32, 32)
-    >>> float(vaefd(x, x, weights="random", config=small))
+    >>> float(vae_fd(x, x, weights="random", config=small))
     0.0
 """
 
@@ -19,7 +19,7 @@ from lightning_dfd.encoders.medvae import MEDVAE_WEIGHTS, MedVAEConfig, MedVAENe
 from lightning_dfd.functional.dfd import cached_network, functional_distance
 
 
-def vaefd(
+def vae_fd(
     preds: Tensor,
     target: Tensor,
     weights: str | os.PathLike = MEDVAE_WEIGHTS,
@@ -27,6 +27,7 @@ def vaefd(
     normalization: str = "minmax",
     reduction: str = "mean",
     max_batch: int | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """Med-VAE feature distance between ``preds`` and ``target`` (see :class:`lightning_dfd.VAEFD`).
 
@@ -38,9 +39,10 @@ def vaefd(
         normalization: ``"minmax"``, ``"target"`` or ``"none"`` (to [0, 1] before the encoder).
         reduction: ``"mean"`` or ``"none"``.
         max_batch: at most this many image pairs per encoder pass.
+        precision: ``"fp32"`` or ``"bf16"``.
     """
     network = cached_network(MedVAENetwork, preds.device, weights=weights, config=config)
     return functional_distance(
         network, preds, target, normalization=normalization, reduction=reduction,
-        max_batch=max_batch,
+        max_batch=max_batch, precision=precision,
     )

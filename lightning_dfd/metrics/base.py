@@ -1,57 +1,53 @@
 """One base class for every deep feature distance metric.
 
-It owns the input contract (real/complex, ``(N, H, W)`` / ``(N, C, H, W)``), normalisation, NaN
-policy, chunking, the states for ``reduction="mean"|"none"``, distributed sync (torchmetrics), and
-keeps the frozen encoder out of the module tree: it follows ``.to(device)`` but is never in a
-``state_dict`` nor among ``parameters()``, so checkpoints of a LightningModule stay small.
+It owns the states for ``reduction="mean"|"none"``, the NaN policy for results, distributed sync
+(torchmetrics), and the frozen encoder as a real submodule: ``self.network`` (encoder + distance)
+inside ``self.encoder`` (the :class:`~lightning_dfd.metrics.encoder_pass.EncoderPass` that turns a
+batch into features). The encoder follows ``.to(device)``, copies and pickling, is pinned to eval
+mode, never gets gradients, never changes dtype (``.half()`` / ``.to(float64)`` leave it in
+float32; use ``precision="bf16"``), and is kept out of ``state_dict()`` by state-dict hooks, so a
+LightningModule checkpoint holds no encoder weights and loads strictly with or without them.
+
+Each metric carries a ``fingerprint`` state (a digest of its identity: class, features, weights,
+distance, options). torchmetrics' compute groups merge metrics whose states are equal after the
+first update; different DFDs never have equal fingerprints, so a plain ``MetricCollection`` never
+merges them, while truly identical DFDs may share states (correct sharing).
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.base import PRECISIONS, FeatureDistanceNetwork
 from lightning_dfd.feature_cache import TargetFeatureCache
-from lightning_dfd.functional.dfd import CacheLookup, shared_feature_distances, validated_images
+from lightning_dfd.metrics.encoder_pass import (
+    EncodedBatch,
+    EncoderPass,
+    FeatureCacheArg,
+    input_versions,
+    make_feature_cache,
+    pass_key,
+    weights_digest,
+)
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
     REDUCTIONS,
-    channels_per_image,
     check_choice,
 )
 
+__all__ = ["DeepFeatureDistance", "is_dfd", "make_feature_cache", "weights_digest"]
 
-def make_feature_cache(spec: bool | dict | TargetFeatureCache | None) -> TargetFeatureCache | None:
-    """The ``feature_cache`` argument -> a cache or None; anything else is an error."""
-    if spec is None or spec is False:
-        return None
-    if spec is True:
-        return TargetFeatureCache()
-    if isinstance(spec, dict):
-        return TargetFeatureCache(**spec)
-    if isinstance(spec, TargetFeatureCache):
-        return spec
-    raise TypeError(f"Argument `feature_cache` must be a bool, a dict of TargetFeatureCache "
-                    f"arguments or a TargetFeatureCache, but got {type(spec).__name__}")
-
-
-def weights_digest(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
-    """A short BLAKE2 digest of every parameter and buffer of ``module`` (but names in ``skip``)."""
-    digest = hashlib.blake2b(digest_size=8)
-    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
-        if skip and name.startswith(skip):
-            continue
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+#: bytes of the identity digest kept in the ``fingerprint`` state
+_FINGERPRINT_BYTES = 8
 
 
 def _empty(state: list | Tensor) -> bool:
@@ -59,17 +55,40 @@ def _empty(state: list | Tensor) -> bool:
     return isinstance(state, list) and not state
 
 
-def expand_ids(ids: Tensor | None, n: int, channels: int, device: torch.device) -> Tensor | None:
-    """Validate ``(N,)`` sample ids and repeat them for each channel image."""
-    if ids is None:
-        return None
-    ids = torch.as_tensor(ids, device=device)
-    if ids.ndim != 1 or ids.shape[0] != n or ids.is_floating_point() or ids.is_complex():
-        raise ValueError(
-            f"`sample_ids` must be an integer tensor of shape ({n},), but got "
-            f"{ids.dtype} {tuple(ids.shape)}"
-        )
-    return ids.long().repeat_interleave(channels)
+def _drop_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: no tensor of the encoder submodules reaches ``state_dict()``."""
+    children = tuple(f"{prefix}{name}." for name in module._modules)
+    for key in [k for k in state_dict if k.startswith(children)]:
+        del state_dict[key]
+
+
+def _keep_encoder_tensors(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load pre-hook: encoder keys in a checkpoint are ignored, the current tensors stand in.
+
+    So strict loading works for checkpoints with or without encoder keys.
+    """
+    children = tuple(f"{prefix}{name}." for name in module._modules)
+    for key in [k for k in state_dict if k.startswith(children)]:
+        del state_dict[key]
+    for name, child in module._modules.items():
+        if child is not None:
+            for key, tensor in child.state_dict(keep_vars=True).items():
+                state_dict[f"{prefix}{name}.{key}"] = tensor
+
+
+def is_dfd(metric: object) -> bool:
+    """The one test for "is this a deep feature distance": a metric instance or a catalog name.
+
+    Example:
+        >>> from lightning_dfd import PSNR
+        >>> is_dfd("lpips_vgg"), is_dfd("psnr"), is_dfd(PSNR())
+        (True, False, False)
+    """
+    if isinstance(metric, str):
+        from lightning_dfd.metrics.catalog import METRICS, PIXEL_METRICS
+
+        return metric in METRICS and metric not in PIXEL_METRICS
+    return isinstance(metric, DeepFeatureDistance)
 
 
 class DeepFeatureDistance(Metric):
@@ -80,8 +99,9 @@ class DeepFeatureDistance(Metric):
         reduction: ``"mean"`` over every image seen, or ``"none"`` for per-image values.
         normalization: ``"minmax"`` (each image by its own min/max), ``"target"`` (both by the
             target's) or ``"none"``.
-        nan_strategy: non-finite predictions: ``"error"``, ``"ignore"`` (skip and count them in
-            ``skipped``) or ``"propagate"``.
+        nan_strategy: non-finite predictions, and non-finite results of finite inputs (an
+            encoder overflow, e.g. ``normalization="none"`` with huge values): ``"error"``,
+            ``"ignore"`` (skip and count them in ``skipped``) or ``"propagate"``.
         max_batch: at most this many image pairs per encoder pass (bounds peak memory; None:
             the whole batch at once). The default 4 keeps LPIPS-VGG at 640x368 with batch 16 at
             about a third of the ``lpips`` package's peak, at the same speed as 8 on a CPU
@@ -91,7 +111,10 @@ class DeepFeatureDistance(Metric):
             arguments (``{"max_bytes": ..., "directory": ...}``, e.g. from YAML), a
             :class:`TargetFeatureCache` (shareable between metrics), or None/False (off, default).
         channels_last: run the encoder in channels-last layout (faster; float-rounding changes).
-        autocast: run the encoder under bf16 autocast (GPU; documented tolerance ~1e-2 relative).
+        precision: ``"fp32"`` (default: exact parity with the references) or ``"bf16"``: the
+            encoder runs under ``torch.autocast(bfloat16)`` on the CPU or GPU (fast on CPUs with
+            AMX / AVX512-BF16 and on GPUs), features are returned in float32 and distances are
+            computed in fp32 (about 1e-2 relative difference). Part of the cache namespace.
         kwargs: passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ...).
     """
 
@@ -99,6 +122,8 @@ class DeepFeatureDistance(Metric):
     higher_is_better = False
     full_state_update = False
     plot_lower_bound = 0.0
+    #: torchmetrics' ``FeatureShare`` shares this attribute between metrics.
+    feature_network = "encoder"
 
     def __init__(
         self,
@@ -108,27 +133,30 @@ class DeepFeatureDistance(Metric):
         normalization: str = "minmax",
         nan_strategy: str = "error",
         max_batch: int | None = 4,
-        feature_cache: bool | dict | TargetFeatureCache | None = None,
+        feature_cache: FeatureCacheArg = None,
         channels_last: bool = False,
-        autocast: bool = False,
+        precision: str = "fp32",
         **kwargs: Any,
     ) -> None:
+        if "autocast" in kwargs:  # the former name of precision="bf16"
+            warnings.warn("`autocast` is deprecated: use precision='bf16'", DeprecationWarning, stacklevel=3)
+            precision = "bf16" if kwargs.pop("autocast") else precision
         super().__init__(**kwargs)
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
-        if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"Argument `max_batch` must be a positive integer or None, got {max_batch}")
+        check_choice("precision", precision, PRECISIONS)
         self.reduction = reduction
         self.normalization = normalization
         self.nan_strategy = nan_strategy
         self.max_batch = max_batch
-        self.__dict__["_network"] = network  # not a registered submodule: see module docstring
-        network.set_options(channels_last=channels_last, autocast=autocast)
-        self.feature_cache = make_feature_cache(feature_cache)
-        self._namespace: str | None = None
-        #: set by :func:`lightning_dfd.metrics.shared.link_shared_encoders`
-        self._share = None
+        self.precision = precision
+        self.channels_last = channels_last
+        self.network = network
+        self.encoder = EncoderPass(network, normalization=normalization, nan_strategy=nan_strategy,
+                                   max_batch=max_batch, feature_cache=feature_cache,
+                                   precision=precision, channels_last=channels_last)
+        self._own_key: tuple | None = None
         if reduction == "mean":
             self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -136,16 +164,25 @@ class DeepFeatureDistance(Metric):
             self.add_state("values", [], dist_reduce_fx="cat")
             self.add_state("ids", [], dist_reduce_fx="cat")
         self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        # Equal on every process, different for different DFDs: see the module docstring.
+        self.add_state("fingerprint", torch.zeros(_FINGERPRINT_BYTES, dtype=torch.long),
+                       dist_reduce_fx="max")
+        self._fingerprinted = False
+        self._register_state_dict_hook(_drop_encoder_keys)
+        self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
 
-    @property
-    def network(self) -> FeatureDistanceNetwork:
-        """The frozen encoder + distance (kept out of ``state_dict`` and ``parameters()``)."""
-        return self.__dict__["_network"]
-
-    def _apply(self, fn, exclude_state=""):  # noqa: D102 - follows .to()/.cuda() moves
-        this = super()._apply(fn, exclude_state)
-        probe = fn(torch.zeros(1, device=self.network_device))
-        self.network.to(device=probe.device)  # device moves only: dtype casts never reach it
+    # ------------------------------------------------------------------ encoder plumbing
+    def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:  # noqa: D102
+        # States follow torchmetrics' rules; the encoder follows device moves only (never dtype).
+        children = dict(self._modules)
+        self._modules.clear()
+        try:
+            this = super()._apply(fn, exclude_state)
+        finally:
+            self._modules.update(children)
+        device = fn(torch.zeros(1, device=self.network_device)).device
+        for child in {id(c): c for c in children.values() if c is not None}.values():
+            child.to(device=device)
         return this
 
     @property
@@ -156,44 +193,55 @@ class DeepFeatureDistance(Metric):
         return torch.device("cpu")
 
     @property
+    def encoder_pass(self) -> EncoderPass:
+        """The :class:`EncoderPass` in use (``FeatureShare`` wraps it in a ``NetworkCache``)."""
+        encoder = self.encoder
+        return encoder if isinstance(encoder, EncoderPass) else encoder.network
+
+    @property
+    def feature_cache(self) -> TargetFeatureCache | None:
+        """The target-feature cache of this metric's encoder pass (None: off)."""
+        return self.encoder_pass.feature_cache
+
+    @property
     def cache_namespace(self) -> str:
-        """What a cached target feature depends on besides the image.
+        """What a cached target feature depends on besides the image (see :class:`EncoderPass`)."""
+        return self.sharing_key[0]
 
-        The network's features identity and a digest of its feature weights (two random
-        initialisations never share entries; LPIPS with and without linear layers do), the
-        normalisation and the numeric options. Metrics with equal namespaces compute identical
-        features and can share one encoder pass (:mod:`lightning_dfd.metrics.shared`).
-        """
-        if self._namespace is None:
-            net = self.network
-            self._namespace = (f"{net.features_identity or net.identity}|"
-                               f"{weights_digest(net, net.head_prefixes)}|"
-                               f"{self.normalization}|cl={net.channels_last}|ac={net.autocast}")
-        return self._namespace
+    @property
+    def sharing_key(self) -> tuple:
+        """Metrics with equal keys compute identical features and validate inputs identically."""
+        if self._own_key is None:
+            self._own_key = pass_key(self.network, self.normalization, self.nan_strategy,
+                                     self.max_batch, self.precision, self.channels_last)
+        return self._own_key
 
-    def _distances(self, p: Tensor, t: Tensor, keep: Tensor, ids: Tensor | None,
-                   channels: int) -> Tensor:
-        """Per-image values of validated ``(M, 1, H, W)`` images (no state is touched)."""
-        if self._share is not None:
-            return self._share.distances(self, p, t, keep, ids, channels)
-        return self.distances_for([self.network], p, t, keep, ids, channels)[0]
+    def _ensure_fingerprint(self) -> None:
+        if self._fingerprinted:
+            return
+        net = self.network
+        identity = repr((type(self).__qualname__, self.sharing_key, net.identity, self.reduction,
+                         weights_digest(net, only=net.head_prefixes) if net.head_prefixes else ""))
+        digest = hashlib.blake2b(identity.encode(), digest_size=_FINGERPRINT_BYTES).digest()
+        value = torch.tensor(list(digest), dtype=torch.long, device=self.device)
+        self._defaults["fingerprint"] = value.clone()
+        self.fingerprint = value
+        self._fingerprinted = True
 
-    def distances_for(self, networks: list[FeatureDistanceNetwork], p: Tensor, t: Tensor,
-                      keep: Tensor, ids: Tensor | None, channels: int) -> list[Tensor]:
-        """Per-image values for each of ``networks`` (identical features), one encoder pass.
+    def _encode(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None) -> EncodedBatch:
+        batch = self.encoder(preds, target, sample_ids, input_versions(preds, target, sample_ids))
+        if batch.network is not self.network and batch.key != self.sharing_key:
+            raise ValueError(
+                f"{type(self).__name__} was given a shared encoder that computes other features "
+                f"({batch.key[0]!r} vs its own {self.sharing_key[0]!r}): share encoders only "
+                "between metrics with identical features (lightning_dfd.metrics.DFDCollection does)"
+            )
+        return batch
 
-        The pass uses this metric's options (normalisation, ``max_batch``) and feature cache.
-        """
-        lookup = None
-        if self.feature_cache is not None and ids is not None:
-            keys = [(int(i), k % channels) for k, i in enumerate(ids.tolist())]
-            keys = [key for key, kept in zip(keys, keep.tolist(), strict=True) if kept]
-            lookup = CacheLookup(self.feature_cache, self.cache_namespace, keys)
-        if not keep.all():
-            p, t = p[keep], t[keep]
-        if p.shape[0] == 0:
-            return [p.new_zeros(0) for _ in networks]
-        return shared_feature_distances(networks, p, t, self.normalization, self.max_batch, lookup)
+    # ------------------------------------------------------------------ metric API
+    def validate(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
+        """Raise the input error :meth:`update` would raise for this batch; change nothing."""
+        self.encoder_pass.prepare(preds, target, sample_ids)
 
     def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
         """Score a batch.
@@ -201,21 +249,36 @@ class DeepFeatureDistance(Metric):
         Args:
             preds: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
             target: same shape; complex when ``preds`` is complex.
-            sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"``.
+            sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"`` (and the
+                keys of the feature cache).
         """
-        p, t, keep = validated_images(preds, target, self.nan_strategy)
-        channels = channels_per_image(preds)
-        ids = expand_ids(sample_ids, preds.shape[0], channels, self.device)
-        values = self._distances(p, t, keep, ids, channels)
+        self._ensure_fingerprint()
+        batch = self._encode(preds, target, sample_ids)
+        values = batch.distances(self.network)
+        keep, ids = batch.keep, batch.ids
+        skipped = int((~keep).sum())
+        bad = ~torch.isfinite(values.detach())
+        if self.nan_strategy != "propagate" and bool(bad.any()):
+            images = keep.nonzero().flatten()[bad.to(keep.device)].tolist()
+            if self.nan_strategy == "error":
+                raise ValueError(
+                    f"{type(self).__name__} is not finite (NaN or inf) for images {images} (of "
+                    f"{keep.numel()}, counted over batch x channels) although the inputs are finite: "
+                    f"the encoder overflowed (normalization={self.normalization!r}; 'minmax' scales "
+                    "inputs to [0, 1]); pass nan_strategy='ignore' to skip such images"
+                )
+            values = values[~bad]
+            ids = None if ids is None else ids[~bad.to(ids.device)]
+            skipped += len(images)
         # Only now, with every check passed and every value computed, change the state.
-        self.skipped += (~keep).sum().to(self.skipped.device)
+        self.skipped += skipped
         if self.reduction == "mean":
             self.sum_value = self.sum_value + values.double().sum()
             self.total += values.numel()
         else:
             self.values.append(values)
             if ids is not None:
-                self.ids.append(ids[keep.to(ids.device)])
+                self.ids.append(ids)
 
     def compute(self) -> Tensor:
         """Mean over every image seen (all processes), or the per-image values."""
@@ -255,4 +318,5 @@ class DeepFeatureDistance(Metric):
 
     def extra_repr(self) -> str:  # noqa: D102
         return (f"network={self.network.identity!r}, reduction={self.reduction!r}, "
-                f"normalization={self.normalization!r}, nan_strategy={self.nan_strategy!r}")
+                f"normalization={self.normalization!r}, nan_strategy={self.nan_strategy!r}, "
+                f"precision={self.precision!r}")

@@ -27,7 +27,8 @@ METRICS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ssfd": ("lightning_dfd.metrics.ssfd", "SSFD", {}),
     "vaefd": ("lightning_dfd.metrics.vaefd", "VAEFD", {}),
 }
-PIXEL_METRICS = ("psnr", "ssim", "nmse")
+#: The one list of pixel metrics (every other catalog name is a DFD).
+PIXEL_METRICS: tuple[str, ...] = ("psnr", "ssim", "nmse")
 
 
 def metric_class(name: str) -> type[Metric]:
@@ -45,8 +46,3 @@ def build_metric(name: str, **kwargs: Any) -> Metric:
     if name in PIXEL_METRICS:
         kwargs.pop("weights", None)  # a suite-wide `weights` means nothing to pixel metrics
     return cls(**{**preset, **kwargs})
-
-
-def is_dfd(name: str) -> bool:
-    """True for deep feature distances (not PSNR / SSIM / NMSE)."""
-    return name in METRICS and name not in PIXEL_METRICS

@@ -30,8 +30,6 @@ class DISTS(DeepFeatureDistance):
     """
 
     plot_upper_bound = 1.0
-    feature_network = "network"
-
     def __init__(self, weights: WeightsArg = "imagenet", **kwargs: Any) -> None:
         super().__init__(DISTSNetwork(weights=weights), **kwargs)
         self.weights = weights

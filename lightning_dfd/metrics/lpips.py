@@ -33,8 +33,6 @@ class LPIPS(DeepFeatureDistance):
         0.0
     """
 
-    feature_network = "network"
-
     def __init__(self, net: str = "vgg", linear: bool = True, weights: WeightsArg = "imagenet",
                  **kwargs: Any) -> None:
         super().__init__(LPIPSNetwork(net=net, linear=linear, weights=weights), **kwargs)

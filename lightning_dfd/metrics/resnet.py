@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from lightning_dfd.encoders.backbones import WeightsArg
+from lightning_dfd.encoders.base import parse_layers
 from lightning_dfd.encoders.resnet import DEFAULT_LAYER, ResNetFDNetwork
 from lightning_dfd.metrics.base import DeepFeatureDistance
 
@@ -29,17 +31,15 @@ class ResNetFD(DeepFeatureDistance):
         True
     """
 
-    feature_network = "network"
-
     def __init__(
         self,
         weights: WeightsArg = "radimagenet",
-        layers: tuple[str, ...] | list[str] = (DEFAULT_LAYER,),
+        layers: str | Sequence[str] = (DEFAULT_LAYER,),
         input_range: tuple[float, float] = (-1.0, 1.0),
         distance: str = "mse",
         **kwargs: Any,
     ) -> None:
-        network = ResNetFDNetwork(weights=weights, layers=tuple(layers), input_range=tuple(input_range),
-                                  distance=distance)
+        network = ResNetFDNetwork(weights=weights, layers=parse_layers(layers),
+                                  input_range=tuple(input_range), distance=distance)
         super().__init__(network, **kwargs)
         self.weights = weights

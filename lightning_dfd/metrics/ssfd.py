@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from lightning_dfd.encoders.base import parse_layers
 from lightning_dfd.encoders.ssfd import DEFAULT_LAYER, SSFD_WEIGHTS, SSFDNetwork
 from lightning_dfd.metrics.base import DeepFeatureDistance
 
@@ -35,8 +36,6 @@ class SSFD(DeepFeatureDistance):
         0.0
     """
 
-    feature_network = "network"
-
     def __init__(
         self,
         weights: str | os.PathLike = SSFD_WEIGHTS,
@@ -44,6 +43,6 @@ class SSFD(DeepFeatureDistance):
         distance: str = "mse",
         **kwargs: Any,
     ) -> None:
-        layers = (layers,) if isinstance(layers, str) else tuple(layers)
+        layers = parse_layers(layers)
         super().__init__(SSFDNetwork(weights=weights, layers=layers, distance=distance), **kwargs)
         self.weights, self.layers, self.distance = weights, layers, distance

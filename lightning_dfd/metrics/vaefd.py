@@ -34,8 +34,6 @@ class VAEFD(DeepFeatureDistance):
         0.0
     """
 
-    feature_network = "network"
-
     def __init__(
         self,
         weights: str | os.PathLike = MEDVAE_WEIGHTS,

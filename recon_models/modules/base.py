@@ -21,13 +21,11 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
-from lightning_dfd.metrics import DeepFeatureDistance, build_metric, is_dfd
-from lightning_dfd.metrics.shared import DFDCollection
+from lightning_dfd.metrics import PIXEL_METRICS, DeepFeatureDistance, DFDCollection, build_metric, is_dfd
 from recon_models.data.sample import SAMPLE_ID_STRIDE
 
 #: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
 DEFAULT_DFDS: dict[str, dict[str, Any]] = {"lpips_vgg": {}, "dists": {}, "resnet_fd": {}}
-PIXEL_METRICS: tuple[str, ...] = ("psnr", "ssim", "nmse")
 
 
 def build_metric_collection(
@@ -35,7 +33,7 @@ def build_metric_collection(
     pixel_metrics: Sequence[str] = PIXEL_METRICS,
     prefix: str = "val/",
 ) -> DFDCollection:
-    """A :class:`~lightning_dfd.metrics.shared.DFDCollection` of pixel metrics and DFDs.
+    """A :class:`~lightning_dfd.metrics.DFDCollection` of pixel metrics and DFDs.
 
     Keys are ``<prefix><name>``.
 
