@@ -250,6 +250,17 @@ def test_gradients_reach_preds_through_a_collection(alex):
     assert all(param.grad is None for param in alex.network.parameters())
 
 
+def test_inference_mode_inputs_and_shared_passes(alex):
+    p, t = mr_like_pair(n=2, h=40, w=40, seed=18)
+    nolin = LPIPS(net="alex", linear=False, weights="random")
+    nolin.network.load_state_dict(alex.network.state_dict(), strict=False)
+    suite = DFDCollection({"lin": _twin(alex), "nolin": nolin})
+    with torch.inference_mode():  # inference tensors carry no version counter
+        suite.update(p.clone(), t.clone())
+    assert suite.shared_groups() == [["lin", "nolin"]]
+    torch.testing.assert_close(suite["lin"].compute(), _alone(alex, [(p, t)]), rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------- precision
 @pytest.mark.parametrize(("name", "rtol"), [("alex", 2e-2), ("resnet", 1e-1)])
 def test_bf16_runs_on_cpu_close_to_fp32(resnet, alex, name, rtol):

@@ -139,7 +139,9 @@ def test_checkpoints_hold_no_encoder_weights_and_load_weights_only(tmp_path, kne
     module = ReconModule.load_from_checkpoint(with_dfds, weights_only=True)
     assert sorted(module.val_metrics.keys(keep_base=True)) == [
         "dists", "lpips_vgg", "nmse", "psnr", "resnet_fd", "ssim"]
-    assert not [name for name, _ in module.named_parameters() if not name.startswith("network.")]
+    # Metric encoders are frozen submodules: present, never trainable, never checkpointed.
+    assert not [name for name, p in module.named_parameters()
+                if p.requires_grad and not name.startswith("network.")]
 
 
 # ----------------------------------------------------------------------- SIGKILL and resume

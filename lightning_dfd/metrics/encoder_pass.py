@@ -96,7 +96,14 @@ def expand_ids(ids: Tensor | None, n: int, channels: int, device: torch.device) 
 
 def input_versions(*tensors: Tensor | None) -> tuple:
     """What identifies a batch besides the tensor objects: in-place version counters, grad mode."""
-    return (*(getattr(t, "_version", None) for t in tensors), torch.is_grad_enabled())
+    return (*(_version(t) for t in tensors), torch.is_grad_enabled())
+
+
+def _version(tensor: Tensor | None) -> int | None:
+    # inference-mode tensors keep no version counter (and cannot be modified outside it)
+    if not isinstance(tensor, Tensor) or tensor.is_inference():
+        return None
+    return tensor._version
 
 
 @dataclass
