@@ -93,7 +93,7 @@ def _ours(group: str, name: str, factory: Callable[..., nn.Module], device: torc
 def _ours_shared(group: str, name: str, vgg, device: torch.device) -> Case:
     """LPIPS-VGG with and without linear layers in one DFDCollection: one VGG pass for both."""
     from lightning_dfd import LPIPS
-    from lightning_dfd.metrics.shared import DFDCollection
+    from lightning_dfd.metrics import DFDCollection
 
     options = {"weights": vgg, "reduction": "none", "channels_last": True}
     suite = DFDCollection({"lin": LPIPS(**options), "nolin": LPIPS(linear=False, **options)})

@@ -309,6 +309,7 @@ def evaluate_pair(
     else:
         data_range = target.double().flatten(1).amax(dim=1)
 
+    from lightning_dfd.metrics import is_dfd
     from lightning_dfd.metrics.encoder_pass import shared_passes, sharing
 
     values: dict[str, np.ndarray] = {}
@@ -321,7 +322,7 @@ def evaluate_pair(
             chunk = slice(start, start + config.batch_size)
             with sharing(shares):  # every metric, one update each
                 for name, metric in metrics.items():
-                    if not hasattr(metric, "metric_name"):  # a DFD
+                    if is_dfd(metric):
                         metric.update(preds[chunk], target[chunk])
                     elif name.endswith("@volume"):  # PSNR / SSIM / NMSE take a data range
                         ids = torch.zeros(preds[chunk].shape[0], dtype=torch.long, device=device)

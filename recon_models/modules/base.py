@@ -21,7 +21,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
-from lightning_dfd.metrics import PIXEL_METRICS, DeepFeatureDistance, DFDCollection, build_metric, is_dfd
+from lightning_dfd.metrics import PIXEL_METRICS, DFDCollection, build_metric, is_dfd
 from recon_models.data.sample import SAMPLE_ID_STRIDE
 
 #: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
@@ -170,7 +170,7 @@ class ImageQualityModule(LightningModule):
         values = self.val_metrics.compute()
         self.per_image_values = {}
         for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
-            if isinstance(metric, DeepFeatureDistance) and metric.reduction == "none":
+            if is_dfd(metric) and metric.reduction == "none":
                 self.per_image_values[name] = metric.compute_per_image()
                 values[f"{self.val_metrics.prefix}{name}"] = self.per_image_values[name]["values"].mean()
         self.val_metrics.reset()
