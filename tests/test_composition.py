@@ -217,6 +217,7 @@ def test_lightning_checkpoint_has_no_encoder_and_loads_strictly(resnet):
     module = Module()
     state = module.state_dict()
     assert list(state) == ["layer.weight", "layer.bias"]
+    assert not [key for key in state._metadata if key.startswith(("metric.network", "metric.encoder"))]
     other = Module()
     other.load_state_dict(state, strict=True)  # today's checkpoints
     with_encoder = {**state, **{f"metric.network.{k}": torch.zeros_like(v)

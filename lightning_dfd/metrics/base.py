@@ -60,6 +60,10 @@ def _drop_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, local_m
     children = tuple(f"{prefix}{name}." for name in module._modules)
     for key in [k for k in state_dict if k.startswith(children)]:
         del state_dict[key]
+    metadata = getattr(state_dict, "_metadata", None)  # per-module versions: drop theirs too
+    if metadata is not None:
+        for key in [k for k in metadata if f"{k}.".startswith(children)]:
+            del metadata[key]
 
 
 def _keep_encoder_tensors(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
@@ -211,6 +215,9 @@ class DeepFeatureDistance(Metric):
     @property
     def sharing_key(self) -> tuple:
         """Metrics with equal keys compute identical features and validate inputs identically."""
+        encoder = self.encoder
+        if self._own_key is None and isinstance(encoder, EncoderPass) and encoder.network is self.network:
+            self._own_key = encoder.key  # the pass built from this metric's own options
         if self._own_key is None:
             self._own_key = pass_key(self.network, self.normalization, self.nan_strategy,
                                      self.max_batch, self.precision, self.channels_last)

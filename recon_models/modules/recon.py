@@ -144,7 +144,8 @@ class ReconModule(ImageQualityModule):
         Returns the optimizer alone without ``lr_scheduler``; otherwise Lightning's dict with the
         scheduler stepped once per epoch.
         """
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]  # not the frozen DFD encoders
+        optimizer = torch.optim.Adam(trainable, lr=self.lr, weight_decay=self.weight_decay)
         if self.lr_scheduler is None:
             return optimizer
         kwargs = dict(self.lr_scheduler_kwargs)
