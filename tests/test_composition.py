@@ -280,8 +280,14 @@ def test_bf16_runs_on_cpu_close_to_fp32(resnet, alex, name, rtol):
     assert bf16.compute() != fp32.compute()  # it really ran in bf16
     assert fp32.cache_namespace != bf16.cache_namespace
     torch.testing.assert_close(fp32.compute(), _alone(reference, [(p, t)]), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="precision"):
+
+
+def test_precision_argument_checks_and_old_autocast_name():
+    with pytest.raises(ValueError, match="Argument `precision` must be one of"):
         ResNetFD(weights="random", precision="fp16")
+    with pytest.warns(DeprecationWarning, match="precision='bf16'"):
+        metric = LPIPS(net="alex", weights="random", autocast=True)
+    assert metric.precision == "bf16" and metric.network.precision == "bf16"
 
 
 # ------------------------------------------------------------------------- bug 6: extreme inputs
