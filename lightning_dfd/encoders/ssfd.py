@@ -47,16 +47,6 @@ SSFD_WEIGHTS = "ssfd-fastmri-knee"
 #: Denominator floor of the per-image z-score: a constant image maps to zeros, never to NaN.
 ZSCORE_EPS = 1e-8
 
-W.register(
-    W.WeightSpec(
-        name=SSFD_WEIGHTS,
-        filename="ssfd-fastmri-knee.ckpt",
-        url="https://huggingface.co/philadamson93/SSFD/resolve/main/default/model.ckpt",
-        arch="ssfd-unet-encoder",
-        description="SSFD encoder, masked-inpainting pretrained on fastMRI knee (published file)",
-    )
-)
-
 
 class WSConv2d(nn.Conv2d):
     """A convolution with weight standardisation (Qiao et al., 2019).
