@@ -194,6 +194,8 @@ class TargetFeatureCache:
         store_dtype: str | torch.dtype | None = None,
         stats: CacheStats | None = None,
     ) -> None:
+        if isinstance(max_bytes, float) and max_bytes.is_integer():
+            max_bytes = int(max_bytes)  # 2e9 from a YAML config
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"Argument `max_bytes` must be an integer >= 0, but got {max_bytes!r}")
         if policy not in POLICIES:

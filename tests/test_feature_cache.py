@@ -217,3 +217,19 @@ def test_plan_line_names_bytes_set_budget_and_hit_rate():
     assert "1.0 MiB per image" in line and "holds 100 (50.0 %)" in line and "50.0 %" in line
     lru = TargetFeatureCache(max_bytes=100 << 20, policy="lru")
     assert "hit rate from epoch 2: 0.0 % (policy lru)" in lru.plan(200, 1 << 20)
+
+
+def test_cache_copies_pickles_and_config_values(tmp_path):
+    import copy
+    import pickle
+
+    cache = TargetFeatureCache(max_bytes=2e6, directory=tmp_path, store_dtype="bf16")
+    assert cache.max_bytes == 2_000_000
+    image = torch.rand(1, 4, 4)
+    cache.put("net", (1, 0), image, [torch.ones(8)])
+    for other in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):
+        assert torch.equal(other.get("net", (1, 0), image)[0], torch.ones(8))
+        assert other.policy == "keep" and other.store_dtype == torch.bfloat16
+    for bad in (-1, 1.5, "2GB", True):
+        with pytest.raises(ValueError, match="max_bytes"):
+            TargetFeatureCache(max_bytes=bad)
