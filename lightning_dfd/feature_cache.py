@@ -27,7 +27,8 @@ temporary file behind.
 
 **Stored precision.** ``store_dtype="bf16"`` keeps floating features in bfloat16 (half the bytes:
 the budget holds twice as many images); they are returned in their original dtype, rounded to
-bf16 (relative error <= 2**-8 per value).
+bf16 (relative error <= 2**-8 per value). Measured on 24 MR-like pairs (96x96, random weights):
+LPIPS-Alex/VGG, DISTS and ResNetFD values within 1.5e-3 relative of uncached, Spearman 1.0.
 
 Example:
     >>> import torch

@@ -134,6 +134,22 @@ def test_unwritable_directory_warns_once_and_carries_on_in_memory(tmp_path, monk
     assert _files(tmp_path) == []  # no temporary file left behind
 
 
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_directory_by_permissions(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        cache = TargetFeatureCache(directory=folder)
+        image = _target(1, 0)
+        with pytest.warns(FeatureCacheWarning, match="memory only"):
+            cache.put(NS, (1, 0), image, _features(image))
+        assert torch.equal(cache.get(NS, (1, 0), image)[0], _features(image)[0])
+        assert _files(folder) == []
+    finally:
+        folder.chmod(0o700)
+
+
 def _mount_tmpfs(where: Path, options: str) -> bool:
     where.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
