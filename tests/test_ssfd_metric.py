@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from lightning_dfd import SSFD
 from lightning_dfd.encoders.ssfd import SSFD_LAYERS, SSFDEncoder
 from lightning_dfd.functional.ssfd import ssfd
-from lightning_dfd.weights import CorruptWeightsError, MissingWeightsError
+from lightning_dfd.weights import CorruptWeightsError, MissingWeightsError, record_pin
 
 # The published layout, written out from the description (not from our module).
 PREFIXES = ["firstblock", "encoder1.conv_block", "encoder2.conv_block", "encoder3.conv_block",
@@ -111,6 +111,7 @@ def test_registry_name_resolves_from_home(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("LIGHTNING_DFD_HOME", str(home))
     torch.save({"model_state_dict": published_state(3)}, home / "ssfd-fastmri-knee.ckpt")
+    record_pin("ssfd-fastmri-knee", home / "ssfd-fastmri-knee.ckpt")  # not the published sha256
     metric = SSFD(weights="ssfd-fastmri-knee")
     first = metric.network.encoder.firstblock.conv1.weight
     assert torch.equal(first, published_state(3)["firstblock.conv1.weight"])

@@ -38,16 +38,6 @@ from lightning_dfd.encoders.base import FeatureDistanceNetwork, mean_squared_dis
 #: Registry name of the published Med-VAE 8x / 4-channel 2-D checkpoint.
 MEDVAE_WEIGHTS = "medvae-8x4c-2d"
 
-W.register(
-    W.WeightSpec(
-        name=MEDVAE_WEIGHTS,
-        filename="vae_8x_4c_2D.ckpt",
-        url="https://huggingface.co/stanfordmimi/MedVAE/resolve/main/model_weights/vae_8x_4c_2D.ckpt",
-        arch="medvae-autoencoderkl-2d",
-        description="Med-VAE 2-D autoencoder, 8x compression, 4 latent channels (LoRA merged)",
-    )
-)
-
 
 @dataclass(frozen=True)
 class MedVAEConfig:

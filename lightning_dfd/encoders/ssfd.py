@@ -47,16 +47,6 @@ DEFAULT_LAYER = "block4_relu1"
 #: Registry name of the published checkpoint.
 SSFD_WEIGHTS = "ssfd-fastmri-knee"
 
-W.register(
-    W.WeightSpec(
-        name=SSFD_WEIGHTS,
-        filename="ssfd-fastmri-knee.ckpt",
-        url="https://huggingface.co/philadamson93/SSFD/resolve/main/default/model.ckpt",
-        arch="ssfd-unet-encoder",
-        description="SSFD encoder, masked-inpainting pretrained on fastMRI knee (published file)",
-    )
-)
-
 
 class WSConv2d(nn.Conv2d):
     """A convolution with weight standardisation (Qiao et al., 2019).
