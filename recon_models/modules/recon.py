@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
+from recon_models.checkpoints import reconcile_hparams
 from recon_models.data.sample import ReconSample
 from recon_models.models import build_model, get_loss, sense_adjoint
 from recon_models.modules.base import PIXEL_METRICS, ImageQualityModule, center_crop
@@ -163,6 +164,14 @@ class ReconModule(ImageQualityModule):
                              f"fit lr_scheduler={self.lr_scheduler!r}: {error}") from error
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoint vs command line: see :func:`recon_models.checkpoints.reconcile_hparams`.
+
+        The network must match the checkpoint's; metrics, ``lr`` and every other setting are the
+        command line's, and each difference is reported in one warning line.
+        """
+        reconcile_hparams(self, checkpoint)
 
     def configure_callbacks(self) -> list[Callback]:
         """:class:`RNGStateCheckpoint`: resumed runs continue the random streams exactly."""
