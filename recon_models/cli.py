@@ -86,9 +86,10 @@ class _NoTips(logging.Filter):
 
 def mute_lightning_tips() -> None:
     """Install (once) the filter that hides Lightning's "💡 Tip" banners."""
-    logger = logging.getLogger("lightning.fabric.utilities.rank_zero")
-    if not any(isinstance(f, _NoTips) for f in logger.filters):
-        logger.addFilter(_NoTips())
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
 
 
 class SafeCheckpointCLI(LightningCLI):
@@ -317,8 +318,8 @@ def main(args: Sequence[str] | None = None) -> int:
     except Exception as error:
         if verbose:
             raise
-        print(f"recon-train: error: {_one_line(error)}\n"
-              "(run again with --verbose for the traceback)", file=sys.stderr, flush=True)
+        print(f"recon-train: error: {_one_line(error)} (--verbose shows the traceback)",
+              file=sys.stderr, flush=True)
         return 1
 
 
