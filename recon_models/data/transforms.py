@@ -12,7 +12,7 @@ import torch
 from fastmri.data.subsample import MaskFunc
 
 from recon_models.data.errors import DataFormatError
-from recon_models.data.fastmri_format import KSPACE_KEY, MASK_KEY, list_volumes
+from recon_models.data.fastmri_format import KSPACE_KEY, MASK_KEY, check_finite_kspace, list_volumes
 from recon_models.data.maps_cache import SensitivityCache
 from recon_models.data.masks import sample_mask, volume_seed
 from recon_models.data.sample import SAMPLE_ID_STRIDE, ReconSample
@@ -155,6 +155,7 @@ class ReconTransform:
                 f"slice {slice_num}: expected complex (coils, H, W), got shape {kspace.shape} "
                 f"dtype {kspace.dtype}",
             )
+        check_finite_kspace(path, slice_num, kspace)
         _, height, width = kspace.shape
         maps, volume_max = self.sensitivity.load(path, slice_num, kspace)
         if maps.shape != kspace.shape:
