@@ -12,7 +12,13 @@ import torch
 from fastmri.data.subsample import MaskFunc
 
 from recon_models.data.errors import DataFormatError
-from recon_models.data.fastmri_format import KSPACE_KEY, MASK_KEY, check_finite_kspace, list_volumes
+from recon_models.data.fastmri_format import (
+    KSPACE_KEY,
+    MASK_KEY,
+    check_finite_kspace,
+    list_volumes,
+    open_h5,
+)
 from recon_models.data.maps_cache import SensitivityCache
 from recon_models.data.masks import sample_mask, volume_seed
 from recon_models.data.sample import SAMPLE_ID_STRIDE, ReconSample
@@ -183,4 +189,12 @@ class ReconTransform:
             slice_num=torch.tensor(slice_num, dtype=torch.int64),
             sample_id=torch.tensor(volume_id * SAMPLE_ID_STRIDE + slice_num, dtype=torch.int64),
             fname=fname,
+            num_slices=torch.tensor(self._num_slices(path, attrs), dtype=torch.int64),
         )
+
+    @staticmethod
+    def _num_slices(path: Path, attrs: Mapping[str, Any]) -> int:
+        if "num_slices" in attrs:
+            return int(attrs["num_slices"])
+        with open_h5(path) as hf:  # a plain SliceDataset: read the count from the file
+            return int(hf[KSPACE_KEY].shape[0])
