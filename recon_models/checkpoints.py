@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import shutil
@@ -75,10 +76,13 @@ def is_url(path: Any) -> bool:
 def fetch_checkpoint(url: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """Download ``url`` to a new private temporary file and return its path (nothing is loaded).
 
+    The file lives until the process ends (then it is deleted).
+
     Raises:
         CheckpointError: the download fails (naming the URL and the cause).
     """
     folder = Path(tempfile.mkdtemp(prefix="recon_ckpt_"))
+    atexit.register(shutil.rmtree, folder, True)  # the download is removed when the process ends
     name = Path(urllib.request.urlparse(url).path).name or "checkpoint.ckpt"
     path = folder / name
     try:

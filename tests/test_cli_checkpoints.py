@@ -199,6 +199,16 @@ def test_url_checkpoint_with_a_pickle_payload_is_refused_and_never_runs(
     assert not marker.exists()
 
 
+def test_hpc_checkpoint_with_a_payload_is_refused(tmp_path, knee_data, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    torch.save({"payload": _Payload(marker)}, tmp_path / "hpc_ckpt_3.ckpt")
+    with pytest.raises(CheckpointError, match="hpc_ckpt_3.ckpt.*refused"):
+        run_cli(_args(tmp_path, knee_data, "--ckpt_path", "hpc",
+                      "--trainer.default_root_dir", str(tmp_path)))
+    assert not marker.exists()
+
+
 def test_legit_checkpoint_served_over_http_resumes(first_run, http_folder, tmp_path, knee_data,
                                                    monkeypatch):
     folder, base = http_folder
