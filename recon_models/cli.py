@@ -34,6 +34,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import sys
@@ -41,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
@@ -92,6 +94,10 @@ def mute_lightning_tips() -> None:
             logger.addFilter(_NoTips())
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the description kept as written."""
+
+
 class SafeCheckpointCLI(LightningCLI):
     """``LightningCLI`` that loads every checkpoint with ``weights_only=True`` and resolves ``last``.
 
@@ -99,9 +105,12 @@ class SafeCheckpointCLI(LightningCLI):
     hyper-parameters vs the command line).
     """
 
+    prog = "recon-train ssfd-pretrain"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         mute_lightning_tips()
-        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
+        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION, "prog": self.prog,
+                                            "formatter_class": _HelpFormatter})
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         #: the ``--ckpt_path`` the user gave (a URL stays a URL here) and the file actually read
         self.ckpt_source: str | None = None
@@ -218,6 +227,7 @@ class ReconCLI(SafeCheckpointCLI):
     """
 
     summary: dict[str, Any] | None = None
+    prog = "recon-train"
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Add ``--dfd_weights`` (every configured DFD's ``weights``, e.g. ``random``)."""
@@ -286,8 +296,13 @@ def run_ssfd_cli(args: Sequence[str] | None = None) -> LightningCLI:
     """``recon-train ssfd-pretrain ...``: LightningCLI for :class:`SSFDPretrainModule`."""
     from recon_models.modules import SSFDPretrainModule
 
+    description = ("recon-train ssfd-pretrain: masked-inpainting pretraining of the SSFD encoder "
+                   "(SSFDPretrainModule).\n\n--verbose shows the full traceback of an error; --ckpt_path "
+                   "last | last-if-present | FILE | URL (always weights_only=True).")
     return SafeCheckpointCLI(SSFDPretrainModule, FastMRIDataModule,
-                             args=list(sys.argv[2:] if args is None else args))
+                             args=list(sys.argv[2:] if args is None else args),
+                             parser_kwargs={"description": description, "prog": SafeCheckpointCLI.prog,
+                                            "formatter_class": _HelpFormatter})
 
 
 def _one_line(error: BaseException) -> str:
