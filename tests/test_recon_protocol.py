@@ -96,3 +96,63 @@ def test_early_stopping_and_checkpointing_with_dfds_every_second_epoch(make_data
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2
     assert module.skipped_metrics == frozenset()  # the last validation (epoch 2) computed it
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_center_slice_protocol_under_ddp_equals_one_process(tmp_path, monkeypatch):
+    """2 gloo processes (whole volumes each, unequal step counts) log what one process logs."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from recon_models.cli import run_cli
+    from recon_models.data.synthetic import make_synthetic_dataset
+
+    root = Path(__file__).resolve().parents[1]
+    val = tmp_path / "val"
+    for index, slices in enumerate((3, 4, 6)):
+        make_synthetic_dataset(val, 1, slices=slices, coils=2, shape=(32, 16), recon_shape=(16, 16),
+                               seed=3, start_index=index)
+
+    def config(run_dir: Path) -> list[str]:
+        run_dir.mkdir()
+        override = {
+            "seed_everything": 0,
+            "trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+                        "enable_model_summary": False,
+                        "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                    "init_args": {"save_dir": str(run_dir), "name": "csv"}}]},
+            "model": {"network_kwargs": TINY, "dfds": {"lpips_vgg": {"weights": "random", "max_batch": 2}},
+                      "log_images_every_n_epochs": 0, "dfd_slices": "center"},
+            "data": {"data_path": None, "val_path": str(val), "sens_method": "rss", "batch_size": 2,
+                     "num_workers": 0},
+        }  # fmt: skip
+        (run_dir / "override.yaml").write_text(yaml.safe_dump(override))
+        return ["validate", "--config", str(root / "examples/configs/unet.yaml"),
+                "--config", str(run_dir / "override.yaml")]
+
+    def logged(run_dir: Path) -> pd.Series:
+        (path,) = run_dir.glob("csv/**/metrics.csv")
+        return pd.read_csv(path).iloc[-1].drop(["epoch", "step"], errors="ignore")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ddp = subprocess.Popen([sys.executable, "-m", "recon_models.cli", *config(tmp_path / "ddp"),
+                            "--trainer.strategy", "ddp", "--trainer.devices", "2"],
+                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    monkeypatch.setattr(sys, "argv", ["recon-train"])
+    monkeypatch.chdir(tmp_path)
+    run_cli(config(tmp_path / "single"))
+    output, _ = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, output[-4000:]
+    assert "Starting with 2 processes" in output
+    single, two = logged(tmp_path / "single"), logged(tmp_path / "ddp")
+    assert {"val/lpips_vgg", "val/psnr", "val/ssim", "val/nmse"} <= set(single.dropna().index)
+    for column in single.dropna().index:
+        assert two[column] == pytest.approx(single[column], rel=1e-6, abs=1e-6), column
