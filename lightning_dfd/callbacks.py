@@ -6,6 +6,15 @@ metric's ``higher_is_better`` (``val/lpips_vgg`` -> ``"min"``, ``val/psnr`` -> `
 from :data:`lightning_dfd.metrics.METRICS`, when the callback is built. A name ending in ``loss``
 is minimised; any other name needs an explicit ``mode``.
 
+**DFDs not computed at every validation** (e.g. ``ReconModule(dfd_every_n_epochs=2)``): a module
+that leaves a metric out of a validation names it in its ``skipped_metrics`` attribute. Both
+callbacks then skip that validation for a monitored metric so named: early stopping neither
+counts it as a non-improvement nor fails on the missing key (``patience`` counts evaluations of
+the metric, not epochs), and checkpointing writes no top-k checkpoint for it (``last.ckpt`` is
+still written). Lightning's ``callback_metrics`` keeps the previous value of a metric that was
+not logged, so without this rule an old score would be judged again. A metric missing for any
+other reason still raises (``strict=True``), as in Lightning.
+
 This module needs ``lightning`` (the ``[recon]`` extra); ``import lightning_dfd`` does not.
 """
 
@@ -36,6 +45,19 @@ def metric_mode(monitor: str) -> str:
     )
 
 
+def monitor_skipped(trainer: Any, monitor: str | None) -> bool:
+    """True when the module left ``monitor`` out of the last validation (``skipped_metrics``).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> trainer = SimpleNamespace(lightning_module=SimpleNamespace(skipped_metrics={"val/dists"}))
+        >>> monitor_skipped(trainer, "val/dists"), monitor_skipped(trainer, "val/psnr")
+        (True, False)
+    """
+    module = getattr(trainer, "lightning_module", None)
+    return monitor is not None and monitor in getattr(module, "skipped_metrics", ())
+
+
 class DFDEarlyStopping(EarlyStopping):
     """``EarlyStopping`` whose ``mode`` follows the monitored metric's ``higher_is_better``.
 
@@ -51,6 +73,11 @@ class DFDEarlyStopping(EarlyStopping):
 
     def __init__(self, monitor: str, mode: str | None = None, **kwargs: Any) -> None:
         super().__init__(monitor=monitor, mode=mode or metric_mode(monitor), **kwargs)
+
+    def _run_early_stopping_check(self, trainer: Any) -> None:
+        if monitor_skipped(trainer, self.monitor):
+            return  # not computed in this validation: neither an improvement nor a failure
+        super()._run_early_stopping_check(trainer)
 
 
 class DFDModelCheckpoint(ModelCheckpoint):
@@ -81,6 +108,11 @@ class DFDModelCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:  # noqa: D102
         super().on_validation_end(trainer, pl_module)
         self._refresh_last(trainer, at_train_epoch_end=False)
+
+    def _save_topk_checkpoint(self, trainer: Any, monitor_candidates: dict[str, Any]) -> None:
+        if monitor_skipped(trainer, self.monitor):
+            return  # the monitored DFD was not computed: its old value must not rank this epoch
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _refresh_last(self, trainer: Any, at_train_epoch_end: bool) -> None:
         if (not self.save_last or self._should_skip_saving_checkpoint(trainer)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lightning_dfd.encoders.ssfd import SSFDEncoder
+from recon_models.checkpoints import is_url, load_checkpoint
 
 #: Where the pretraining module keeps the encoder in its state dict.
 ENCODER_PREFIX = "model.encoder."
@@ -73,17 +74,19 @@ def export_ssfd_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -
     """Read a pretraining (Lightning) checkpoint and write its encoder in the published layout.
 
     Args:
-        checkpoint: a checkpoint written by Lightning for ``SSFDPretrainModule``.
+        checkpoint: a checkpoint written by Lightning for ``SSFDPretrainModule`` (a file or an
+            ``http(s)://`` URL; read with ``weights_only=True``).
         out: the file to write (``SSFD(weights=out)`` loads it).
 
     Raises:
         FileNotFoundError: ``checkpoint`` does not exist.
+        CheckpointError: it cannot be downloaded or read, or it holds code (never run).
         KeyError: it holds no ``state_dict`` with ``model.encoder.*`` keys.
     """
-    path = Path(checkpoint)
-    if not path.is_file():
+    path = checkpoint if is_url(checkpoint) else Path(checkpoint)
+    if not is_url(path) and not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(path)  # weights_only=True: a checkpoint carrying code is refused
     state = ckpt.get("state_dict") if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):
         raise KeyError(f"checkpoint {path} has no 'state_dict' (not a Lightning checkpoint)")

@@ -134,7 +134,10 @@ def test_cache_key_follows_data_and_parameters(small_volume, tmp_path):
     )
     assert SensitivityCache("jsense", cache_dir=tmp_path / "cache").cache_file(small_volume) != first
     stat = small_volume.stat()
-    os.utime(small_volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # data changed
+    os.utime(small_volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched only
+    assert cache.cache_file(small_volume) == first  # keyed by content, not by time
+    with h5py.File(small_volume, "r+") as hf:  # data changed
+        hf["kspace"][0, 0, 0, 0] += 1
     assert cache.cache_file(small_volume) != first
 
 

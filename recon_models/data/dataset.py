@@ -79,6 +79,7 @@ class FastMRISliceDataset(SliceDataset):
         except (OSError, KeyError, RuntimeError) as err:
             raise DataFormatError(fname, None, f"fastMRI cannot read its metadata: {err}") from err
         metadata["path"] = str(fname)
+        metadata["num_slices"] = int(num_slices)
         metadata["volume_id"] = self._volume_ids[fname.name]
         return metadata, num_slices
 

@@ -183,6 +183,61 @@ def parse_header(xml: bytes | str, origin: str | os.PathLike = "<header>") -> di
     }
 
 
+def check_finite_kspace(path: str | os.PathLike, slice_num: int, kspace: np.ndarray) -> None:
+    """Raise :class:`DataFormatError` naming the file, slice and cause if k-space is not finite.
+
+    Example:
+        >>> check_finite_kspace("f.h5", 0, np.ones((2, 4, 4), np.complex64))
+        >>> bad = np.full((2, 4, 4), np.inf, np.complex64)
+        >>> try:
+        ...     check_finite_kspace("f.h5", 3, bad)
+        ... except DataFormatError as err:
+        ...     print(err)
+        f.h5: key 'kspace': slice 3: k-space holds inf (32 of 32 values)
+    """
+    kspace = np.asarray(kspace)
+    if np.isfinite(kspace).all():
+        return
+    nan, inf = int(np.isnan(kspace).sum()), int(np.isinf(kspace).sum())
+    causes = [f"{name} ({count} of {kspace.size} values)"
+              for name, count in (("NaN", nan), ("inf", inf)) if count]
+    raise DataFormatError(path, KSPACE_KEY, f"slice {slice_num}: k-space holds {' and '.join(causes)}")
+
+
+def check_header_sizes(path: str | os.PathLike, header: dict, kspace_shape: tuple[int, int]) -> None:
+    """Reject header sizes no acquisition can have, naming the element and the values.
+
+    ``encodedSpace`` and ``reconSpace`` sizes must be positive, the ``reconSpace`` height (readout)
+    at most the k-space height (the readout is oversampled, never undersampled), and the acquired
+    phase-encoding columns ``[left, right)`` from ``encodingLimits`` inside ``[0, W]``. A
+    ``reconSpace`` width larger than the k-space width stays allowed (fastMRI crops to the image
+    width then, e.g. for some brain FLAIR files).
+
+    Example:
+        >>> header = parse_header(ismrmrd_header((32, 16), (16, 16), 2, 2))
+        >>> check_header_sizes("f.h5", header, (32, 16))
+        >>> try:
+        ...     check_header_sizes("f.h5", {**header, "recon_size": (0, 16, 1)}, (32, 16))
+        ... except DataFormatError as err:
+        ...     print(err.problem)
+        reconSpace/matrixSize (x, y) = (0, 16) must be positive
+    """
+    height, width = kspace_shape
+    for element, size in (("encodedSpace", header["encoding_size"]), ("reconSpace", header["recon_size"])):
+        if size[0] <= 0 or size[1] <= 0:
+            raise DataFormatError(path, HEADER_KEY,
+                                  f"{element}/matrixSize (x, y) = {tuple(size[:2])} must be positive")
+    if header["recon_size"][0] > height:
+        raise DataFormatError(path, HEADER_KEY,
+                              f"reconSpace/matrixSize x = {header['recon_size'][0]} is larger than the "
+                              f"k-space height {height} (kspace [.., {height}, {width}])")
+    left, right = header["padding_left"], header["padding_right"]
+    if not 0 <= left < right <= width:
+        raise DataFormatError(path, HEADER_KEY,
+                              "encodingLimits/kspace_encoding_step_1 give acquired columns "
+                              f"[{left}, {right}) outside the k-space width {width}")
+
+
 def open_h5(path: str | os.PathLike) -> h5py.File:
     """Open an HDF5 file for reading; an unreadable (e.g. truncated) file names itself.
 
@@ -207,7 +262,8 @@ def check_volume(path: str | os.PathLike) -> VolumeInfo:
     """Check that a file is a readable fastMRI multi-coil volume and describe it.
 
     Checks: the file opens; ``kspace`` and ``ismrmrd_header`` exist; ``kspace`` is a 4-D complex
-    array with at least one slice; the header has the fields fastMRI reads; an optional ``mask``
+    array with at least one slice; the header has the fields fastMRI reads, with possible sizes
+    (:func:`check_header_sizes`); an optional ``mask``
     matches the k-space width; an optional ``reconstruction_rss`` has one image per slice.
 
     Args:
@@ -249,6 +305,7 @@ def check_volume(path: str | os.PathLike) -> VolumeInfo:
         except (OSError, KeyError) as err:
             raise DataFormatError(path, HEADER_KEY, f"cannot be read: {err}") from err
         header = parse_header(xml, path)
+        check_header_sizes(path, header, (height, width))
         if MASK_KEY in hf and hf[MASK_KEY].shape != (width,):
             raise DataFormatError(
                 path,

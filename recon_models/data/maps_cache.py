@@ -5,10 +5,18 @@ cache folder **outside** the data folder: ``fastmri.data.SliceDataset`` opens ev
 data folder as a volume, so a cache inside it would be read as data. By default the cache of
 ``.../multicoil_train/file1.h5`` lives in ``.../multicoil_train_sense_cache/``.
 
-A cache file is named ``<stem>.<method>.<key>.h5``, where ``key`` hashes the data file's name,
-size and modification time and every estimation parameter: changing the data or a parameter
-computes new maps, never reuses stale ones. Files are written to a temporary name and renamed,
-so processes that race on one volume (DataLoader workers, DDP ranks) never read half a file.
+A cache file is named ``<stem>.<method>.<key>.h5``, where ``key`` hashes the data file's
+**content** (:func:`content_digest`, BLAKE2b over every byte of the file) and every estimation
+parameter: changing the data (even to same-size content with the modification time kept, as
+``cp -p`` or ``rsync -t`` do) or a parameter computes new maps, never reuses stale ones. The
+digest costs one sequential read of the file and BLAKE2b on one core (0.8 GB/s on an idle Xeon
+core, 0.26 GB/s on a loaded one: 1.1-3.2 s for a fastMRI knee volume of 640x368, 15 coils, 30
+slices, 848 MB, against ~10 min of ESPIRiT for that volume); it is
+remembered per file state (device, inode, size, modification and change times) in memory and
+in ``<cache folder>/digests/``, so a volume is hashed once, not at every slice. A file changed
+in any way gets a new change time (which no tool can set back), hence a new digest.
+Files are written to a temporary name and renamed, so processes that race on one volume
+(DataLoader workers, DDP ranks) never read half a file.
 For ``method="rss"`` only the volume maximum is cached; the maps are computed per slice (cheap).
 """
 
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 
 from recon_models.data.errors import DataFormatError
-from recon_models.data.fastmri_format import KSPACE_KEY, open_h5
+from recon_models.data.fastmri_format import KSPACE_KEY, check_finite_kspace, open_h5
 from recon_models.data.sensitivity import (
     DEFAULT_KERNEL_WIDTH,
     DEFAULT_MAX_ITER,
@@ -40,7 +48,11 @@ from recon_models.data.sensitivity import (
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: keyed by content digest (1: by name, size and mtime)
+DIGEST_CHUNK = 8 << 20
+#: A file changed this recently may change again within the file system's time resolution:
+#: its digest is used but not remembered (git's "racy" rule).
+RACY_WINDOW_NS = 2_000_000_000
 CACHE_SUFFIX = "_sense_cache"
 MAPS_KEY = "maps"
 MAX_ATTR = "max_abs_target"
@@ -75,6 +87,27 @@ class SensitivityParams:
             object.__setattr__(self, "max_iter", DEFAULT_MAX_ITER[self.method])
         if self.calib_width < 1:
             raise ValueError(f"Argument `calib_width` must be >= 1, but got {self.calib_width}")
+
+
+def content_digest(path: str | os.PathLike, chunk: int = DIGEST_CHUNK) -> str:
+    """BLAKE2b-128 of every byte of a file, read in chunks (content-exact, no sampling).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "x.bin"
+        >>> _ = path.write_bytes(b"k-space")
+        >>> content_digest(path) == hashlib.blake2b(b"k-space", digest_size=16).hexdigest()
+        True
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _signature(stat: os.stat_result) -> list[int]:
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
 
 
 def default_cache_dir(data_file: str | os.PathLike) -> Path:
@@ -140,6 +173,9 @@ class SensitivityCache:
         self.device = device
         self.hits = 0
         self.misses = 0
+        #: data files hashed by this object (a volume is hashed once per file state)
+        self.digests_computed = 0
+        self._digests: dict[str, tuple[list[int], str]] = {}
 
     @property
     def method(self) -> str:
@@ -168,9 +204,7 @@ class SensitivityCache:
             )
         key = json.dumps(
             {
-                "name": data_file.name,
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
+                "content": self.file_digest(data_file, stat, folder),
                 "params": asdict(self.params),
                 "version": CACHE_FORMAT_VERSION,
             },
@@ -178,6 +212,36 @@ class SensitivityCache:
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return folder / f"{data_file.stem}.{self.method}.{digest}.h5"
+
+    def file_digest(self, data_file: Path, stat: os.stat_result, folder: Path) -> str:
+        """:func:`content_digest` of ``data_file``, remembered per file state (memory and disk)."""
+        signature = _signature(stat)
+        name = str(data_file.absolute())
+        known = self._digests.get(name)
+        if known is not None and known[0] == signature:
+            return known[1]
+        memo = folder / "digests" / f"{data_file.name}.{hashlib.sha256(name.encode()).hexdigest()[:12]}.json"
+        try:
+            stored = json.loads(memo.read_text())
+            if stored.get("signature") == signature and isinstance(stored.get("digest"), str):
+                self._digests[name] = (signature, stored["digest"])
+                return stored["digest"]
+        except (OSError, ValueError, AttributeError):
+            pass  # no memo, or an unreadable one: hash the file
+        digest = content_digest(data_file)
+        self.digests_computed += 1
+        if _signature(data_file.stat()) != signature:  # changed while being read: do not remember
+            return digest
+        if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > RACY_WINDOW_NS:
+            self._digests[name] = (signature, digest)
+            try:
+                memo.parent.mkdir(parents=True, exist_ok=True)
+                temporary = memo.with_name(f".{memo.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+                temporary.write_text(json.dumps({"signature": signature, "digest": digest}))
+                os.replace(temporary, memo)
+            except OSError:
+                pass  # a read-only cache folder: the digest is remembered in memory only
+        return digest
 
     def ensure(self, data_file: str | os.PathLike) -> Path:
         """Make sure a volume's cache exists (estimating its maps if needed).
@@ -236,6 +300,7 @@ class SensitivityCache:
         maps = torch.zeros_like(kspace) if self.method != "rss" else None
         volume_max = 0.0
         for index, slice_kspace in enumerate(kspace):
+            check_finite_kspace(data_file, index, slice_kspace.numpy())  # NaN / inf: named, not "zeros"
             slice_maps = estimate_maps(slice_kspace, device=self.device, **asdict(self.params))
             image = sense_combine(slice_kspace, slice_maps)
             volume_max = max(volume_max, float(image.abs().max()))

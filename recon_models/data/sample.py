@@ -32,6 +32,8 @@ class ReconSample(NamedTuple):
         sample_id: ``()`` int64, ``volume_id * 10_000 + slice_num`` (unique, stable across
             processes).
         fname: The volume's file name.
+        num_slices: ``()`` int64, slices in the volume (``-1``: unknown), for slice-subset
+            protocols such as ``ReconModule(dfd_slices="center")``.
 
     Example:
         >>> import torch
@@ -55,6 +57,7 @@ class ReconSample(NamedTuple):
     slice_num: Tensor
     sample_id: Tensor
     fname: str
+    num_slices: Tensor | int = -1
 
 
 SAMPLE_ID_STRIDE = 10_000

@@ -12,7 +12,13 @@ import torch
 from fastmri.data.subsample import MaskFunc
 
 from recon_models.data.errors import DataFormatError
-from recon_models.data.fastmri_format import KSPACE_KEY, MASK_KEY, list_volumes
+from recon_models.data.fastmri_format import (
+    KSPACE_KEY,
+    MASK_KEY,
+    check_finite_kspace,
+    list_volumes,
+    open_h5,
+)
 from recon_models.data.maps_cache import SensitivityCache
 from recon_models.data.masks import sample_mask, volume_seed
 from recon_models.data.sample import SAMPLE_ID_STRIDE, ReconSample
@@ -155,6 +161,7 @@ class ReconTransform:
                 f"slice {slice_num}: expected complex (coils, H, W), got shape {kspace.shape} "
                 f"dtype {kspace.dtype}",
             )
+        check_finite_kspace(path, slice_num, kspace)
         _, height, width = kspace.shape
         maps, volume_max = self.sensitivity.load(path, slice_num, kspace)
         if maps.shape != kspace.shape:
@@ -182,4 +189,12 @@ class ReconTransform:
             slice_num=torch.tensor(slice_num, dtype=torch.int64),
             sample_id=torch.tensor(volume_id * SAMPLE_ID_STRIDE + slice_num, dtype=torch.int64),
             fname=fname,
+            num_slices=torch.tensor(self._num_slices(path, attrs), dtype=torch.int64),
         )
+
+    @staticmethod
+    def _num_slices(path: Path, attrs: Mapping[str, Any]) -> int:
+        if "num_slices" in attrs:
+            return int(attrs["num_slices"])
+        with open_h5(path) as hf:  # a plain SliceDataset: read the count from the file
+            return int(hf[KSPACE_KEY].shape[0])

@@ -22,6 +22,7 @@ from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
 from lightning_dfd.metrics import PIXEL_METRICS, DFDCollection, build_metric, is_dfd
+from lightning_dfd.metrics.encoder_pass import sharing
 from recon_models.data.sample import SAMPLE_ID_STRIDE
 
 #: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
@@ -66,6 +67,51 @@ def build_metric_collection(
     return DFDCollection(metrics, prefix=prefix)
 
 
+def check_dfd_slices(dfd_slices: str | int) -> str | int:
+    """Validate ``dfd_slices``: ``"all"``, ``"center"`` or a positive integer (slices per volume).
+
+    Example:
+        >>> check_dfd_slices("center"), check_dfd_slices(3)
+        ('center', 3)
+    """
+    if isinstance(dfd_slices, str) and dfd_slices.isdigit():
+        dfd_slices = int(dfd_slices)
+    if dfd_slices in ("all", "center") or (
+            isinstance(dfd_slices, int) and not isinstance(dfd_slices, bool) and dfd_slices >= 1):
+        return dfd_slices
+    raise ValueError(f"Argument `dfd_slices` must be 'all', 'center' or an integer >= 1 (slices per "
+                     f"volume), but got {dfd_slices!r}")
+
+
+def dfd_slice_rows(dfd_slices: str | int, slice_num: Tensor | None, num_slices: Tensor | None) -> Tensor:
+    """Boolean rows of a batch whose slices a DFD scores under the ``dfd_slices`` protocol.
+
+    ``"center"`` keeps slice ``n // 2`` of a volume of ``n`` slices; ``k`` keeps the ``k``
+    central slices ``[s, s + k)`` with ``s = clip(n // 2 - k // 2, 0, n - k)`` (every slice when
+    ``k >= n``).
+
+    Example:
+        >>> slices, counts = torch.arange(5), torch.full((5,), 5)
+        >>> dfd_slice_rows("center", slices, counts).tolist()
+        [False, False, True, False, False]
+        >>> dfd_slice_rows(2, slices, counts).tolist()
+        [False, True, True, False, False]
+    """
+    if dfd_slices == "all":
+        if slice_num is None:
+            raise ValueError("dfd_slice_rows('all') needs `slice_num` for the batch size")
+        return torch.ones_like(slice_num, dtype=torch.bool)
+    if slice_num is None or num_slices is None or bool((torch.as_tensor(num_slices) < 1).any()):
+        raise ValueError(f"`dfd_slices={dfd_slices!r}` needs each sample's `slice_num` and `num_slices` "
+                         "(ReconSample.num_slices, set by ReconTransform); got "
+                         f"{None if num_slices is None else torch.as_tensor(num_slices).tolist()}")
+    slice_num, num_slices = slice_num.long(), torch.as_tensor(num_slices, device=slice_num.device).long()
+    k = 1 if dfd_slices == "center" else int(dfd_slices)
+    start = (num_slices // 2 - k // 2).clamp(min=0)
+    start = torch.minimum(start, (num_slices - k).clamp(min=0))
+    return (slice_num >= start) & (slice_num < start + k)
+
+
 def center_crop(image: Tensor, size: Sequence[int]) -> Tensor:
     """Crop the last two dimensions around the centre (fastMRI's ``center_crop``).
 
@@ -105,6 +151,20 @@ class ImageQualityModule(LightningModule):
             ``{}`` no DFD.
         pixel_metrics: which of PSNR / SSIM / NMSE to log.
         log_images_every_n_epochs: log an image grid every this many epochs (0: never).
+        dfd_slices: which slices of each volume the DFDs score: ``"all"``, ``"center"`` or
+            ``k`` (the ``k`` central slices); see :func:`dfd_slice_rows`.
+        dfd_every_n_epochs: compute DFDs every this many epochs (epochs 0, n, 2n, ...).
+
+    **Validation protocol** (``dfd_slices``, ``dfd_every_n_epochs``): PSNR / SSIM / NMSE and
+    ``val/loss`` always use every slice of every epoch. DFDs can be restricted, as in the paper
+    (which scored the centre slice of each volume), to a fixed subset of each volume's slices:
+    ``"all"``, ``"center"`` (slice ``n // 2`` of a volume of ``n`` slices) or an integer ``k``
+    (the ``k`` central slices, ``n // 2 - k // 2`` onwards; all of them when ``k >= n``); and to
+    the epochs ``e`` with ``e % dfd_every_n_epochs == 0`` (epoch 0 first). On other epochs DFDs
+    are neither computed nor logged, and :attr:`skipped_metrics` names them:
+    :class:`~lightning_dfd.callbacks.DFDEarlyStopping` and
+    :class:`~lightning_dfd.callbacks.DFDModelCheckpoint` monitoring such a DFD skip those
+    validations (patience counts DFD evaluations, ``last.ckpt`` is still written).
 
     A DFD configured with ``reduction: none`` is logged as its mean, and its per-image values
     (all processes, sorted by sample id) are kept in :attr:`per_image_values` and written by the
@@ -117,8 +177,18 @@ class ImageQualityModule(LightningModule):
         dfds: Mapping[str, Mapping[str, Any] | None] | None = None,
         pixel_metrics: Sequence[str] = PIXEL_METRICS,
         log_images_every_n_epochs: int = 1,
+        dfd_slices: str | int = "all",
+        dfd_every_n_epochs: int = 1,
     ) -> None:
         super().__init__()
+        self.dfd_slices = check_dfd_slices(dfd_slices)
+        if isinstance(dfd_every_n_epochs, bool) or not isinstance(dfd_every_n_epochs, int) \
+                or dfd_every_n_epochs < 1:
+            raise ValueError(f"Argument `dfd_every_n_epochs` must be an integer >= 1, but got "
+                             f"{dfd_every_n_epochs!r}")
+        self.dfd_every_n_epochs = dfd_every_n_epochs
+        #: logged names not computed in the last validation epoch (DFDs off that epoch)
+        self.skipped_metrics: frozenset[str] = frozenset()
         if log_images_every_n_epochs < 0:
             raise ValueError("Argument `log_images_every_n_epochs` must be >= 0, but got "
                              f"{log_images_every_n_epochs}")
@@ -147,6 +217,11 @@ class ImageQualityModule(LightningModule):
         """
         self.val_loss.update(loss.detach(), weight=batch_size)
 
+    def dfds_due(self) -> bool:
+        """Whether DFDs are computed in this epoch's validation (``epoch % dfd_every_n_epochs == 0``)."""
+        epoch = self.current_epoch if self._trainer is not None else 0
+        return epoch % self.dfd_every_n_epochs == 0
+
     def update_val_metrics(
         self,
         preds: Tensor,
@@ -154,23 +229,59 @@ class ImageQualityModule(LightningModule):
         data_range: Tensor,
         volume_ids: Tensor,
         sample_ids: Tensor,
+        slice_num: Tensor | None = None,
+        num_slices: Tensor | None = None,
     ) -> None:
         """Add a batch of ``(B, H, W)`` magnitude images to every validation metric.
 
         Pixel metrics get ``data_range`` and ``volume_ids`` (per-volume aggregation as in
-        ``fastmri.evaluate``); DFDs get ``sample_ids``. Each metric receives only the keywords
-        its ``update`` accepts.
+        ``fastmri.evaluate``); DFDs get ``sample_ids``, and only the rows that
+        :func:`dfd_slice_rows` selects (``slice_num`` / ``num_slices`` are needed unless
+        ``dfd_slices="all"``), in the epochs :meth:`dfds_due` allows. Each metric receives only
+        the keywords its ``update`` accepts.
         """
+        kwargs = {"data_range": data_range, "volume_ids": volume_ids, "sample_ids": sample_ids}
+        due = self.dfds_due()
         with torch.no_grad():
-            self.val_metrics.update(preds.detach(), target, data_range=data_range,
-                                    volume_ids=volume_ids, sample_ids=sample_ids)
+            if self.dfd_slices == "all" and due:
+                self.val_metrics.update(preds.detach(), target, **kwargs)
+                return
+            metrics = self.val_metrics.items(keep_base=True, copy_state=False)
+            dfds = [m for _, m in metrics if is_dfd(m)]
+            for _, metric in self.val_metrics.items(keep_base=True, copy_state=False):
+                if not is_dfd(metric):
+                    metric.update(preds.detach(), target, **metric._filter_kwargs(**kwargs))
+            if not due or not dfds:
+                return
+            rows = dfd_slice_rows(self.dfd_slices, slice_num, num_slices)
+            if not bool(rows.any()):
+                return
+            sub_preds, sub_target = preds.detach()[rows], target[rows]
+            sub_kwargs = {k: v[rows] for k, v in kwargs.items()}
+            with sharing(self.val_metrics._shared_passes()):
+                for metric in dfds:
+                    metric.update(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
 
     def on_validation_epoch_end(self) -> None:
-        """Compute every metric over all processes, log it as ``val/<name>``, and reset."""
-        values = self.val_metrics.compute()
+        """Compute every metric over all processes, log it as ``val/<name>``, and reset.
+
+        DFDs are left out (and listed in :attr:`skipped_metrics`) in epochs that are not
+        :meth:`dfds_due`; the decision depends on the epoch only, so every process computes (and
+        synchronises) the same metrics.
+        """
+        due = self.dfds_due()
+        prefix = self.val_metrics.prefix or ""
+        values = {}
+        skipped = set()
+        for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
+            if is_dfd(metric) and not due:
+                skipped.add(f"{prefix}{name}")
+                continue
+            values[f"{prefix}{name}"] = metric.compute()
+        self.skipped_metrics = frozenset(skipped)
         self.per_image_values = {}
         for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
-            if is_dfd(metric) and metric.reduction == "none":
+            if is_dfd(metric) and metric.reduction == "none" and due:
                 self.per_image_values[name] = metric.compute_per_image()
                 values[f"{self.val_metrics.prefix}{name}"] = self.per_image_values[name]["values"].mean()
         self.val_metrics.reset()

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
+from recon_models.checkpoints import reconcile_hparams
 from recon_models.data.sample import ReconSample
 from recon_models.models import build_model, get_loss, sense_adjoint
 from recon_models.modules.base import PIXEL_METRICS, ImageQualityModule, center_crop
@@ -49,6 +50,10 @@ class ReconModule(ImageQualityModule):
         pixel_metrics: which of PSNR / SSIM / NMSE to log.
         log_images_every_n_epochs: image grid period in epochs (0: never).
         error_scale: the error map in the image grid is ``|recon - target| * error_scale``.
+        dfd_slices: the slices of each volume the DFDs score: ``"all"``, ``"center"`` (the
+            paper's protocol: one centre slice per volume) or ``k`` central slices; PSNR / SSIM /
+            NMSE always use every slice (see :class:`ImageQualityModule`).
+        dfd_every_n_epochs: compute and log the DFDs every this many epochs only.
 
     Resuming (``fit(ckpt_path="last")``) continues the epoch, optimizer, scheduler and callback
     states (Lightning) and the random number generators (:class:`RNGStateCheckpoint`, which
@@ -74,12 +79,15 @@ class ReconModule(ImageQualityModule):
         pixel_metrics: Sequence[str] = PIXEL_METRICS,
         log_images_every_n_epochs: int = 1,
         error_scale: float = 5.0,
+        dfd_slices: str | int = "all",
+        dfd_every_n_epochs: int = 1,
     ) -> None:
         if lr_scheduler is not None and lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"Argument `lr_scheduler` must be None or one of "
                              f"{tuple(LR_SCHEDULERS)}, but got {lr_scheduler!r}")
         super().__init__(dfds=dfds, pixel_metrics=pixel_metrics,
-                         log_images_every_n_epochs=log_images_every_n_epochs)
+                         log_images_every_n_epochs=log_images_every_n_epochs,
+                         dfd_slices=dfd_slices, dfd_every_n_epochs=dfd_every_n_epochs)
         self.save_hyperparameters()
         self.network = build_model(network, **(network_kwargs or {}))
         self.loss_name = loss or self.network.default_loss
@@ -116,6 +124,9 @@ class ReconModule(ImageQualityModule):
                 data_range=batch.max_value[rows],
                 volume_ids=batch.volume_id[rows],
                 sample_ids=batch.sample_id[rows],
+                slice_num=batch.slice_num[rows],
+                num_slices=torch.as_tensor(batch.num_slices, device=rows.device).reshape(-1)[rows]
+                if self.dfd_slices != "all" else None,
             )
         if self.should_log_images(batch_idx):
             self._log_images(batch, pred.detach())
@@ -164,6 +175,14 @@ class ReconModule(ImageQualityModule):
                              f"fit lr_scheduler={self.lr_scheduler!r}: {error}") from error
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "frequency": 1}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoint vs command line: see :func:`recon_models.checkpoints.reconcile_hparams`.
+
+        The network must match the checkpoint's; metrics, ``lr`` and every other setting are the
+        command line's, and each difference is reported in one warning line.
+        """
+        reconcile_hparams(self, checkpoint)
 
     def configure_callbacks(self) -> list[Callback]:
         """:class:`RNGStateCheckpoint`: resumed runs continue the random streams exactly."""

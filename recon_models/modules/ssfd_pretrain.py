@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lightning_dfd.encoders.ssfd import zscore
+from recon_models.checkpoints import reconcile_hparams
 from recon_models.data.inpainting_masks import PatchMaskSampler, poisson_disc_patch_mask
 from recon_models.data.sample import ReconSample
 from recon_models.export import encoder_state_from_module_state, export_ssfd_encoder, save_ssfd_encoder
@@ -166,6 +168,10 @@ class SSFDPretrainModule(LightningModule):
         if self.trainer.is_global_zero:
             self.exported_path = self.export_encoder()
         self.trainer.strategy.barrier("ssfd_export")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoint vs command line: see :func:`recon_models.checkpoints.reconcile_hparams`."""
+        reconcile_hparams(self, checkpoint)
 
     def default_export_path(self) -> Path:
         """``export_path``, else ``<log_dir or default_root_dir>/ssfd_encoder.ckpt``."""
