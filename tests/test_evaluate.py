@@ -248,3 +248,135 @@ def test_two_worker_processes_give_the_single_process_table(tmp_path, alexnet_ra
     pd.testing.assert_frame_equal(
         pd.read_csv(volumes_path(tmp_path / "one.csv")), pd.read_csv(volumes_path(tmp_path / "two.csv"))
     )
+
+
+# --- robustness: every per-file failure caught, outputs checked first and written atomically ---
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_file_too_small_for_the_encoder_bad_h5_and_zero_slices_are_reported_not_fatal(
+    tmp_path, alexnet_random, capsys
+):
+    _make_dataset(tmp_path, n_volumes=2)
+    rng = np.random.default_rng(5)
+    tiny = _phantom(rng, (2, 8, 8))  # AlexNet's pooling cannot run on 8x8: RuntimeError
+    _write(tmp_path / "ref" / "tiny.h5", "reconstruction_rss", tiny)
+    _write(tmp_path / "rec" / "tiny.h5", "reconstruction", tiny * 0.9)
+    (tmp_path / "rec" / "garbage.h5").write_bytes(b"not an h5 file at all" * 10)
+    _write(tmp_path / "ref" / "garbage.h5", "reconstruction_rss", tiny)
+    _write(tmp_path / "ref" / "empty.h5", "reconstruction_rss", np.zeros((0, 32, 32), np.float32))
+    _write(tmp_path / "rec" / "empty.h5", "reconstruction", np.zeros((0, 32, 32), np.float32))
+    out = tmp_path / "out" / "results.csv"
+    common = ["--metrics", "psnr,lpips_alex", "--weights", f"lpips_alex={alexnet_random}"]
+
+    code = main(_argv(tmp_path, *common, "--out", str(out)))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "skipped tiny.h5: RuntimeError:" in err and "[score]" in err
+    assert "skipped garbage.h5:" in err
+    assert (
+        "skipped empty.h5: dataset 'reconstruction_rss' in empty.h5 holds no image: shape (0, 32, 32)"
+    ) in err
+    assert "zero-size array" not in err and "3 file(s) not scored" in err
+    errors = pd.read_csv(volumes_path(out).with_name("results_errors.csv"))
+    assert errors.columns.tolist() == ["file", "stage", "error"]
+    assert errors[["file", "stage"]].values.tolist() == [
+        ["empty.h5", "read"], ["garbage.h5", "read"], ["tiny.h5", "score"]
+    ]
+    assert errors.set_index("file").loc["tiny.h5", "error"].startswith("RuntimeError: ")
+    images = pd.read_csv(out)
+    assert sorted(images["volume"].unique()) == ["file1000", "file1001"]
+    # the good files are scored exactly as in a run without the bad ones
+    for name in ("tiny", "garbage", "empty"):
+        for folder in ("rec", "ref"):
+            (tmp_path / folder / f"{name}.h5").unlink()
+    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "clean.csv"))) == 0
+    pd.testing.assert_frame_equal(images, pd.read_csv(tmp_path / "clean.csv"))
+    assert pd.read_csv(tmp_path / "clean_errors.csv").empty
+
+
+def test_no_pairs_is_a_clear_error(tmp_path, capsys):
+    _write(tmp_path / "ref" / "a.h5", "reconstruction_rss", np.ones((1, 8, 8), np.float32))
+    _write(tmp_path / "rec" / "b.h5", "reconstruction", np.ones((1, 8, 8), np.float32))
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "r.csv"))) == 2
+    assert "has a reference of the same name" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Fail the test if any file gets scored."""
+    from lightning_dfd.analysis import evaluation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scoring started although --out is unusable")
+
+    monkeypatch.setattr(evaluation, "evaluate", refuse)
+
+
+def test_bad_out_is_refused_before_any_scoring(tmp_path, capsys, monkeypatch, no_scoring):
+    import tempfile
+
+    _make_dataset(tmp_path, n_volumes=1)
+    (tmp_path / "folder.csv").mkdir()
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "folder.csv"))) == 2
+    assert "folder.csv is a folder; give a file name" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "a_file" / "r.csv"))) == 2
+    assert "a_file exists and is not a folder" in capsys.readouterr().err
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # a read-only folder (we run as root)
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "ro" / "r.csv"))) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into" in err and "Permission denied" in err
+
+
+def test_an_interrupted_run_leaves_no_current_looking_result(tmp_path, capsys, monkeypatch):
+    from lightning_dfd.analysis import evaluation
+
+    _make_dataset(tmp_path, n_volumes=1)
+    out = tmp_path / "results.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 0
+    earlier = out.read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out)))
+    # the earlier result is kept, but only under a name that says it is not this run's
+    assert not out.exists() and not volumes_path(out).exists()
+    assert (tmp_path / "results.csv.previous").read_text() == earlier
+    assert not list(tmp_path.glob(".*tmp"))
+    monkeypatch.undo()
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 0
+    assert out.read_text() == earlier and not (tmp_path / "results.csv.previous").exists()
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    _make_dataset(tmp_path, n_volumes=1)
+    out = tmp_path / "results.csv"
+    real_to_csv = pd.DataFrame.to_csv
+    calls = []
+
+    def full_disk(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the first file is written, the disk fills on the second
+            Path(path).write_text("volume,sl")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_to_csv(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full; nothing was written" in err
+    assert _listing(tmp_path) == ["rec", "ref"]  # neither real names nor temp files

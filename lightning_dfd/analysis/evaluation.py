@@ -88,15 +88,32 @@ class FilePair:
         return Path(self.name).stem
 
 
+#: Stages a file can fail at (the ``stage`` column of the errors CSV).
+STAGES = ("pair", "read", "score")
+
+
 @dataclass(frozen=True)
 class FileProblem:
-    """Why one file was not (fully) scored."""
+    """Why one file was not scored.
+
+    Attributes:
+        file: The file name (``file1000001.h5``).
+        message: What went wrong, naming the dataset, shape or error.
+        stage: ``"pair"`` (no partner file), ``"read"`` (opening the files, datasets, shapes)
+            or ``"score"`` (a metric failed on it: non-finite values, an image too small for an
+            encoder, ...).
+    """
 
     file: str
     message: str
+    stage: str = "read"
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"
+
+    def as_row(self) -> dict[str, str]:
+        """The row of the errors CSV: ``file, stage, error``."""
+        return {"file": self.file, "stage": self.stage, "error": self.message}
 
 
 @dataclass(frozen=True)
@@ -194,10 +211,10 @@ def pair_files(predictions: Path, targets: Path) -> tuple[list[FilePair], list[F
     preds, refs = found["predictions"], found["target"]
     pairs = [FilePair(name, preds[name], refs[name]) for name in sorted(preds.keys() & refs.keys())]
     problems = [
-        FileProblem(name, f"no reference file of that name in {targets}")
+        FileProblem(name, f"no reference file of that name in {targets}", "pair")
         for name in sorted(preds.keys() - refs.keys())
     ] + [
-        FileProblem(name, f"no prediction file of that name in {predictions}")
+        FileProblem(name, f"no prediction file of that name in {predictions}", "pair")
         for name in sorted(refs.keys() - preds.keys())
     ]
     return pairs, problems
@@ -216,6 +233,8 @@ def read_volume(path: Path, key: str) -> np.ndarray:
         data = handle[key][()]
     if data.ndim != 3:
         raise ValueError(f"dataset {key!r} in {path.name} has shape {data.shape}; expected (slices, H, W)")
+    if 0 in data.shape:
+        raise ValueError(f"dataset {key!r} in {path.name} holds no image: shape {data.shape}")
     if np.iscomplexobj(data):
         data = np.abs(data)
     return np.asarray(data, dtype=np.float32)
@@ -283,7 +302,10 @@ def _as_numpy(values: Tensor) -> np.ndarray:
 
 
 def evaluate_pair(
-    pair: FilePair, config: EvaluationConfig, metrics: Mapping[str, Any]
+    pair: FilePair,
+    config: EvaluationConfig,
+    metrics: Mapping[str, Any],
+    arrays: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score one prediction/reference pair.
 
@@ -291,6 +313,7 @@ def evaluate_pair(
         pair: The two files.
         config: What to compute.
         metrics: From :func:`build_metrics` (reset here before use).
+        arrays: ``(preds, target)`` already read (else read here).
 
     Returns:
         ``(image_rows, volume_row)``.
@@ -298,7 +321,7 @@ def evaluate_pair(
     Raises:
         KeyError, ValueError, OSError: A problem with this pair (the caller reports it).
     """
-    preds_np, target_np = _load_pair(pair, config)
+    preds_np, target_np = arrays if arrays is not None else _load_pair(pair, config)
     index = select_slices(target_np.shape[0], config.slices)
     volume_max = float(target_np.max())
     device = torch.device(config.device)
@@ -351,12 +374,30 @@ def _score_files(
 ) -> Iterable[tuple[FilePair, list[dict[str, Any]], dict[str, Any] | None, FileProblem | None]]:
     for pair in pairs:
         try:
-            rows, summary = evaluate_pair(pair, config, metrics)
-        except (KeyError, ValueError, OSError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            yield pair, [], None, FileProblem(pair.name, str(message))
+            preds, target = _load_pair(pair, config)
+        except Exception as err:  # one bad file never stops the others
+            yield pair, [], None, FileProblem(pair.name, describe_error(err), "read")
+            continue
+        try:
+            rows, summary = evaluate_pair(pair, config, metrics, arrays=(preds, target))
+        except Exception as err:
+            yield pair, [], None, FileProblem(pair.name, describe_error(err), "score")
         else:
             yield pair, rows, summary, None
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for an error: its message (a ``KeyError``'s unquoted), with the type when not obvious.
+
+    Example:
+        >>> describe_error(KeyError("no dataset 'x'")), describe_error(RuntimeError("too small"))
+        ("no dataset 'x'", 'RuntimeError: too small')
+    """
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, (ValueError, OSError)):
+        return str(err) or type(err).__name__
+    return f"{type(err).__name__}: {err}"
 
 
 # --- data-parallel workers (one process per device, files handed out one at a time) -----------

@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
 __all__ = ["add_parser", "parse_weights", "run"]
@@ -108,11 +110,27 @@ def volumes_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_volumes{out.suffix or '.csv'}")
 
 
+def errors_path(out: Path) -> Path:
+    """Where the files that were not scored are listed: ``results.csv`` -> ``results_errors.csv``."""
+    return out.with_name(f"{out.stem}_errors{out.suffix or '.csv'}")
+
+
+def output_paths(out: Path) -> list[Path]:
+    """Every file one run writes: per-image table, per-volume summary, errors."""
+    return [out, volumes_path(out), errors_path(out)]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Score the files; return 0 (all scored), 1 (some files not scored) or 2 (bad input)."""
+    """Score the files; return 0 (all scored), 1 (some files not scored) or 2 (bad input).
+
+    Outputs are checked before any scoring, the outputs of an earlier run are renamed to
+    ``<name>.previous`` while this one works, and the new files appear together when complete.
+    """
     from lightning_dfd.analysis import evaluation as ev  # torch only when this command runs
+    from lightning_dfd.analysis import outputs
     from lightning_dfd.weights import WeightsError
 
+    paths = output_paths(args.out)
     try:
         config = ev.EvaluationConfig(
             metrics=tuple(name.strip() for name in args.metrics.split(",") if name.strip()),
@@ -125,27 +143,42 @@ def run(args: argparse.Namespace) -> int:
             device=ev.resolve_device(args.device),
             crop_to_target=args.crop_to_target,
         )
+        for path in paths:
+            outputs.check_output_file(path)
         pairs, problems = ev.pair_files(args.predictions, args.target)
+        if not pairs:
+            raise ValueError(
+                f"no prediction in {args.predictions} has a reference of the same name in "
+                f"{args.target} ({len(problems)} unmatched file(s), e.g. {problems[0].file})"
+            )
+        previous = outputs.set_aside(paths)
+        if previous:
+            _note(f"earlier outputs renamed to *{outputs.PREVIOUS_SUFFIX} until this run completes")
         _note(f"{len(pairs)} file pair(s) on {config.device}; metrics {list(config.metrics)}")
         result = ev.evaluate(pairs, config, devices=args.devices, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, WeightsError) as err:
+        problems = sorted(problems + result.problems, key=lambda p: p.file)
+        for problem in problems:
+            _note(f"skipped {problem} [{problem.stage}]")
+        errors = pd.DataFrame([p.as_row() for p in problems], columns=["file", "stage", "error"])
+        outputs.write_atomically(
+            {
+                args.out: lambda path: result.images.to_csv(path, index=False),
+                volumes_path(args.out): lambda path: result.volumes.to_csv(path, index=False),
+                errors_path(args.out): lambda path: errors.to_csv(path, index=False),
+            }
+        )
+        outputs.discard_previous(paths)
+    except (FileNotFoundError, ValueError, WeightsError, outputs.OutputError) as err:
         _note(f"error: {err}")
         return EXIT_BAD_INPUT
-    problems = sorted(problems + result.problems, key=lambda p: p.file)
-    for problem in problems:
-        _note(f"skipped {problem}")
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result.images.to_csv(args.out, index=False)
-    result.volumes.to_csv(volumes_path(args.out), index=False)
     if not result.volumes.empty:
         table = result.volumes.set_index("volume")
         table.loc["mean"] = table.mean(numeric_only=True)
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     scored = len(result.volumes)
     _note(
-        f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out} and "
-        f"{volumes_path(args.out)}"
+        f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
+        f"{volumes_path(args.out).name} and {errors_path(args.out).name}"
         + (f"; {len(problems)} file(s) not scored (see above)" if problems else "")
     )
     return EXIT_PARTIAL if problems else EXIT_OK
