@@ -437,3 +437,20 @@ def test_a_negative_irv_line_is_drawn_inside_the_axis(tmp_path, monkeypatch):
     assert low < -0.3 < high and high == 1
     plots.plot_srocc_bars(table, tmp_path / "bars.png", irv={"Aliasing": 0.85})
     assert figures[1].axes[0].get_ylim() == (0, 1)
+
+
+def test_default_output_folder_is_under_runs(tables, tmp_path, monkeypatch):
+    metrics_csv, scores_csv, _, _ = tables
+    monkeypatch.chdir(tmp_path)
+    argv = ["--metrics", str(metrics_csv), "--scores", str(scores_csv), "--no-plots", "--n-boot", "20"]
+    assert _run(argv) == 0
+    assert (tmp_path / "runs" / "correlate" / "srocc.csv").is_file()
+    assert not (tmp_path / "correlation").exists()
+
+
+def test_an_unusable_out_folder_is_refused_before_the_analysis(tables, tmp_path, capsys):
+    metrics_csv, scores_csv, _, _ = tables
+    (tmp_path / "a_file").write_text("x")
+    argv = ["--metrics", str(metrics_csv), "--scores", str(scores_csv), "--no-plots"]
+    assert _run([*argv, "--out", str(tmp_path / "a_file" / "o")]) == 2
+    assert "a_file exists and is not a folder" in capsys.readouterr().err

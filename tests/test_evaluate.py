@@ -380,3 +380,69 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "the disk is full; nothing was written" in err
     assert _listing(tmp_path) == ["rec", "ref"]  # neither real names nor temp files
+
+
+# --- outputs under runs/, column conventions, the paper's protocol ---------------------------
+
+
+def test_default_outputs_go_under_runs_and_each_column_names_its_convention(tmp_path, monkeypatch):
+    _make_dataset(tmp_path, n_volumes=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(_argv(tmp_path, "--metrics", "psnr,ssim,nmse")) == 0
+    folder = tmp_path / "runs" / "evaluate"
+    assert _listing(folder) == [
+        "results.csv", "results_columns.csv", "results_errors.csv", "results_volumes.csv"
+    ]  # fmt: skip
+    columns = pd.read_csv(folder / "results_columns.csv").set_index("column")["convention"]
+    assert list(columns.index) == ["volume", "slice", "psnr", "ssim", "nmse"]
+    assert "fastMRI convention" in columns["ssim"] and "7x7 uniform window" in columns["ssim"]
+    assert "maximum of the reference volume" in columns["psnr"]
+    assert not (tmp_path / "results.csv").exists()
+
+
+def _paper_reference_psnr(preds: np.ndarray, target: np.ndarray) -> float:
+    """meddlr's psnr: 20 log10(max |target| / RMSE) of one image."""
+    rmse = np.sqrt(np.mean((preds.astype(np.float64) - target) ** 2))
+    return float(20 * np.log10(target.max() / rmse))
+
+
+def test_protocol_paper_scores_the_centre_slice_scaled_by_its_reference_max(tmp_path):
+    volumes = _make_dataset(tmp_path, n_volumes=2)
+    out = tmp_path / "paper.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr,nmse", "--protocol", "paper", "--out", str(out))) == 0
+    images = pd.read_csv(out)
+    assert images["slice"].tolist() == [1, 1]  # the centre of 3 slices
+    for name, (preds, target) in volumes.items():
+        row = images.set_index("volume").loc[name]
+        assert row["psnr"] == pytest.approx(_paper_reference_psnr(preds[1], target[1]), rel=1e-5)
+        assert row["nmse"] == pytest.approx(fastmri_evaluate.nmse(target[1:2], preds[1:2]), rel=1e-5)
+    columns = pd.read_csv(tmp_path / "paper_columns.csv").set_index("column")["convention"]
+    assert "centre slice" in columns["slice"] and "maximum of each reference slice" in columns["psnr"]
+    assert "divided by its reference slice's maximum" in columns["psnr"]
+    # the fastMRI protocol on the centre slice differs: its data range is the volume's maximum
+    fastmri_argv = _argv(tmp_path, "--metrics", "psnr", "--slices", "center", "--out", str(tmp_path / "f"))
+    assert main(fastmri_argv) == 0
+    assert not np.allclose(pd.read_csv(tmp_path / "f")["psnr"], images["psnr"])
+
+
+@pytest.mark.skipif(
+    "window" not in __import__("inspect").signature(SSIM).parameters,
+    reason="SSIM(window='gaussian') comes with the pixel-metrics branch",
+)
+def test_protocol_paper_ssim_is_the_gaussian_window_ssim(tmp_path):
+    from skimage.metrics import structural_similarity  # meddlr's ssim(method="wang") equals it
+
+    volumes = _make_dataset(tmp_path, n_volumes=2)
+    out = tmp_path / "paper.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr,ssim", "--protocol", "paper", "--out", str(out))) == 0
+    images = pd.read_csv(out).set_index("volume")
+    assert list(images.columns) == ["slice", "psnr", "ssim_gaussian"]
+    for name, (preds, target) in volumes.items():
+        peak = float(target[1].max())
+        expected = structural_similarity(
+            target[1].astype(np.float64) / peak, preds[1].astype(np.float64) / peak,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+        )  # fmt: skip
+        assert images.loc[name, "ssim_gaussian"] == pytest.approx(expected, rel=1e-5)
+    columns = pd.read_csv(tmp_path / "paper_columns.csv").set_index("column")["convention"]
+    assert "11x11 Gaussian window, sigma 1.5" in columns["ssim_gaussian"]

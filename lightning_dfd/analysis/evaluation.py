@@ -51,10 +51,14 @@ __all__ = [
     "DATA_RANGES",
     "SLICE_MODES",
     "EvaluationConfig",
+    "EXTRA_METRICS",
+    "PROTOCOLS",
     "EvaluationResult",
     "FilePair",
     "FileProblem",
     "build_metrics",
+    "column_conventions",
+    "protocol_defaults",
     "evaluate",
     "evaluate_pair",
     "pair_files",
@@ -65,7 +69,16 @@ __all__ = [
 
 SLICE_MODES = ("all", "center")
 DATA_RANGES = ("volume", "image")
+SCALINGS = ("none", "target_max")
 KEY_COLUMNS = ("volume", "slice")
+
+#: Metric names ``evaluate`` adds to :data:`lightning_dfd.metrics.METRICS`: name -> (metric, kwargs).
+EXTRA_METRICS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ssim_gaussian": ("ssim", {"window": "gaussian"}),
+}
+
+#: Presets of :func:`protocol_defaults`.
+PROTOCOLS = ("fastmri", "paper")
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,9 @@ class EvaluationConfig:
         batch_size: Slices per metric update.
         device: Torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         crop_to_target: Centre-crop a larger prediction to the reference's ``(H, W)``.
+        scale: ``"none"``, or ``"target_max"``: divide each slice pair by the maximum of its
+            reference slice (magnitudes in [0, 1] for the reference; the prediction is not
+            clipped), as the paper's meddlr pipeline saw them.
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -143,15 +159,24 @@ class EvaluationConfig:
     batch_size: int = 16
     device: str = "cpu"
     crop_to_target: bool = False
+    scale: str = "none"
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
 
-        unknown = [name for name in self.metrics if name not in METRICS]
+        known = (*METRICS, *EXTRA_METRICS)
+        unknown = [name for name in self.metrics if name not in known]
         if unknown or not self.metrics:
             raise ValueError(
-                f"Argument `metrics` must name metrics among {tuple(METRICS)}, but got {list(self.metrics)}"
+                f"Argument `metrics` must name metrics among {known}, but got {list(self.metrics)}"
             )
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"Argument `metrics` names a metric twice: {list(self.metrics)}")
+        if self.scale not in SCALINGS:
+            raise ValueError(f"Argument `scale` must be one of {SCALINGS}, got {self.scale!r}")
+        if self.scale == "target_max" and self.data_range != "image":
+            raise ValueError('scale="target_max" divides each slice by its own maximum: it needs '
+                             f'data_range="image", got {self.data_range!r}')
         if self.slices not in SLICE_MODES:
             raise ValueError(f"Argument `slices` must be one of {SLICE_MODES}, got {self.slices!r}")
         if self.data_range not in DATA_RANGES:
@@ -267,19 +292,86 @@ def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
     fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
     pass (:mod:`lightning_dfd.metrics.shared`).
     """
-    from lightning_dfd.metrics import build_metric, is_dfd
+    from lightning_dfd.metrics import is_dfd
     from lightning_dfd.metrics.shared import link_shared_encoders
 
     metrics: dict[str, Any] = {}
     for name in config.metrics:
-        kwargs: dict[str, Any] = {"reduction": "none"}
-        if is_dfd(name) and config.weights_for(name) is not None:
+        base, preset = EXTRA_METRICS.get(name, (name, {}))
+        kwargs: dict[str, Any] = {"reduction": "none", **preset}
+        if is_dfd(base) and config.weights_for(name) is not None:
             kwargs["weights"] = config.weights_for(name)
-        metrics[name] = build_metric(name, **kwargs).to(config.device)
-        if not is_dfd(name):
-            metrics[f"{name}@volume"] = build_metric(name, reduction="none").to(config.device)
+        metrics[name] = _build(base, name, kwargs).to(config.device)
+        if not is_dfd(base):
+            metrics[f"{name}@volume"] = _build(base, name, kwargs).to(config.device)
     link_shared_encoders(metrics.values())
     return metrics
+
+
+def _build(base: str, name: str, kwargs: dict[str, Any]) -> Any:
+    from lightning_dfd.metrics import build_metric
+
+    try:
+        return build_metric(base, **kwargs)
+    except TypeError as err:  # e.g. an SSIM without the `window` option
+        raise ValueError(f"metric {name!r} cannot be built with {kwargs}: {err}") from err
+
+
+def protocol_defaults(protocol: str) -> dict[str, Any]:
+    """:class:`EvaluationConfig` fields of a scoring protocol.
+
+    * ``"fastmri"`` (default): every slice, data range = the reference volume's maximum, SSIM
+      with fastMRI's 7x7 uniform window (column ``ssim``), images as stored.
+    * ``"paper"`` (Adamson et al., scored in meddlr): the centre slice of each volume, each slice
+      pair divided by its reference slice's maximum (magnitudes in [0, 1]), data range = that
+      maximum (meddlr's ``ref-maxval``), SSIM with the 11x11 Gaussian window of Wang et al.
+      (column ``ssim_gaussian``); the DFDs normalise each image by its own min/max, as meddlr.
+
+    Example:
+        >>> protocol_defaults("paper")["slices"]
+        'center'
+    """
+    if protocol == "fastmri":
+        return {"slices": "all", "data_range": "volume", "scale": "none", "ssim": "ssim"}
+    if protocol == "paper":
+        return {"slices": "center", "data_range": "image", "scale": "target_max", "ssim": "ssim_gaussian"}
+    raise ValueError(f"Argument `protocol` must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def column_conventions(config: EvaluationConfig) -> dict[str, str]:
+    """What each output column holds and under which convention (``<out>_columns.csv``).
+
+    Example:
+        >>> conventions = column_conventions(EvaluationConfig(metrics=("ssim", "ssim_gaussian")))
+        >>> conventions["ssim"].split(";")[0]
+        'SSIM, fastMRI convention (fastmri.evaluate.ssim): 7x7 uniform window, sample covariance'
+    """
+    from lightning_dfd.metrics import is_dfd
+
+    data_range = {
+        "volume": "data range = maximum of the reference volume (fastMRI)",
+        "image": "data range = maximum of each reference slice (meddlr's ref-maxval)",
+    }[config.data_range]
+    scale = "" if config.scale == "none" else "; each slice pair divided by its reference slice's maximum"
+    slices = "every slice" if config.slices == "all" else "the centre slice (n // 2) of each volume"
+    fixed = {
+        "psnr": f"PSNR in dB, 20 log10(data range / RMSE) (fastmri.evaluate.psnr); {data_range}",
+        "ssim": "SSIM, fastMRI convention (fastmri.evaluate.ssim): 7x7 uniform window, sample "
+        f"covariance, K1=0.01, K2=0.03; {data_range}",
+        "ssim_gaussian": "SSIM, Wang et al. 2004 / meddlr convention (the paper's column): 11x11 "
+        f"Gaussian window, sigma 1.5, K1=0.01, K2=0.03; {data_range}",
+        "nmse": "NMSE, ||target - prediction||^2 / ||target||^2 (fastmri.evaluate.nmse)",
+    }
+    out = {"volume": "file name without .h5", "slice": f"slice index in the file ({slices})"}
+    for name in config.metrics:
+        if is_dfd(name):
+            weights = config.weights_for(name) or "the metric's default weights"
+            out[name] = (f"deep feature distance {name} (lower is better), weights {weights}; "
+                         "each image min/max-normalised by the metric")
+        else:
+            out[name] = fixed[name]
+        out[name] += scale
+    return out
 
 
 def _load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -327,6 +419,9 @@ def evaluate_pair(
     device = torch.device(config.device)
     preds = torch.from_numpy(np.ascontiguousarray(preds_np[index])).to(device)
     target = torch.from_numpy(np.ascontiguousarray(target_np[index])).to(device)
+    if config.scale == "target_max":
+        peak = target.flatten(1).amax(dim=1).clamp_min(torch.finfo(target.dtype).tiny)[:, None, None]
+        preds, target = preds / peak, target / peak
     if config.data_range == "volume":
         data_range = torch.full((len(index),), volume_max, dtype=torch.float64, device=device)
     else:

@@ -90,8 +90,16 @@ def check_output_file(path: Path, what: str = "--out") -> None:
 
 
 def check_output_dir(folder: Path, what: str = "--out") -> None:
-    """Raise :class:`OutputError` unless files can be written into ``folder`` (created if needed)."""
-    _probe_folder(Path(folder), what)
+    """Raise :class:`OutputError` unless files can be written into ``folder``.
+
+    A folder that does not exist yet is not created: its nearest existing ancestor must be a
+    folder that accepts new files.
+    """
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if existing != folder and not existing.is_dir():
+        raise OutputError(f"{what}: {existing} exists and is not a folder")
+    _probe_folder(existing, what)
 
 
 def set_aside(paths: Iterable[Path]) -> list[Path]:

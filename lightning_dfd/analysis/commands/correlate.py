@@ -8,7 +8,7 @@ reader-vs-others scatter).
 Example:
     lightning-dfd correlate --metrics results.csv --scores reader_scores.csv \
         --on volume,slice --score-columns Aliasing,Cartilage/Meniscus --by Acceleration \
-        --out correlation/
+        --out runs/correlate/
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIA
 __all__ = ["add_parser", "run"]
 
 _PREFIX = "lightning-dfd correlate"
+DEFAULT_OUT = Path("runs") / "correlate"
 
 
 def _csv_list(text: str) -> list[str]:
@@ -44,7 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Correlate a per-image metrics table (as written by `lightning-dfd evaluate`) with a "
             "long-form reader table (key columns, a Reader column, one column per score). "
-            "Writes srocc.csv, irv.csv, per_image.csv, unmatched.csv (if any) and PNG figures."
+            "Writes srocc.csv, irv.csv, per_image.csv, unmatched.csv (if any), PNG figures and "
+            "figures.csv (which figure shows which score / subgroup). SROCC ranks +inf highest "
+            "and -inf lowest (PSNR of a perfect reconstruction); NaN is left out and counted "
+            "(n_nan)."
         ),
     )
     parser.add_argument("--metrics", required=True, type=Path, help="per-image metrics CSV")
@@ -79,7 +83,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--out", type=Path, default=Path("correlation"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder (default: {DEFAULT_OUT}, git-ignored)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the CSVs only")
     parser.add_argument(
         "--drop-duplicates",
@@ -248,15 +257,20 @@ def _format_table(table: pd.DataFrame) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the analysis; return the exit code (0 ok, 1 unmatched with --strict, 2 bad input)."""
+    from lightning_dfd.analysis.outputs import OutputError
+
     try:
         return _run(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError, OutputError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         _note(f"error: {message}")
         return EXIT_BAD_INPUT
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lightning_dfd.analysis.outputs import check_output_dir
+
+    check_output_dir(args.out)  # before the bootstrap, not after it
     metrics = _read_csv(args.metrics, "metrics")
     scores = _read_csv(args.scores, "reader scores")
     reader = args.reader_column

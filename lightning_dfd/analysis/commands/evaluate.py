@@ -1,12 +1,14 @@
 r"""``lightning-dfd evaluate``: score h5 reconstructions against their references.
 
-Writes one row per image (``volume, slice, <metric>...``, the input of ``lightning-dfd
-correlate``) and a per-volume summary next to it (``<out stem>_volumes.csv``), and prints the
+Writes (default ``runs/evaluate/``, git-ignored) one row per image (``results.csv``: ``volume,
+slice, <metric>...``, the input of ``lightning-dfd correlate``), a per-volume summary
+(``results_volumes.csv``), the files not scored (``results_errors.csv``: ``file, stage, error``)
+and what each column holds (``results_columns.csv``: ``column, convention``), and prints the
 summary.
 
 Example:
     lightning-dfd evaluate --target ref/ --predictions recon/ \
-        --metrics psnr,ssim,lpips_vgg,dists --slices center --out results.csv
+        --metrics psnr,ssim,lpips_vgg,dists --protocol paper --out runs/evaluate/results.csv
 """
 
 from __future__ import annotations
@@ -14,15 +16,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
-__all__ = ["add_parser", "parse_weights", "run"]
+if TYPE_CHECKING:
+    from lightning_dfd.analysis.evaluation import EvaluationConfig as EvaluationConfigType
+
+__all__ = ["add_parser", "config_from_args", "parse_weights", "run"]
 
 _PREFIX = "lightning-dfd evaluate"
 DEFAULT_METRICS = "psnr,ssim,nmse,lpips_vgg"
+DEFAULT_OUT = Path("runs") / "evaluate" / "results.csv"
 
 
 def parse_weights(text: str | None) -> str | dict[str, str] | None:
@@ -53,7 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Pair the .h5 files of --predictions and --target by name and score every slice "
             "(or the centre one) with the chosen metrics. Files that cannot be scored are "
-            "named on stderr; the others are still scored (exit code 1 then)."
+            "named on stderr and in <out>_errors.csv; the others are still scored (exit code 1 "
+            "then). <out>_columns.csv says which convention each column uses (ssim: fastMRI's "
+            "7x7 uniform window; ssim_gaussian: the 11x11 Gaussian window of Wang et al., as "
+            "the paper). Outputs are checked before scoring; earlier ones are renamed to "
+            "*.previous until the new ones are complete."
         ),
     )
     parser.add_argument("--target", required=True, type=Path, help="folder of reference h5")
@@ -61,7 +72,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics",
         default=DEFAULT_METRICS,
-        help=f"comma-separated metric names (default: {DEFAULT_METRICS})",
+        help=f"comma-separated metric names (default: {DEFAULT_METRICS}); ssim_gaussian is "
+        "SSIM with the 11x11 Gaussian window",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("fastmri", "paper"),
+        default="fastmri",
+        help="fastmri (default): every slice, data range = volume max, ssim = 7x7 uniform "
+        "window. paper (Adamson et al., meddlr): centre slice, each slice pair divided by its "
+        "reference's max, data range = that max, ssim replaced by ssim_gaussian. --slices / "
+        "--data-range override the preset",
     )
     parser.add_argument(
         "--weights",
@@ -79,14 +100,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--slices",
         choices=("all", "center"),
-        default="all",
-        help="score every slice or only the centre one (the paper's readers scored the centre)",
+        default=None,
+        help="score every slice or only the centre one (the paper's readers scored the centre); "
+        "default: from --protocol",
     )
     parser.add_argument(
         "--data-range",
         choices=("volume", "image"),
-        default="volume",
-        help="PSNR/SSIM data range: the reference volume's max (fastMRI) or each slice's max",
+        default=None,
+        help="PSNR/SSIM data range: the reference volume's max (fastMRI) or each slice's max; "
+        "default: from --protocol",
     )
     parser.add_argument(
         "--crop-to-target",
@@ -96,7 +119,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="slices per metric update")
     parser.add_argument("--device", default="auto", help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1'")
     parser.add_argument("--devices", type=int, default=1, help="worker processes (one per GPU on cuda)")
-    parser.add_argument("--out", type=Path, default=Path("results.csv"), help="per-image CSV")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"per-image CSV; the other outputs go next to it (default: {DEFAULT_OUT})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -115,9 +143,41 @@ def errors_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_errors{out.suffix or '.csv'}")
 
 
+def columns_path(out: Path) -> Path:
+    """Where each column's convention is written: ``results.csv`` -> ``results_columns.csv``."""
+    return out.with_name(f"{out.stem}_columns{out.suffix or '.csv'}")
+
+
 def output_paths(out: Path) -> list[Path]:
-    """Every file one run writes: per-image table, per-volume summary, errors."""
-    return [out, volumes_path(out), errors_path(out)]
+    """Every file one run writes: per-image table, per-volume summary, errors, column conventions."""
+    return [out, volumes_path(out), errors_path(out), columns_path(out)]
+
+
+def config_from_args(args: argparse.Namespace) -> EvaluationConfigType:
+    """The :class:`~lightning_dfd.analysis.evaluation.EvaluationConfig` of a command line."""
+    from lightning_dfd.analysis import evaluation as ev
+
+    preset = ev.protocol_defaults(args.protocol)
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    if preset["ssim"] != "ssim":
+        metrics = [preset["ssim"] if name == "ssim" else name for name in metrics]
+    slices = args.slices or preset["slices"]
+    data_range = args.data_range or preset["data_range"]
+    scale = preset["scale"] if data_range == "image" else "none"
+    if scale != preset["scale"]:
+        _note(f"--data-range {data_range}: images are not divided by their reference's max")
+    return ev.EvaluationConfig(
+        metrics=tuple(metrics),
+        weights=args.weights,
+        target_key=args.target_key,
+        prediction_key=args.prediction_key,
+        slices=slices,
+        data_range=data_range,
+        batch_size=args.batch_size,
+        device=ev.resolve_device(args.device),
+        crop_to_target=args.crop_to_target,
+        scale=scale,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,16 +192,9 @@ def run(args: argparse.Namespace) -> int:
 
     paths = output_paths(args.out)
     try:
-        config = ev.EvaluationConfig(
-            metrics=tuple(name.strip() for name in args.metrics.split(",") if name.strip()),
-            weights=args.weights,
-            target_key=args.target_key,
-            prediction_key=args.prediction_key,
-            slices=args.slices,
-            data_range=args.data_range,
-            batch_size=args.batch_size,
-            device=ev.resolve_device(args.device),
-            crop_to_target=args.crop_to_target,
+        config = config_from_args(args)
+        conventions = pd.DataFrame(
+            list(ev.column_conventions(config).items()), columns=["column", "convention"]
         )
         for path in paths:
             outputs.check_output_file(path)
@@ -154,7 +207,11 @@ def run(args: argparse.Namespace) -> int:
         previous = outputs.set_aside(paths)
         if previous:
             _note(f"earlier outputs renamed to *{outputs.PREVIOUS_SUFFIX} until this run completes")
-        _note(f"{len(pairs)} file pair(s) on {config.device}; metrics {list(config.metrics)}")
+        _note(f"{len(pairs)} file pair(s) on {config.device}; protocol {args.protocol}: slices "
+              f"{config.slices}, data range {config.data_range}, scale {config.scale}")
+        for column, text in conventions.itertuples(index=False):
+            if column in config.metrics:
+                _note(f"  {column}: {text}")
         result = ev.evaluate(pairs, config, devices=args.devices, progress=not args.no_progress)
         problems = sorted(problems + result.problems, key=lambda p: p.file)
         for problem in problems:
@@ -165,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
                 args.out: lambda path: result.images.to_csv(path, index=False),
                 volumes_path(args.out): lambda path: result.volumes.to_csv(path, index=False),
                 errors_path(args.out): lambda path: errors.to_csv(path, index=False),
+                columns_path(args.out): lambda path: conventions.to_csv(path, index=False),
             }
         )
         outputs.discard_previous(paths)
@@ -178,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
     scored = len(result.volumes)
     _note(
         f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
-        f"{volumes_path(args.out).name} and {errors_path(args.out).name}"
+        f"{volumes_path(args.out).name}, {errors_path(args.out).name} and "
+        f"{columns_path(args.out).name}"
         + (f"; {len(problems)} file(s) not scored (see above)" if problems else "")
     )
     return EXIT_PARTIAL if problems else EXIT_OK
