@@ -343,8 +343,8 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
 
     Example:
         >>> conventions = column_conventions(EvaluationConfig(metrics=("ssim", "ssim_gaussian")))
-        >>> conventions["ssim"].split(";")[0]
-        'SSIM, fastMRI convention (fastmri.evaluate.ssim): 7x7 uniform window, sample covariance'
+        >>> conventions["ssim"].split(": ")[1].split(";")[0]
+        '7x7 uniform window, sample covariance, K1=0.01, K2=0.03'
     """
     from lightning_dfd.metrics import is_dfd
 
