@@ -238,16 +238,81 @@ def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys):
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_files_are_sharded_whole_without_padding_and_an_idle_rank_gets_an_empty_batch(tmp_path):
+    from lightning_dfd.analysis.engine import FileShardSampler, SlicePairDataset, index_files
+    from lightning_dfd.analysis.evaluation import EvaluationConfig, pair_files
+
+    rng = np.random.default_rng(2)
+    for index, slices in enumerate((3, 4, 6)):
+        target = _phantom(rng, (slices, 16, 16))
+        _write(tmp_path / "ref" / f"v{index}.h5", "reconstruction_rss", target)
+        _write(tmp_path / "rec" / f"v{index}.h5", "reconstruction", target * 0.9)
+    pairs, _ = pair_files(tmp_path / "rec", tmp_path / "ref")
+    config = EvaluationConfig(metrics=("psnr",), batch_size=2)
+    entries, problems = index_files(pairs, config)
+    dataset = SlicePairDataset(entries, config)
+    assert not problems and len(dataset) == 13
+    for world in (1, 2, 3, 4):
+        shards = [list(FileShardSampler(dataset, 2, world, rank)) for rank in range(world)]
+        seen = [i for shard in shards for batch in shard for i in batch]
+        assert sorted(seen) == list(range(13))  # every slice once: no padding, no repeat
+        for shard in shards:
+            for batch in shard:  # a batch never mixes files
+                assert len({dataset.items[i][0] for i in batch}) <= 1 and len(batch) <= 2
+        if world == 2:  # 6 slices on one rank, 3 + 4 on the other
+            files = [sorted({dataset.items[i][0] for b in shard for i in b}) for shard in shards]
+            assert files == [[2], [0, 1]]
+        if world == 4:
+            assert shards[3] == [[]]  # idle, but it runs the loop (and the gather) with the others
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_two_worker_processes_give_the_single_process_table(tmp_path, alexnet_random):
-    _make_dataset(tmp_path, n_volumes=3)
-    common = ["--metrics", "psnr,nmse,lpips_alex", "--weights", f"lpips_alex={alexnet_random}"]
-    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "one.csv"))) == 0
-    assert main(_argv(tmp_path, *common, "--devices", "2", "--out", str(tmp_path / "two.csv"))) == 0
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv"))
-    pd.testing.assert_frame_equal(
-        pd.read_csv(volumes_path(tmp_path / "one.csv")), pd.read_csv(volumes_path(tmp_path / "two.csv"))
-    )
+@pytest.mark.ddp
+def test_two_ddp_processes_give_the_single_process_table_row_by_row(tmp_path, alexnet_random):
+    """strategy=ddp, 2 gloo processes on CPU (Lightning re-launches the command): same rows."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(4)
+    for index, slices in enumerate((3, 4, 6)):  # 13 slices: a padding sampler would repeat one
+        target = _phantom(rng, (slices, 32, 32))
+        preds = target + 0.03 * (index + 1) * rng.standard_normal(target.shape).astype(np.float32)
+        _write(tmp_path / "ref" / f"file{index}.h5", "reconstruction_rss", target)
+        _write(tmp_path / "rec" / f"file{index}.h5", "reconstruction", preds)
+    tiny = _phantom(rng, (2, 8, 8))  # fails on whichever rank scores it: reported once
+    _write(tmp_path / "ref" / "tiny.h5", "reconstruction_rss", tiny)
+    _write(tmp_path / "rec" / "tiny.h5", "reconstruction", tiny)
+    common = ["--metrics", "psnr,ssim,nmse,lpips_alex", "--weights", f"lpips_alex={alexnet_random}",
+              "--batch-size", "2"]  # fmt: skip
+    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "one" / "r.csv"))) == 1
+    command = [sys.executable, "-m", "lightning_dfd.cli",
+               *_argv(tmp_path, *common, "--out", str(tmp_path / "two" / "r.csv")),
+               "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu"]  # fmt: skip
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output, output[-4000:]
+    assert output.count("skipped tiny.h5") == 1
+    for name in ("r.csv", "r_volumes.csv", "r_errors.csv"):
+        one, two = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
+        pd.testing.assert_frame_equal(one, two, rtol=1e-6, obj=name)
+    rows = pd.read_csv(tmp_path / "two" / "r.csv")
+    assert rows[["volume", "slice"]].values.tolist() == [
+        [f"file{v}", s] for v, n in enumerate((3, 4, 6)) for s in range(n)
+    ]  # each slice exactly once
+    assert pd.read_csv(tmp_path / "two" / "r_errors.csv")["file"].tolist() == ["tiny.h5"]
 
 
 # --- robustness: every per-file failure caught, outputs checked first and written atomically ---

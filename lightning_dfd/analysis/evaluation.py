@@ -13,8 +13,12 @@ Conventions (fastMRI's ``evaluate.py``):
   their voxels, SSIM the slice mean), as ``fastmri.evaluate``; deep feature distances are
   averaged over the slices.
 
-Problems with one file (no partner, missing dataset, shape mismatch, non-finite values) are
+Problems with one file (no partner, unreadable file, missing dataset, zero slices, shape
+mismatch, non-finite values, an image too small for an encoder, any error of a metric) are
 collected as :class:`FileProblem` and the other files are still scored.
+
+:func:`evaluate` runs as a Lightning prediction loop (:mod:`lightning_dfd.analysis.engine`):
+one process per device with ``strategy="ddp"``, whole files per process, rows gathered.
 
 Example:
     >>> import tempfile, h5py, numpy as np
@@ -33,10 +37,8 @@ Example:
 
 from __future__ import annotations
 
-import multiprocessing as mp
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +46,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
 
 __all__ = [
     "DATA_RANGES",
@@ -59,9 +59,11 @@ __all__ = [
     "build_metrics",
     "column_conventions",
     "protocol_defaults",
+    "describe_error",
     "evaluate",
-    "evaluate_pair",
+    "load_pair",
     "pair_files",
+    "read_shape",
     "read_volume",
     "resolve_device",
     "select_slices",
@@ -202,6 +204,7 @@ class EvaluationResult:
     images: pd.DataFrame
     volumes: pd.DataFrame
     problems: list[FileProblem] = field(default_factory=list)
+    is_global_zero: bool = True
 
     @property
     def ok(self) -> bool:
@@ -285,8 +288,10 @@ def _center_crop(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return volume[..., top : top + shape[0], left : left + shape[1]]
 
 
-def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
+def build_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
     """Instantiate the metrics of ``config`` (per-image values) on ``config.device``.
+
+    ``extra`` keyword arguments go to every metric (e.g. ``sync_on_compute=False``).
 
     Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
     fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
@@ -298,7 +303,7 @@ def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for name in config.metrics:
         base, preset = EXTRA_METRICS.get(name, (name, {}))
-        kwargs: dict[str, Any] = {"reduction": "none", **preset}
+        kwargs: dict[str, Any] = {"reduction": "none", **preset, **extra}
         if is_dfd(base) and config.weights_for(name) is not None:
             kwargs["weights"] = config.weights_for(name)
         metrics[name] = _build(base, name, kwargs).to(config.device)
@@ -374,111 +379,59 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
     return out
 
 
-def _load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
-    target = read_volume(pair.target, config.target_key)
-    preds = read_volume(pair.prediction, config.prediction_key)
-    if config.crop_to_target and preds.shape[0] == target.shape[0]:
-        if all(p >= t for p, t in zip(preds.shape[1:], target.shape[1:])):
-            preds = _center_crop(preds, target.shape[1:])
-    if preds.shape != target.shape:
+def _checked_shape(handle: h5py.File, key: str, name: str) -> tuple[int, ...]:
+    if key not in handle:
+        raise KeyError(f"no dataset {key!r} in {name}; datasets: {sorted(handle.keys())}")
+    shape = tuple(handle[key].shape)
+    if len(shape) != 3:
+        raise ValueError(f"dataset {key!r} in {name} has shape {shape}; expected (slices, H, W)")
+    if 0 in shape:
+        raise ValueError(f"dataset {key!r} in {name} holds no image: shape {shape}")
+    return shape
+
+
+def _scored_shape(preds: tuple[int, ...], target: tuple[int, ...], config: EvaluationConfig) -> bool:
+    """True when the prediction is centre-cropped to the target; raises on a mismatch."""
+    crop = (
+        config.crop_to_target
+        and preds[0] == target[0]
+        and preds != target
+        and all(p >= t for p, t in zip(preds[1:], target[1:]))
+    )
+    if not crop and preds != target:
         hint = "" if config.crop_to_target else " (--crop-to-target crops a larger prediction)"
         raise ValueError(
-            f"shape mismatch: prediction {config.prediction_key!r} {preds.shape} vs reference "
-            f"{config.target_key!r} {target.shape}{hint}"
+            f"shape mismatch: prediction {config.prediction_key!r} {preds} vs reference "
+            f"{config.target_key!r} {target}{hint}"
         )
-    return preds, target
+    return crop
 
 
-def _as_numpy(values: Tensor) -> np.ndarray:
-    return values.detach().double().cpu().numpy()
-
-
-def evaluate_pair(
-    pair: FilePair,
-    config: EvaluationConfig,
-    metrics: Mapping[str, Any],
-    arrays: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score one prediction/reference pair.
-
-    Args:
-        pair: The two files.
-        config: What to compute.
-        metrics: From :func:`build_metrics` (reset here before use).
-        arrays: ``(preds, target)`` already read (else read here).
+def read_shape(pair: FilePair, config: EvaluationConfig) -> tuple[int, int, int]:
+    """Open both files and check their datasets without reading the images.
 
     Returns:
-        ``(image_rows, volume_row)``.
+        The reference's ``(slices, H, W)``.
 
     Raises:
-        KeyError, ValueError, OSError: A problem with this pair (the caller reports it).
+        KeyError, ValueError, OSError: A missing dataset, a wrong rank, zero slices or pixels, a
+            shape mismatch, an unreadable file.
     """
-    preds_np, target_np = arrays if arrays is not None else _load_pair(pair, config)
-    index = select_slices(target_np.shape[0], config.slices)
-    volume_max = float(target_np.max())
-    device = torch.device(config.device)
-    preds = torch.from_numpy(np.ascontiguousarray(preds_np[index])).to(device)
-    target = torch.from_numpy(np.ascontiguousarray(target_np[index])).to(device)
-    if config.scale == "target_max":
-        peak = target.flatten(1).amax(dim=1).clamp_min(torch.finfo(target.dtype).tiny)[:, None, None]
-        preds, target = preds / peak, target / peak
-    if config.data_range == "volume":
-        data_range = torch.full((len(index),), volume_max, dtype=torch.float64, device=device)
-    else:
-        data_range = target.double().flatten(1).amax(dim=1)
-
-    from lightning_dfd.metrics.shared import linked_groups, shared_batch
-
-    values: dict[str, np.ndarray] = {}
-    volume_values: dict[str, float] = {}
-    shares = linked_groups(metrics.values())
-    for metric in metrics.values():
-        metric.reset()
-    with torch.no_grad():
-        for start in range(0, len(index), config.batch_size):
-            chunk = slice(start, start + config.batch_size)
-            with shared_batch(shares):  # every metric, one update each
-                for name, metric in metrics.items():
-                    if not hasattr(metric, "metric_name"):  # a DFD
-                        metric.update(preds[chunk], target[chunk])
-                    elif name.endswith("@volume"):  # PSNR / SSIM / NMSE take a data range
-                        ids = torch.zeros(preds[chunk].shape[0], dtype=torch.long, device=device)
-                        metric.update(preds[chunk], target[chunk], data_range[chunk], volume_ids=ids)
-                    else:
-                        metric.update(preds[chunk], target[chunk], data_range[chunk])
-        for name, metric in metrics.items():
-            result = _as_numpy(metric.compute()).reshape(-1)
-            if name.endswith("@volume"):
-                volume_values[name.removesuffix("@volume")] = float(result[0])
-            else:
-                if result.shape[0] != len(index):
-                    raise ValueError(f"metric {name!r} gave {result.shape[0]} values for {len(index)} slices")
-                values[name] = result
-    rows = [
-        {"volume": pair.volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
-        for i, s in enumerate(index)
-    ]
-    summary = {"volume": pair.volume, "n_slices": len(index)}
-    for name in config.metrics:
-        summary[name] = volume_values.get(name, float(np.mean(values[name])))
-    return rows, summary
+    with h5py.File(pair.target, "r") as handle:
+        target = _checked_shape(handle, config.target_key, pair.target.name)
+    with h5py.File(pair.prediction, "r") as handle:
+        preds = _checked_shape(handle, config.prediction_key, pair.prediction.name)
+    _scored_shape(preds, target, config)
+    return target  # type: ignore[return-value]
 
 
-def _score_files(
-    pairs: Iterable[FilePair], config: EvaluationConfig, metrics: Mapping[str, Any]
-) -> Iterable[tuple[FilePair, list[dict[str, Any]], dict[str, Any] | None, FileProblem | None]]:
-    for pair in pairs:
-        try:
-            preds, target = _load_pair(pair, config)
-        except Exception as err:  # one bad file never stops the others
-            yield pair, [], None, FileProblem(pair.name, describe_error(err), "read")
-            continue
-        try:
-            rows, summary = evaluate_pair(pair, config, metrics, arrays=(preds, target))
-        except Exception as err:
-            yield pair, [], None, FileProblem(pair.name, describe_error(err), "score")
-        else:
-            yield pair, rows, summary, None
+def load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(preds, target)`` magnitudes of one pair, the prediction cropped if asked."""
+    target = read_volume(pair.target, config.target_key)
+    preds = read_volume(pair.prediction, config.prediction_key)
+    if _scored_shape(preds.shape, target.shape, config):
+        preds = _center_crop(preds, target.shape[1:])
+    return preds, target
 
 
 def describe_error(err: BaseException) -> str:
@@ -495,92 +448,48 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-# --- data-parallel workers (one process per device, files handed out one at a time) -----------
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(config: EvaluationConfig, devices: Any, threads: int) -> None:
-    torch.set_num_threads(threads)
-    device = devices.get()
-    config = replace(config, device=device)
-    _WORKER["config"] = config
-    _WORKER["metrics"] = build_metrics(config)
-
-
-def _worker_score(pair: FilePair):
-    return next(iter(_score_files([pair], _WORKER["config"], _WORKER["metrics"])))
-
-
-def _worker_devices(config: EvaluationConfig, n: int) -> list[str]:
-    if config.device.startswith("cuda"):
-        available = torch.cuda.device_count()
-        if available < n:
-            raise ValueError(f"--devices {n} asks for {n} GPUs but {available} are visible")
-        return [f"cuda:{i}" for i in range(n)]
-    return [config.device] * n
-
-
 def evaluate(
     pairs: Sequence[FilePair],
     config: EvaluationConfig,
-    devices: int = 1,
+    devices: int | str | list[int] = 1,
     progress: bool = True,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
 ) -> EvaluationResult:
-    """Score every pair; per-file problems are collected, not raised.
+    """Score every pair in a Lightning prediction loop; per-file problems are collected, not raised.
 
     Args:
         pairs: From :func:`pair_files`.
         config: What to compute.
-        devices: Number of worker processes (one per GPU with ``device="cuda"``; CPU threads
-            are split between them otherwise). Files are handed out one at a time.
-        progress: Show a progress bar over files (stderr).
+        devices: Lightning's ``devices`` (processes per node with ``strategy="ddp"``).
+        progress: Show Lightning's progress bar (stderr).
+        num_nodes: Lightning's ``num_nodes``.
+        strategy: Lightning's ``strategy`` (``"auto"``, ``"ddp"``; spawn-based ones are refused).
+        accelerator: Lightning's ``accelerator``; None derives it from ``config.device``.
 
     Returns:
-        An :class:`EvaluationResult` with rows sorted by volume and slice.
+        An :class:`EvaluationResult` with rows sorted by volume and slice, on every process
+        (:attr:`EvaluationResult.is_global_zero` says which one should write).
 
     Raises:
         Errors of metric construction (unknown weights, missing checkpoint) before any file is
         read.
     """
-    if devices < 1:
-        raise ValueError(f"Argument `devices` must be >= 1, got {devices}")
-    # Build the metrics here first: a missing checkpoint fails now, with its own message
-    # (in a worker it would surface as a bare BrokenProcessPool).
-    single = devices == 1 or len(pairs) <= 1
-    metrics = build_metrics(config if single else replace(config, device="cpu"))
-    bar = tqdm(total=len(pairs), desc="evaluate", unit="file", disable=not progress)
-    results = []
-    if single:
-        for item in _score_files(pairs, config, metrics):
-            results.append(item)
-            bar.update()
-    else:
-        del metrics
-        context = mp.get_context("spawn")
-        queue = context.Queue()
-        for device in _worker_devices(config, devices):
-            queue.put(device)
-        threads = max(1, torch.get_num_threads() // devices)
-        with ProcessPoolExecutor(
-            devices,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(config, queue, threads),
-        ) as pool:
-            futures = [pool.submit(_worker_score, pair) for pair in pairs]
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update()
-    bar.close()
-    return _collect(results, config)
+    from lightning_dfd.analysis.engine import run_evaluation  # lightning only when scoring
+
+    rows, summaries, problems, is_zero = run_evaluation(
+        pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        accelerator=accelerator, progress=progress,
+    )  # fmt: skip
+    result = _collect(rows, summaries, problems, config)
+    result.is_global_zero = is_zero
+    return result
 
 
-def _collect(results, config: EvaluationConfig) -> EvaluationResult:
+def _collect(rows, summaries, problems, config: EvaluationConfig) -> EvaluationResult:
     columns = [*KEY_COLUMNS, *config.metrics]
-    rows = [row for _, image_rows, _, _ in results for row in image_rows]
-    summaries = [summary for _, _, summary, _ in results if summary is not None]
-    problems = sorted((problem for *_, problem in results if problem is not None), key=lambda p: p.file)
+    problems = sorted(problems, key=lambda p: p.file)
     images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
     volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
     return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)

@@ -52,6 +52,40 @@ def parse_weights(text: str | None) -> str | dict[str, str] | None:
     return pairs
 
 
+def _devices(text: str) -> int | list[int] | str:
+    """``--devices``: ``2`` -> 2, ``0,1`` -> [0, 1], ``auto`` -> ``"auto"``."""
+    text = text.strip()
+    if text == "auto":
+        return text
+    try:
+        if "," in text:
+            return [int(item) for item in text.split(",") if item.strip()]
+        return int(text)
+    except ValueError as err:
+        message = f"--devices: expected a count, ids 0,1 or auto, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from err
+
+
+def launched_rank(devices: int | list[int] | str = 1) -> int:
+    """The global rank of this process as a launcher set it (0 before any launch).
+
+    Lightning's ``ddp`` launcher starts ranks > 0 by re-running the command line with
+    ``LOCAL_RANK`` (and ``NODE_RANK``) set; torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``.
+
+    Example:
+        >>> launched_rank()  # not launched
+        0
+    """
+    import os
+
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    per_node = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else 1
+    node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
+    return (int(node) if node.isdigit() else 0) * per_node + (int(local) if local.isdigit() else 0)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``evaluate`` sub-command."""
     parser = subparsers.add_parser(
@@ -117,8 +151,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="centre-crop predictions larger than the reference to its size",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per metric update")
-    parser.add_argument("--device", default="auto", help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1'")
-    parser.add_argument("--devices", type=int, default=1, help="worker processes (one per GPU on cuda)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1' (ignored when --accelerator is given)",
+    )
+    parser.add_argument(
+        "--accelerator", default=None, help="Lightning accelerator: cpu, gpu, cuda, mps, auto"
+    )
+    parser.add_argument(
+        "--devices",
+        type=_devices,
+        default=1,
+        help="Lightning devices: a count (processes per node with --strategy ddp) or ids '0,1'",
+    )
+    parser.add_argument("--num-nodes", type=int, default=1, help="Lightning num_nodes")
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        help="Lightning strategy: auto (one process), ddp (one process per device, each "
+        "scoring whole files; rank 0 writes); spawn-based strategies are refused",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -153,7 +206,7 @@ def output_paths(out: Path) -> list[Path]:
     return [out, volumes_path(out), errors_path(out), columns_path(out)]
 
 
-def config_from_args(args: argparse.Namespace) -> EvaluationConfigType:
+def config_from_args(args: argparse.Namespace, quiet: bool = False) -> EvaluationConfigType:
     """The :class:`~lightning_dfd.analysis.evaluation.EvaluationConfig` of a command line."""
     from lightning_dfd.analysis import evaluation as ev
 
@@ -164,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> EvaluationConfigType:
     slices = args.slices or preset["slices"]
     data_range = args.data_range or preset["data_range"]
     scale = preset["scale"] if data_range == "image" else "none"
-    if scale != preset["scale"]:
+    if scale != preset["scale"] and not quiet:
         _note(f"--data-range {data_range}: images are not divided by their reference's max")
     return ev.EvaluationConfig(
         metrics=tuple(metrics),
@@ -180,6 +233,17 @@ def config_from_args(args: argparse.Namespace) -> EvaluationConfigType:
     )
 
 
+def _run_worker(args: argparse.Namespace) -> int:
+    """A rank > 0 of a distributed run: score its files, hand the rows to rank 0, write nothing."""
+    from lightning_dfd.analysis import evaluation as ev
+
+    config = config_from_args(args, quiet=True)
+    pairs, _ = ev.pair_files(args.predictions, args.target)
+    ev.evaluate(pairs, config, devices=args.devices, progress=False, num_nodes=args.num_nodes,
+                strategy=args.strategy, accelerator=args.accelerator)  # fmt: skip
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
     """Score the files; return 0 (all scored), 1 (some files not scored) or 2 (bad input).
 
@@ -191,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
     from lightning_dfd.weights import WeightsError
 
     paths = output_paths(args.out)
+    if launched_rank(args.devices) != 0:
+        return _run_worker(args)
     try:
         config = config_from_args(args)
         conventions = pd.DataFrame(
@@ -212,7 +278,15 @@ def run(args: argparse.Namespace) -> int:
         for column, text in conventions.itertuples(index=False):
             if column in config.metrics:
                 _note(f"  {column}: {text}")
-        result = ev.evaluate(pairs, config, devices=args.devices, progress=not args.no_progress)
+        result = ev.evaluate(
+            pairs,
+            config,
+            devices=args.devices,
+            progress=not args.no_progress,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            accelerator=args.accelerator,
+        )
         problems = sorted(problems + result.problems, key=lambda p: p.file)
         for problem in problems:
             _note(f"skipped {problem} [{problem.stage}]")
