@@ -198,10 +198,14 @@ class EvaluationModule(LightningModule):
         super().__init__()
         self.config = config
         self.dataset = dataset
+        from lightning_dfd.metrics import DFDCollection
+
         metrics = build_metrics(replace(config, device="cpu"), sync_on_compute=False)
-        self.image_names = [name for name in metrics if not name.endswith("@volume")]
-        self.metrics = torch.nn.ModuleDict(
-            {name.replace("@", "__"): metric for name, metric in metrics.items()}
+        # The suite of ReconModule's validation: per-image values, and fastMRI's per-volume pixel
+        # metrics (fed the file's volume id), each a DFDCollection (shared encoder passes).
+        self.image_metrics = DFDCollection({n: m for n, m in metrics.items() if "@" not in n})
+        self.volume_metrics = DFDCollection(
+            {n.removesuffix("@volume"): m for n, m in metrics.items() if n.endswith("@volume")}
         )
         self._pending: dict[int, dict[str, Any]] = {}
         self.rows: list[dict[str, Any]] = []
@@ -209,16 +213,11 @@ class EvaluationModule(LightningModule):
         self.problems: list[FileProblem] = []
         self.gathered: tuple[list, list, list] | None = None
 
-    def _metric(self, name: str) -> Any:
-        return self.metrics[name.replace("@", "__")]
-
     def _fail(self, file: int, message: str, stage: str) -> None:
         entry = self.dataset.entries[file]
         self._pending[file] = {"failed": True}
         self.problems.append(FileProblem(entry.pair.name, message, stage))
-        for key, metric in self.metrics.items():  # the file's partial per-volume statistics
-            if key.endswith("__volume"):
-                metric.reset()
+        self.volume_metrics.reset()  # the file's partial per-volume statistics
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score one batch (slices of one file); a failure drops the file, never the run."""
@@ -241,31 +240,21 @@ class EvaluationModule(LightningModule):
             self._finish(entry, state)
 
     def _score(self, batch: dict[str, Any], state: dict[str, Any]) -> None:
-        from lightning_dfd.metrics.shared import linked_groups, shared_batch
-
         preds, target, data_range = batch["preds"], batch["target"], batch["data_range"]
-        image_metrics = [self._metric(name) for name in self.image_names]
-        for metric in image_metrics:
-            metric.reset()
-        values: dict[str, np.ndarray] = {}
-        with torch.no_grad(), shared_batch(linked_groups(image_metrics)):
-            for metric in image_metrics:
-                if hasattr(metric, "metric_name"):  # PSNR / SSIM / NMSE take a data range
-                    metric.update(preds, target, data_range)
-                else:
-                    metric.update(preds, target)
-        for name, metric in zip(self.image_names, image_metrics):
-            result = metric.compute().detach().double().cpu().numpy().reshape(-1)
-            if result.shape[0] != len(batch["slices"]):
-                raise ValueError(
-                    f"metric {name!r} gave {result.shape[0]} values for {len(batch['slices'])} slices"
-                )
-            values[name] = result
-        ids = torch.zeros(preds.shape[0], dtype=torch.long, device=preds.device)
+        n = len(batch["slices"])
+        self.image_metrics.reset()
         with torch.no_grad():
-            for name in self.image_names:
-                if f"{name}__volume" in self.metrics:
-                    self._metric(f"{name}@volume").update(preds, target, data_range, volume_ids=ids)
+            self.image_metrics.update(preds, target, data_range=data_range)
+            computed = self.image_metrics.compute()
+        values: dict[str, np.ndarray] = {}
+        for name in self.config.metrics:
+            values[name] = computed[name].detach().double().cpu().numpy().reshape(-1)
+            if values[name].shape[0] != n:
+                raise ValueError(f"metric {name!r} gave {values[name].shape[0]} values for {n} slices")
+        if len(self.volume_metrics):
+            ids = torch.zeros(n, dtype=torch.long, device=preds.device)
+            with torch.no_grad():
+                self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids)
         volume = self.dataset.entries[batch["file"]].pair.volume
         state["rows"] += [
             {"volume": volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
@@ -274,12 +263,12 @@ class EvaluationModule(LightningModule):
 
     def _finish(self, entry: VolumeEntry, state: dict[str, Any]) -> None:
         summary: dict[str, Any] = {"volume": entry.pair.volume, "n_slices": len(entry.slices)}
+        per_volume = self.volume_metrics.compute() if len(self.volume_metrics) else {}
+        self.volume_metrics.reset()
         for name in self.config.metrics:
-            if f"{name}__volume" in self.metrics:
-                metric = self._metric(f"{name}@volume")
-                summary[name] = float(metric.compute().double().cpu().reshape(-1)[0])
-                metric.reset()
-            else:
+            if name in per_volume:  # fastMRI: pooled over the volume's scored slices
+                summary[name] = float(per_volume[name].double().cpu().reshape(-1)[0])
+            else:  # DFDs: the mean over the slices
                 summary[name] = float(np.mean([row[name] for row in state["rows"]]))
         self.rows += state["rows"]
         self.summaries.append(summary)
@@ -366,7 +355,8 @@ def run_evaluation(
 def _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, progress):
     trainer = Trainer(accelerator=accel, devices=devs, num_nodes=num_nodes, strategy=strategy,
                       logger=False, enable_checkpointing=False, enable_model_summary=False,
-                      enable_progress_bar=progress, use_distributed_sampler=False)  # fmt: skip
+                      enable_progress_bar=progress, use_distributed_sampler=False,
+                      inference_mode=False)  # fmt: skip  # no_grad in the step: DFDs check tensor versions
     sampler = FileShardSampler(dataset, config.batch_size, trainer.world_size, trainer.global_rank)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_chunk, num_workers=0)
     trainer.predict(module, dataloaders=loader, return_predictions=False)

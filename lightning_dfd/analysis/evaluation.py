@@ -72,6 +72,7 @@ __all__ = [
 SLICE_MODES = ("all", "center")
 DATA_RANGES = ("volume", "image")
 SCALINGS = ("none", "target_max")
+PRECISIONS = ("fp32", "bf16")
 KEY_COLUMNS = ("volume", "slice")
 
 #: Metric names ``evaluate`` adds to :data:`lightning_dfd.metrics.METRICS`: name -> (metric, kwargs).
@@ -150,6 +151,8 @@ class EvaluationConfig:
         scale: ``"none"``, or ``"target_max"``: divide each slice pair by the maximum of its
             reference slice (magnitudes in [0, 1] for the reference; the prediction is not
             clipped), as the paper's meddlr pipeline saw them.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the DFD encoders' precision (distances in
+            fp32); pixel metrics are always computed in full precision.
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -162,6 +165,7 @@ class EvaluationConfig:
     device: str = "cpu"
     crop_to_target: bool = False
     scale: str = "none"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
@@ -176,6 +180,8 @@ class EvaluationConfig:
             raise ValueError(f"Argument `metrics` names a metric twice: {list(self.metrics)}")
         if self.scale not in SCALINGS:
             raise ValueError(f"Argument `scale` must be one of {SCALINGS}, got {self.scale!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Argument `precision` must be one of {PRECISIONS}, got {self.precision!r}")
         if self.scale == "target_max" and self.data_range != "image":
             raise ValueError('scale="target_max" divides each slice by its own maximum: it needs '
                              f'data_range="image", got {self.data_range!r}')
@@ -295,10 +301,9 @@ def build_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
 
     Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
     fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
-    pass (:mod:`lightning_dfd.metrics.shared`).
+    pass (as :class:`~lightning_dfd.metrics.DFDCollection` links them).
     """
-    from lightning_dfd.metrics import is_dfd
-    from lightning_dfd.metrics.shared import link_shared_encoders
+    from lightning_dfd.metrics import DFDCollection, is_dfd
 
     metrics: dict[str, Any] = {}
     for name in config.metrics:
@@ -306,10 +311,12 @@ def build_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"reduction": "none", **preset, **extra}
         if is_dfd(base) and config.weights_for(name) is not None:
             kwargs["weights"] = config.weights_for(name)
+        if is_dfd(base) and config.precision != "fp32":
+            kwargs["precision"] = config.precision
         metrics[name] = _build(base, name, kwargs).to(config.device)
         if not is_dfd(base):
             metrics[f"{name}@volume"] = _build(base, name, kwargs).to(config.device)
-    link_shared_encoders(metrics.values())
+    DFDCollection({name: m for name, m in metrics.items() if "@" not in name}).shared_groups()
     return metrics
 
 
@@ -372,7 +379,7 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         if is_dfd(name):
             weights = config.weights_for(name) or "the metric's default weights"
             out[name] = (f"deep feature distance {name} (lower is better), weights {weights}; "
-                         "each image min/max-normalised by the metric")
+                         f"each image min/max-normalised by the metric; encoder in {config.precision}")
         else:
             out[name] = fixed[name]
         out[name] += scale

@@ -167,6 +167,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--num-nodes", type=int, default=1, help="Lightning num_nodes")
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="DFD encoder precision (distances stay fp32; pixel metrics always full precision)",
+    )
+    parser.add_argument(
         "--strategy",
         default="auto",
         help="Lightning strategy: auto (one process), ddp (one process per device, each "
@@ -230,6 +236,7 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
         device=ev.resolve_device(args.device),
         crop_to_target=args.crop_to_target,
         scale=scale,
+        precision=args.precision,
     )
 
 
