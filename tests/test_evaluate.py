@@ -527,3 +527,33 @@ def test_precision_bf16_scores_the_dfds_in_bf16_and_says_so(tmp_path, alexnet_ra
     np.testing.assert_allclose(bf16["lpips_alex"], fp32["lpips_alex"], rtol=0.05)
     columns = pd.read_csv(tmp_path / "bf16_columns.csv").set_index("column")["convention"]
     assert columns["lpips_alex"].endswith("encoder in bf16")
+
+
+def test_ctrl_c_inside_the_lightning_loop_leaves_no_current_looking_result(tmp_path, monkeypatch):
+    import signal
+
+    from lightning_dfd.analysis.engine import EvaluationModule
+
+    _make_dataset(tmp_path, n_volumes=2)
+    out = tmp_path / "results.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 0
+    earlier = out.read_text()
+    real_score, calls = EvaluationModule._score, []
+
+    def interrupt_on_second_file(self, batch, state):
+        calls.append(batch["file"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second file is scored
+        return real_score(self, batch, state)
+
+    monkeypatch.setattr(EvaluationModule, "_score", interrupt_on_second_file)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown ends with exit(1)
+            main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out)))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT while it shuts down
+    assert calls == [0, 1]
+    assert _listing(tmp_path) == ["rec", "ref", "results.csv.previous", "results_columns.csv.previous",
+                                  "results_errors.csv.previous", "results_volumes.csv.previous"]  # fmt: skip
+    assert (tmp_path / "results.csv.previous").read_text() == earlier
