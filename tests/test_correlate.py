@@ -341,3 +341,116 @@ def test_join_reports_and_key_types():
     assert "1 image(s) with metrics but no reader scores: (image=1)" in report.summary()
     with pytest.raises(corr.DuplicateKeyError, match=r"metrics: 1 duplicated key\(s\)"):
         corr.join_tables(pd.concat([metrics, metrics.iloc[[0]]]), scores, ["image"])
+
+
+# --- issue 12: bad values, name collisions, infinities; issue 14: figures that say what they show
+
+
+def test_a_non_numeric_score_or_metric_names_the_column_and_first_bad_value(tables, tmp_path, capsys):
+    metrics_csv, scores_csv, metrics, scores = tables
+    bad = scores.astype({"Aliasing": object})
+    bad.loc[4, "Aliasing"] = "five"
+    bad.to_csv(tmp_path / "bad_scores.csv", index=False)
+    common = ["--no-plots", "--n-boot", "20", "--out", str(tmp_path / "o")]
+    for extra in ([], ["--score-columns", "Aliasing"]):  # guessed or named
+        scores_arg = ["--scores", str(tmp_path / "bad_scores.csv")]
+        code = _run(["--metrics", str(metrics_csv), *scores_arg, *common, *extra])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "reader scores: column 'Aliasing' must hold numbers, but row 5 (line 6 of" in err
+        assert "holds 'five'" in err and "Traceback" not in err
+    bad_metrics = metrics.astype({"psnr": object})
+    bad_metrics.loc[2, "psnr"] = "31.2dB"
+    bad_metrics.to_csv(tmp_path / "bad_metrics.csv", index=False)
+    code = _run(["--metrics", str(tmp_path / "bad_metrics.csv"), "--scores", str(scores_csv),
+                 "--metric-columns", "psnr,lpips_vgg", *common])  # fmt: skip
+    assert code == 2
+    assert "metrics: column 'psnr' must hold numbers, but row 3 (line 4 of" in capsys.readouterr().err
+
+
+def test_infinite_metric_values_are_ranked_and_nan_is_counted():
+    # image 3 is a perfect reconstruction: PSNR = +inf must rank it best, not drop it
+    data = pd.DataFrame({
+        "psnr": [20.0, 25.0, 30.0, math.inf, np.nan, 22.0],
+        "mse": [0.3, 0.2, 0.1, 0.0, 0.5, -math.inf],
+        "Aliasing": [2.0, 4.0, 6.0, 9.0, 5.0, 3.0],
+    })  # fmt: skip
+    table = corr.correlation_table(data, ["psnr", "mse"], ["Aliasing"], n_boot=50).set_index("metric")
+    assert table.loc["psnr", "n"] == 5 and table.loc["psnr", "n_nan"] == 1
+    assert table.loc["psnr", "srocc"] == pytest.approx(1.0)  # inf highest, as the scores say
+    ranks = stats.rankdata([0.3, 0.2, 0.1, 0.0, 0.5, -1e300])  # -inf ranks lowest
+    expected = stats.spearmanr(ranks, data["Aliasing"]).statistic
+    assert table.loc["mse", "n"] == 6 and table.loc["mse", "srocc"] == pytest.approx(expected)
+    assert np.isfinite(table.loc["psnr", "ci_low"]) and table.loc["psnr", "ci_high"] == pytest.approx(1.0)
+
+
+def test_figure_names_are_unique_and_indexed_and_figures_are_labelled(tmp_path, monkeypatch):
+    from lightning_dfd.analysis import plots
+
+    metrics, scores = _make_tables()
+    scores["A/B"] = scores["Aliasing"]
+    scores["A B"] = 10 - scores["Cartilage/Meniscus"]
+    metrics.to_csv(tmp_path / "m.csv", index=False)
+    scores.to_csv(tmp_path / "s.csv", index=False)
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, path, dpi):
+        figures[Path(path).name] = fig
+        return real_save(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    out = tmp_path / "o"
+    argv = ["--metrics", str(tmp_path / "m.csv"), "--scores", str(tmp_path / "s.csv"), "--n-boot", "20",
+            "--score-columns", "Aliasing,Cartilage/Meniscus,A/B,A B", "--by", "Acceleration",
+            "--out", str(out)]  # fmt: skip
+    assert _run(argv) == 0
+    index = pd.read_csv(out / "figures.csv")
+    scatter = index[index["figure"] == "scatter"].set_index("score")["file"].to_dict()
+    assert scatter["Cartilage/Meniscus"] == "scatter_Cartilage_Meniscus.png"
+    assert scatter["Aliasing"] == "scatter_Aliasing.png"
+    assert scatter["A/B"] != scatter["A B"] and scatter["A/B"].startswith("scatter_A_B-")
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(index["file"])  # nothing overwritten
+    assert len(set(index["file"])) == len(index) == 1 + 3 + 2 * 4
+    # subgroup bars say which subgroup they show; metric panels carry units
+    for group in (2, 4, 6):
+        title = figures[f"srocc_bars_Acceleration={group}.png"]._suptitle.get_text()
+        assert title.startswith(f"subgroup Acceleration = {group} (8 images)")
+    assert figures["srocc_bars.png"]._suptitle is None
+    labels = [ax.get_ylabel() for ax in figures["scatter_Aliasing.png"].axes if ax.get_visible()]
+    assert labels == ["PSNR (dB, higher is better)", "LPIPS-VGG distance (lower is better)", "noise"]
+
+
+def test_a_negative_irv_line_is_drawn_inside_the_axis(tmp_path, monkeypatch):
+    from lightning_dfd.analysis import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig) or Path(path))
+    table = pd.DataFrame({"metric": ["psnr", "lpips"], "score": ["Aliasing"] * 2,
+                          "group": ["all"] * 2, "abs_srocc": [0.5, 0.8],
+                          "abs_ci_low": [0.4, 0.7], "abs_ci_high": [0.6, 0.9]})  # fmt: skip
+    plots.plot_srocc_bars(table, tmp_path / "bars.png", irv={"Aliasing": -0.3})
+    (ax,) = figures[0].axes
+    low, high = ax.get_ylim()
+    irv_lines = [line for line in ax.get_lines() if line.get_label().startswith("IRV")]
+    assert irv_lines and irv_lines[0].get_ydata()[0] == pytest.approx(-0.3)
+    assert low < -0.3 < high and high == 1
+    plots.plot_srocc_bars(table, tmp_path / "bars.png", irv={"Aliasing": 0.85})
+    assert figures[1].axes[0].get_ylim() == (0, 1)
+
+
+def test_default_output_folder_is_under_runs(tables, tmp_path, monkeypatch):
+    metrics_csv, scores_csv, _, _ = tables
+    monkeypatch.chdir(tmp_path)
+    argv = ["--metrics", str(metrics_csv), "--scores", str(scores_csv), "--no-plots", "--n-boot", "20"]
+    assert _run(argv) == 0
+    assert (tmp_path / "runs" / "correlate" / "srocc.csv").is_file()
+    assert not (tmp_path / "correlation").exists()
+
+
+def test_an_unusable_out_folder_is_refused_before_the_analysis(tables, tmp_path, capsys):
+    metrics_csv, scores_csv, _, _ = tables
+    (tmp_path / "a_file").write_text("x")
+    argv = ["--metrics", str(metrics_csv), "--scores", str(scores_csv), "--no-plots"]
+    assert _run([*argv, "--out", str(tmp_path / "a_file" / "o")]) == 2
+    assert "a_file exists and is not a folder" in capsys.readouterr().err

@@ -238,13 +238,322 @@ def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys):
     assert not (tmp_path / "r.csv").exists()
 
 
+def test_files_are_sharded_whole_without_padding_and_an_idle_rank_gets_an_empty_batch(tmp_path):
+    from lightning_dfd.analysis.engine import FileShardSampler, SlicePairDataset, index_files
+    from lightning_dfd.analysis.evaluation import EvaluationConfig, pair_files
+
+    rng = np.random.default_rng(2)
+    for index, slices in enumerate((3, 4, 6)):
+        target = _phantom(rng, (slices, 16, 16))
+        _write(tmp_path / "ref" / f"v{index}.h5", "reconstruction_rss", target)
+        _write(tmp_path / "rec" / f"v{index}.h5", "reconstruction", target * 0.9)
+    pairs, _ = pair_files(tmp_path / "rec", tmp_path / "ref")
+    config = EvaluationConfig(metrics=("psnr",), batch_size=2)
+    entries, problems = index_files(pairs, config)
+    dataset = SlicePairDataset(entries, config)
+    assert not problems and len(dataset) == 13
+    for world in (1, 2, 3, 4):
+        shards = [list(FileShardSampler(dataset, 2, world, rank)) for rank in range(world)]
+        seen = [i for shard in shards for batch in shard for i in batch]
+        assert sorted(seen) == list(range(13))  # every slice once: no padding, no repeat
+        for shard in shards:
+            for batch in shard:  # a batch never mixes files
+                assert len({dataset.items[i][0] for i in batch}) <= 1 and len(batch) <= 2
+        if world == 2:  # 6 slices on one rank, 3 + 4 on the other
+            files = [sorted({dataset.items[i][0] for b in shard for i in b}) for shard in shards]
+            assert files == [[2], [0, 1]]
+        if world == 4:
+            assert shards[3] == [[]]  # idle, but it runs the loop (and the gather) with the others
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_two_worker_processes_give_the_single_process_table(tmp_path, alexnet_random):
-    _make_dataset(tmp_path, n_volumes=3)
-    common = ["--metrics", "psnr,nmse,lpips_alex", "--weights", f"lpips_alex={alexnet_random}"]
-    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "one.csv"))) == 0
-    assert main(_argv(tmp_path, *common, "--devices", "2", "--out", str(tmp_path / "two.csv"))) == 0
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "two.csv"))
-    pd.testing.assert_frame_equal(
-        pd.read_csv(volumes_path(tmp_path / "one.csv")), pd.read_csv(volumes_path(tmp_path / "two.csv"))
-    )
+@pytest.mark.ddp
+def test_two_ddp_processes_give_the_single_process_table_row_by_row(tmp_path, alexnet_random):
+    """strategy=ddp, 2 gloo processes on CPU (Lightning re-launches the command): same rows."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(4)
+    for index, slices in enumerate((3, 4, 6)):  # 13 slices: a padding sampler would repeat one
+        target = _phantom(rng, (slices, 32, 32))
+        preds = target + 0.03 * (index + 1) * rng.standard_normal(target.shape).astype(np.float32)
+        _write(tmp_path / "ref" / f"file{index}.h5", "reconstruction_rss", target)
+        _write(tmp_path / "rec" / f"file{index}.h5", "reconstruction", preds)
+    tiny = _phantom(rng, (2, 8, 8))  # fails on whichever rank scores it: reported once
+    _write(tmp_path / "ref" / "tiny.h5", "reconstruction_rss", tiny)
+    _write(tmp_path / "rec" / "tiny.h5", "reconstruction", tiny)
+    common = ["--metrics", "psnr,ssim,nmse,lpips_alex", "--weights", f"lpips_alex={alexnet_random}",
+              "--batch-size", "2"]  # fmt: skip
+    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "one" / "r.csv"))) == 1
+    command = [sys.executable, "-m", "lightning_dfd.cli",
+               *_argv(tmp_path, *common, "--out", str(tmp_path / "two" / "r.csv")),
+               "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu"]  # fmt: skip
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-4000:]
+    assert "distributed_backend=gloo" in output and "Starting with 2 processes" in output, output[-4000:]
+    assert output.count("skipped tiny.h5") == 1
+    for name in ("r.csv", "r_volumes.csv", "r_errors.csv"):
+        one, two = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
+        pd.testing.assert_frame_equal(one, two, rtol=1e-6, obj=name)
+    rows = pd.read_csv(tmp_path / "two" / "r.csv")
+    assert rows[["volume", "slice"]].values.tolist() == [
+        [f"file{v}", s] for v, n in enumerate((3, 4, 6)) for s in range(n)
+    ]  # each slice exactly once
+    assert pd.read_csv(tmp_path / "two" / "r_errors.csv")["file"].tolist() == ["tiny.h5"]
+
+
+# --- robustness: every per-file failure caught, outputs checked first and written atomically ---
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_file_too_small_for_the_encoder_bad_h5_and_zero_slices_are_reported_not_fatal(
+    tmp_path, alexnet_random, capsys
+):
+    _make_dataset(tmp_path, n_volumes=2)
+    rng = np.random.default_rng(5)
+    tiny = _phantom(rng, (2, 8, 8))  # AlexNet's pooling cannot run on 8x8: RuntimeError
+    _write(tmp_path / "ref" / "tiny.h5", "reconstruction_rss", tiny)
+    _write(tmp_path / "rec" / "tiny.h5", "reconstruction", tiny * 0.9)
+    (tmp_path / "rec" / "garbage.h5").write_bytes(b"not an h5 file at all" * 10)
+    _write(tmp_path / "ref" / "garbage.h5", "reconstruction_rss", tiny)
+    _write(tmp_path / "ref" / "empty.h5", "reconstruction_rss", np.zeros((0, 32, 32), np.float32))
+    _write(tmp_path / "rec" / "empty.h5", "reconstruction", np.zeros((0, 32, 32), np.float32))
+    out = tmp_path / "out" / "results.csv"
+    common = ["--metrics", "psnr,lpips_alex", "--weights", f"lpips_alex={alexnet_random}"]
+
+    code = main(_argv(tmp_path, *common, "--out", str(out)))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "skipped tiny.h5: " in err and "[score]" in err
+    assert "skipped garbage.h5:" in err
+    assert (
+        "skipped empty.h5: dataset 'reconstruction_rss' in empty.h5 holds no image: shape (0, 32, 32)"
+    ) in err
+    assert "zero-size array" not in err and "3 file(s) not scored" in err
+    errors = pd.read_csv(volumes_path(out).with_name("results_errors.csv"))
+    assert errors.columns.tolist() == ["file", "stage", "error"]
+    assert errors[["file", "stage"]].values.tolist() == [
+        ["empty.h5", "read"], ["garbage.h5", "read"], ["tiny.h5", "score"]
+    ]
+    images = pd.read_csv(out)
+    assert sorted(images["volume"].unique()) == ["file1000", "file1001"]
+    # the good files are scored exactly as in a run without the bad ones
+    for name in ("tiny", "garbage", "empty"):
+        for folder in ("rec", "ref"):
+            (tmp_path / folder / f"{name}.h5").unlink()
+    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "clean.csv"))) == 0
+    pd.testing.assert_frame_equal(images, pd.read_csv(tmp_path / "clean.csv"))
+    assert pd.read_csv(tmp_path / "clean_errors.csv").empty
+
+
+def test_no_pairs_is_a_clear_error(tmp_path, capsys):
+    _write(tmp_path / "ref" / "a.h5", "reconstruction_rss", np.ones((1, 8, 8), np.float32))
+    _write(tmp_path / "rec" / "b.h5", "reconstruction", np.ones((1, 8, 8), np.float32))
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "r.csv"))) == 2
+    assert "has a reference of the same name" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
+@pytest.fixture
+def no_scoring(monkeypatch):
+    """Fail the test if any file gets scored."""
+    from lightning_dfd.analysis import evaluation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scoring started although --out is unusable")
+
+    monkeypatch.setattr(evaluation, "evaluate", refuse)
+
+
+def test_bad_out_is_refused_before_any_scoring(tmp_path, capsys, monkeypatch, no_scoring):
+    import tempfile
+
+    _make_dataset(tmp_path, n_volumes=1)
+    (tmp_path / "folder.csv").mkdir()
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "folder.csv"))) == 2
+    assert "folder.csv is a folder; give a file name" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "a_file" / "r.csv"))) == 2
+    assert "a_file exists and is not a folder" in capsys.readouterr().err
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)  # a read-only folder (we run as root)
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(tmp_path / "ro" / "r.csv"))) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into" in err and "Permission denied" in err
+
+
+def test_an_interrupted_run_leaves_no_current_looking_result(tmp_path, capsys, monkeypatch):
+    from lightning_dfd.analysis import evaluation
+
+    _make_dataset(tmp_path, n_volumes=1)
+    out = tmp_path / "results.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 0
+    earlier = out.read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out)))
+    # the earlier result is kept, but only under a name that says it is not this run's
+    assert not out.exists() and not volumes_path(out).exists()
+    assert (tmp_path / "results.csv.previous").read_text() == earlier
+    assert not list(tmp_path.glob(".*tmp"))
+    monkeypatch.undo()
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 0
+    assert out.read_text() == earlier and not (tmp_path / "results.csv.previous").exists()
+
+
+def test_a_full_disk_leaves_no_partial_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    _make_dataset(tmp_path, n_volumes=1)
+    out = tmp_path / "results.csv"
+    real_to_csv = pd.DataFrame.to_csv
+    calls = []
+
+    def full_disk(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:  # the first file is written, the disk fills on the second
+            Path(path).write_text("volume,sl")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_to_csv(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full; nothing was written" in err
+    assert _listing(tmp_path) == ["rec", "ref"]  # neither real names nor temp files
+
+
+# --- outputs under runs/, column conventions, the paper's protocol ---------------------------
+
+
+def test_default_outputs_go_under_runs_and_each_column_names_its_convention(tmp_path, monkeypatch):
+    _make_dataset(tmp_path, n_volumes=1)
+    monkeypatch.chdir(tmp_path)
+    assert main(_argv(tmp_path, "--metrics", "psnr,ssim,nmse")) == 0
+    folder = tmp_path / "runs" / "evaluate"
+    assert _listing(folder) == [
+        "results.csv", "results_columns.csv", "results_errors.csv", "results_volumes.csv"
+    ]  # fmt: skip
+    columns = pd.read_csv(folder / "results_columns.csv").set_index("column")["convention"]
+    assert list(columns.index) == ["volume", "slice", "psnr", "ssim", "nmse"]
+    assert "fastMRI convention" in columns["ssim"] and "7x7 uniform window" in columns["ssim"]
+    assert "maximum of the reference volume" in columns["psnr"]
+    assert not (tmp_path / "results.csv").exists()
+
+
+def _paper_reference_psnr(preds: np.ndarray, target: np.ndarray) -> float:
+    """meddlr's psnr: 20 log10(max |target| / RMSE) of one image."""
+    rmse = np.sqrt(np.mean((preds.astype(np.float64) - target) ** 2))
+    return float(20 * np.log10(target.max() / rmse))
+
+
+def test_protocol_paper_scores_the_centre_slice_scaled_by_its_reference_max(tmp_path):
+    volumes = _make_dataset(tmp_path, n_volumes=2)
+    out = tmp_path / "paper.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr,nmse", "--protocol", "paper", "--out", str(out))) == 0
+    images = pd.read_csv(out)
+    assert images["slice"].tolist() == [1, 1]  # the centre of 3 slices
+    for name, (preds, target) in volumes.items():
+        row = images.set_index("volume").loc[name]
+        assert row["psnr"] == pytest.approx(_paper_reference_psnr(preds[1], target[1]), rel=1e-5)
+        assert row["nmse"] == pytest.approx(fastmri_evaluate.nmse(target[1:2], preds[1:2]), rel=1e-5)
+    columns = pd.read_csv(tmp_path / "paper_columns.csv").set_index("column")["convention"]
+    assert "centre slice" in columns["slice"] and "maximum of each reference slice" in columns["psnr"]
+    assert "divided by its reference slice's maximum" in columns["psnr"]
+    # the fastMRI protocol on the centre slice differs: its data range is the volume's maximum
+    fastmri_argv = _argv(tmp_path, "--metrics", "psnr", "--slices", "center", "--out", str(tmp_path / "f"))
+    assert main(fastmri_argv) == 0
+    assert not np.allclose(pd.read_csv(tmp_path / "f")["psnr"], images["psnr"])
+
+
+@pytest.mark.skipif(
+    "window" not in __import__("inspect").signature(SSIM).parameters,
+    reason="SSIM(window='gaussian') comes with the pixel-metrics branch",
+)
+def test_protocol_paper_ssim_is_the_gaussian_window_ssim(tmp_path):
+    from skimage.metrics import structural_similarity  # meddlr's ssim(method="wang") equals it
+
+    volumes = _make_dataset(tmp_path, n_volumes=2)
+    out = tmp_path / "paper.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr,ssim", "--protocol", "paper", "--out", str(out))) == 0
+    images = pd.read_csv(out).set_index("volume")
+    assert list(images.columns) == ["slice", "psnr", "ssim_gaussian"]
+    for name, (preds, target) in volumes.items():
+        peak = float(target[1].max())
+        expected = structural_similarity(
+            target[1].astype(np.float64) / peak, preds[1].astype(np.float64) / peak,
+            gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+        )  # fmt: skip
+        assert images.loc[name, "ssim_gaussian"] == pytest.approx(expected, rel=1e-5)
+    columns = pd.read_csv(tmp_path / "paper_columns.csv").set_index("column")["convention"]
+    assert "11x11 Gaussian window, sigma 1.5" in columns["ssim_gaussian"]
+
+
+@pytest.mark.skipif(
+    "precision" not in __import__("inspect").signature(LPIPS).parameters
+    and "precision" not in __import__("inspect").signature(LPIPS.__mro__[1]).parameters,
+    reason="DFD precision='bf16' comes with the metric-core branch",
+)
+def test_precision_bf16_scores_the_dfds_in_bf16_and_says_so(tmp_path, alexnet_random):
+    _make_dataset(tmp_path, n_volumes=1)
+    common = ["--metrics", "psnr,lpips_alex", "--weights", f"lpips_alex={alexnet_random}"]
+    assert main(_argv(tmp_path, *common, "--out", str(tmp_path / "fp32.csv"))) == 0
+    assert main(_argv(tmp_path, *common, "--precision", "bf16", "--out", str(tmp_path / "bf16.csv"))) == 0
+    fp32, bf16 = pd.read_csv(tmp_path / "fp32.csv"), pd.read_csv(tmp_path / "bf16.csv")
+    pd.testing.assert_series_equal(fp32["psnr"], bf16["psnr"])  # pixel metrics untouched
+    np.testing.assert_allclose(bf16["lpips_alex"], fp32["lpips_alex"], rtol=0.05)
+    columns = pd.read_csv(tmp_path / "bf16_columns.csv").set_index("column")["convention"]
+    assert columns["lpips_alex"].endswith("encoder in bf16")
+
+
+def test_ctrl_c_inside_the_lightning_loop_leaves_no_current_looking_result(tmp_path, monkeypatch):
+    import signal
+
+    from lightning_dfd.analysis.engine import EvaluationModule
+
+    _make_dataset(tmp_path, n_volumes=2)
+    out = tmp_path / "results.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out))) == 0
+    earlier = out.read_text()
+    real_score, calls = EvaluationModule._score, []
+
+    def interrupt_on_second_file(self, batch, state):
+        calls.append(batch["file"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while the second file is scored
+        return real_score(self, batch, state)
+
+    monkeypatch.setattr(EvaluationModule, "_score", interrupt_on_second_file)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown ends with exit(1)
+            main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out)))
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT while it shuts down
+    assert calls == [0, 1]
+    assert _listing(tmp_path) == ["rec", "ref", "results.csv.previous", "results_columns.csv.previous",
+                                  "results_errors.csv.previous", "results_volumes.csv.previous"]  # fmt: skip
+    assert (tmp_path / "results.csv.previous").read_text() == earlier

@@ -14,6 +14,11 @@ Pure functions on :class:`pandas.DataFrame` tables:
 
 The paper reports ``|SROCC|`` (distances fall while quality rises); every table here carries
 the signed value and the absolute value side by side.
+
+Infinite and missing values (:data:`INFINITY_RULE`): ``+inf`` ranks above every finite value and
+``-inf`` below (PSNR is ``+inf`` for a perfect reconstruction: the best image, not a missing one);
+equal infinities tie. Only NaN is left out, pairwise, and :func:`correlation_table` counts the
+images left out in its ``n_nan`` column.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ __all__ = [
 
 ALL_GROUP = "all"
 """Value of the ``group`` column for rows computed on every image."""
+
+INFINITY_RULE = "+inf ranks highest, -inf lowest, NaN is left out (counted in n_nan)"
+"""How SROCC treats non-finite values (the ``srocc.csv`` rule)."""
 
 
 class DuplicateKeyError(ValueError):
@@ -240,25 +248,32 @@ def join_tables(
 def srocc(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> float:
     """Signed Spearman rank-order correlation coefficient (``scipy.stats.spearmanr``).
 
-    Pairs where either value is NaN are left out. Returns NaN for fewer than 3 pairs or a
-    constant input.
+    Pairs where either value is NaN are left out; ``+inf`` ranks highest and ``-inf`` lowest
+    (:data:`INFINITY_RULE`). Returns NaN for fewer than 3 pairs or a constant input.
 
     Example:
         >>> round(srocc([1, 2, 3, 4], [10, 20, 40, 30]), 3)
         0.8
+        >>> srocc([20.0, 30.0, float("inf")], [1, 2, 3])  # a perfect reconstruction ranks first
+        1.0
     """
     x, y = _finite_pairs(x, y)
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < 3 or _constant(x) or _constant(y):
         return float("nan")
-    return float(stats.spearmanr(x, y).statistic)
+    return float(stats.spearmanr(stats.rankdata(x), stats.rankdata(y)).statistic)
+
+
+def _constant(x: np.ndarray) -> bool:
+    return bool(np.all(x == x[0]))
 
 
 def _finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs without NaN on either side (infinities kept: they rank at the ends)."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
-    keep = np.isfinite(x) & np.isfinite(y)
+    keep = ~np.isnan(x) & ~np.isnan(y)
     return x[keep], y[keep]
 
 
@@ -443,8 +458,9 @@ def correlation_table(
         seed: Seed of the bootstrap.
 
     Returns:
-        Columns ``metric, score, by, group, n, srocc, ci_low, ci_high, abs_srocc, abs_ci_low,
-        abs_ci_high, p_value``; ``by`` is empty and ``group`` is ``"all"`` for the overall rows.
+        Columns ``metric, score, by, group, n, n_nan, srocc, ci_low, ci_high, abs_srocc,
+        abs_ci_low, abs_ci_high, p_value``; ``by`` is empty and ``group`` is ``"all"`` for the
+        overall rows; ``n`` images were ranked (infinite values included), ``n_nan`` left out.
 
     Example:
         >>> d = pd.DataFrame({"psnr": [20.0, 25, 30, 35], "Aliasing": [2.0, 4, 5, 8]})
@@ -458,7 +474,11 @@ def correlation_table(
             for metric in metric_columns:
                 x, y = _finite_pairs(part[metric], part[score])
                 rho = srocc(x, y)
-                p_value = float(stats.spearmanr(x, y).pvalue) if np.isfinite(rho) else float("nan")
+                p_value = (
+                    float(stats.spearmanr(stats.rankdata(x), stats.rankdata(y)).pvalue)
+                    if np.isfinite(rho)
+                    else float("nan")
+                )
                 low, high, abs_low, abs_high = bootstrap_srocc_ci(
                     x, y, n_boot=n_boot, confidence=confidence, seed=seed
                 )
@@ -469,6 +489,7 @@ def correlation_table(
                         "by": by_column or "",
                         "group": group,
                         "n": len(x),
+                        "n_nan": len(part) - len(x),
                         "srocc": rho,
                         "ci_low": low,
                         "ci_high": high,

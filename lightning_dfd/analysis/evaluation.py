@@ -13,8 +13,12 @@ Conventions (fastMRI's ``evaluate.py``):
   their voxels, SSIM the slice mean), as ``fastmri.evaluate``; deep feature distances are
   averaged over the slices.
 
-Problems with one file (no partner, missing dataset, shape mismatch, non-finite values) are
+Problems with one file (no partner, unreadable file, missing dataset, zero slices, shape
+mismatch, non-finite values, an image too small for an encoder, any error of a metric) are
 collected as :class:`FileProblem` and the other files are still scored.
+
+:func:`evaluate` runs as a Lightning prediction loop (:mod:`lightning_dfd.analysis.engine`):
+one process per device with ``strategy="ddp"``, whole files per process, rows gathered.
 
 Example:
     >>> import tempfile, h5py, numpy as np
@@ -33,10 +37,8 @@ Example:
 
 from __future__ import annotations
 
-import multiprocessing as mp
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +46,24 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
-from tqdm.auto import tqdm
 
 __all__ = [
     "DATA_RANGES",
     "SLICE_MODES",
     "EvaluationConfig",
+    "EXTRA_METRICS",
+    "PROTOCOLS",
     "EvaluationResult",
     "FilePair",
     "FileProblem",
     "build_metrics",
+    "column_conventions",
+    "protocol_defaults",
+    "describe_error",
     "evaluate",
-    "evaluate_pair",
+    "load_pair",
     "pair_files",
+    "read_shape",
     "read_volume",
     "resolve_device",
     "select_slices",
@@ -65,7 +71,17 @@ __all__ = [
 
 SLICE_MODES = ("all", "center")
 DATA_RANGES = ("volume", "image")
+SCALINGS = ("none", "target_max")
+PRECISIONS = ("fp32", "bf16")
 KEY_COLUMNS = ("volume", "slice")
+
+#: Metric names ``evaluate`` adds to :data:`lightning_dfd.metrics.METRICS`: name -> (metric, kwargs).
+EXTRA_METRICS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ssim_gaussian": ("ssim", {"window": "gaussian"}),
+}
+
+#: Presets of :func:`protocol_defaults`.
+PROTOCOLS = ("fastmri", "paper")
 
 
 @dataclass(frozen=True)
@@ -88,15 +104,32 @@ class FilePair:
         return Path(self.name).stem
 
 
+#: Stages a file can fail at (the ``stage`` column of the errors CSV).
+STAGES = ("pair", "read", "score")
+
+
 @dataclass(frozen=True)
 class FileProblem:
-    """Why one file was not (fully) scored."""
+    """Why one file was not scored.
+
+    Attributes:
+        file: The file name (``file1000001.h5``).
+        message: What went wrong, naming the dataset, shape or error.
+        stage: ``"pair"`` (no partner file), ``"read"`` (opening the files, datasets, shapes)
+            or ``"score"`` (a metric failed on it: non-finite values, an image too small for an
+            encoder, ...).
+    """
 
     file: str
     message: str
+    stage: str = "read"
 
     def __str__(self) -> str:
         return f"{self.file}: {self.message}"
+
+    def as_row(self) -> dict[str, str]:
+        """The row of the errors CSV: ``file, stage, error``."""
+        return {"file": self.file, "stage": self.stage, "error": self.message}
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,11 @@ class EvaluationConfig:
         batch_size: Slices per metric update.
         device: Torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         crop_to_target: Centre-crop a larger prediction to the reference's ``(H, W)``.
+        scale: ``"none"``, or ``"target_max"``: divide each slice pair by the maximum of its
+            reference slice (magnitudes in [0, 1] for the reference; the prediction is not
+            clipped), as the paper's meddlr pipeline saw them.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the DFD encoders' precision (distances in
+            fp32); pixel metrics are always computed in full precision.
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -126,15 +164,27 @@ class EvaluationConfig:
     batch_size: int = 16
     device: str = "cpu"
     crop_to_target: bool = False
+    scale: str = "none"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
 
-        unknown = [name for name in self.metrics if name not in METRICS]
+        known = (*METRICS, *EXTRA_METRICS)
+        unknown = [name for name in self.metrics if name not in known]
         if unknown or not self.metrics:
             raise ValueError(
-                f"Argument `metrics` must name metrics among {tuple(METRICS)}, but got {list(self.metrics)}"
+                f"Argument `metrics` must name metrics among {known}, but got {list(self.metrics)}"
             )
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"Argument `metrics` names a metric twice: {list(self.metrics)}")
+        if self.scale not in SCALINGS:
+            raise ValueError(f"Argument `scale` must be one of {SCALINGS}, got {self.scale!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Argument `precision` must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.scale == "target_max" and self.data_range != "image":
+            raise ValueError('scale="target_max" divides each slice by its own maximum: it needs '
+                             f'data_range="image", got {self.data_range!r}')
         if self.slices not in SLICE_MODES:
             raise ValueError(f"Argument `slices` must be one of {SLICE_MODES}, got {self.slices!r}")
         if self.data_range not in DATA_RANGES:
@@ -160,6 +210,7 @@ class EvaluationResult:
     images: pd.DataFrame
     volumes: pd.DataFrame
     problems: list[FileProblem] = field(default_factory=list)
+    is_global_zero: bool = True
 
     @property
     def ok(self) -> bool:
@@ -194,10 +245,10 @@ def pair_files(predictions: Path, targets: Path) -> tuple[list[FilePair], list[F
     preds, refs = found["predictions"], found["target"]
     pairs = [FilePair(name, preds[name], refs[name]) for name in sorted(preds.keys() & refs.keys())]
     problems = [
-        FileProblem(name, f"no reference file of that name in {targets}")
+        FileProblem(name, f"no reference file of that name in {targets}", "pair")
         for name in sorted(preds.keys() - refs.keys())
     ] + [
-        FileProblem(name, f"no prediction file of that name in {predictions}")
+        FileProblem(name, f"no prediction file of that name in {predictions}", "pair")
         for name in sorted(refs.keys() - preds.keys())
     ]
     return pairs, problems
@@ -216,6 +267,8 @@ def read_volume(path: Path, key: str) -> np.ndarray:
         data = handle[key][()]
     if data.ndim != 3:
         raise ValueError(f"dataset {key!r} in {path.name} has shape {data.shape}; expected (slices, H, W)")
+    if 0 in data.shape:
+        raise ValueError(f"dataset {key!r} in {path.name} holds no image: shape {data.shape}")
     if np.iscomplexobj(data):
         data = np.abs(data)
     return np.asarray(data, dtype=np.float32)
@@ -241,211 +294,209 @@ def _center_crop(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return volume[..., top : top + shape[0], left : left + shape[1]]
 
 
-def build_metrics(config: EvaluationConfig) -> dict[str, Any]:
+def build_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
     """Instantiate the metrics of ``config`` (per-image values) on ``config.device``.
+
+    ``extra`` keyword arguments go to every metric (e.g. ``sync_on_compute=False``).
 
     Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
     fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
-    pass (:func:`lightning_dfd.metrics.encoder_pass.share_encoders`).
+    pass (as :class:`~lightning_dfd.metrics.DFDCollection` links them).
     """
-    from lightning_dfd.metrics import build_metric, is_dfd
-    from lightning_dfd.metrics.encoder_pass import share_encoders
+    from lightning_dfd.metrics import DFDCollection, is_dfd
 
     metrics: dict[str, Any] = {}
     for name in config.metrics:
-        kwargs: dict[str, Any] = {"reduction": "none"}
-        if is_dfd(name) and config.weights_for(name) is not None:
+        base, preset = EXTRA_METRICS.get(name, (name, {}))
+        kwargs: dict[str, Any] = {"reduction": "none", **preset, **extra}
+        if is_dfd(base) and config.weights_for(name) is not None:
             kwargs["weights"] = config.weights_for(name)
-        metrics[name] = build_metric(name, **kwargs).to(config.device)
-        if not is_dfd(name):
-            metrics[f"{name}@volume"] = build_metric(name, reduction="none").to(config.device)
-    share_encoders(metrics.values())
+        if is_dfd(base) and config.precision != "fp32":
+            kwargs["precision"] = config.precision
+        metrics[name] = _build(base, name, kwargs).to(config.device)
+        if not is_dfd(base):
+            metrics[f"{name}@volume"] = _build(base, name, kwargs).to(config.device)
+    DFDCollection({name: m for name, m in metrics.items() if "@" not in name}).shared_groups()
     return metrics
 
 
-def _load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
-    target = read_volume(pair.target, config.target_key)
-    preds = read_volume(pair.prediction, config.prediction_key)
-    if config.crop_to_target and preds.shape[0] == target.shape[0]:
-        if all(p >= t for p, t in zip(preds.shape[1:], target.shape[1:])):
-            preds = _center_crop(preds, target.shape[1:])
-    if preds.shape != target.shape:
+def _build(base: str, name: str, kwargs: dict[str, Any]) -> Any:
+    from lightning_dfd.metrics import build_metric
+
+    try:
+        return build_metric(base, **kwargs)
+    except TypeError as err:  # e.g. an SSIM without the `window` option
+        raise ValueError(f"metric {name!r} cannot be built with {kwargs}: {err}") from err
+
+
+def protocol_defaults(protocol: str) -> dict[str, Any]:
+    """:class:`EvaluationConfig` fields of a scoring protocol.
+
+    * ``"fastmri"`` (default): every slice, data range = the reference volume's maximum, SSIM
+      with fastMRI's 7x7 uniform window (column ``ssim``), images as stored.
+    * ``"paper"`` (Adamson et al., scored in meddlr): the centre slice of each volume, each slice
+      pair divided by its reference slice's maximum (magnitudes in [0, 1]), data range = that
+      maximum (meddlr's ``ref-maxval``), SSIM with the 11x11 Gaussian window of Wang et al.
+      (column ``ssim_gaussian``); the DFDs normalise each image by its own min/max, as meddlr.
+
+    Example:
+        >>> protocol_defaults("paper")["slices"]
+        'center'
+    """
+    if protocol == "fastmri":
+        return {"slices": "all", "data_range": "volume", "scale": "none", "ssim": "ssim"}
+    if protocol == "paper":
+        return {"slices": "center", "data_range": "image", "scale": "target_max", "ssim": "ssim_gaussian"}
+    raise ValueError(f"Argument `protocol` must be one of {PROTOCOLS}, got {protocol!r}")
+
+
+def column_conventions(config: EvaluationConfig) -> dict[str, str]:
+    """What each output column holds and under which convention (``<out>_columns.csv``).
+
+    Example:
+        >>> conventions = column_conventions(EvaluationConfig(metrics=("ssim", "ssim_gaussian")))
+        >>> conventions["ssim"].split(": ")[1].split(";")[0]
+        '7x7 uniform window, sample covariance, K1=0.01, K2=0.03'
+    """
+    from lightning_dfd.metrics import is_dfd
+
+    data_range = {
+        "volume": "data range = maximum of the reference volume (fastMRI)",
+        "image": "data range = maximum of each reference slice (meddlr's ref-maxval)",
+    }[config.data_range]
+    scale = "" if config.scale == "none" else "; each slice pair divided by its reference slice's maximum"
+    slices = "every slice" if config.slices == "all" else "the centre slice (n // 2) of each volume"
+    fixed = {
+        "psnr": f"PSNR in dB, 20 log10(data range / RMSE) (fastmri.evaluate.psnr); {data_range}",
+        "ssim": "SSIM, fastMRI convention (fastmri.evaluate.ssim): 7x7 uniform window, sample "
+        f"covariance, K1=0.01, K2=0.03; {data_range}",
+        "ssim_gaussian": "SSIM, Wang et al. 2004 / meddlr convention (the paper's column): 11x11 "
+        f"Gaussian window, sigma 1.5, K1=0.01, K2=0.03; {data_range}",
+        "nmse": "NMSE, ||target - prediction||^2 / ||target||^2 (fastmri.evaluate.nmse)",
+    }
+    out = {"volume": "file name without .h5", "slice": f"slice index in the file ({slices})"}
+    for name in config.metrics:
+        if is_dfd(name):
+            weights = config.weights_for(name) or "the metric's default weights"
+            out[name] = (f"deep feature distance {name} (lower is better), weights {weights}; "
+                         f"each image min/max-normalised by the metric; encoder in {config.precision}")
+        else:
+            out[name] = fixed[name]
+        out[name] += scale
+    return out
+
+
+def _checked_shape(handle: h5py.File, key: str, name: str) -> tuple[int, ...]:
+    if key not in handle:
+        raise KeyError(f"no dataset {key!r} in {name}; datasets: {sorted(handle.keys())}")
+    shape = tuple(handle[key].shape)
+    if len(shape) != 3:
+        raise ValueError(f"dataset {key!r} in {name} has shape {shape}; expected (slices, H, W)")
+    if 0 in shape:
+        raise ValueError(f"dataset {key!r} in {name} holds no image: shape {shape}")
+    return shape
+
+
+def _scored_shape(preds: tuple[int, ...], target: tuple[int, ...], config: EvaluationConfig) -> bool:
+    """True when the prediction is centre-cropped to the target; raises on a mismatch."""
+    crop = (
+        config.crop_to_target
+        and preds[0] == target[0]
+        and preds != target
+        and all(p >= t for p, t in zip(preds[1:], target[1:]))
+    )
+    if not crop and preds != target:
         hint = "" if config.crop_to_target else " (--crop-to-target crops a larger prediction)"
         raise ValueError(
-            f"shape mismatch: prediction {config.prediction_key!r} {preds.shape} vs reference "
-            f"{config.target_key!r} {target.shape}{hint}"
+            f"shape mismatch: prediction {config.prediction_key!r} {preds} vs reference "
+            f"{config.target_key!r} {target}{hint}"
         )
+    return crop
+
+
+def read_shape(pair: FilePair, config: EvaluationConfig) -> tuple[int, int, int]:
+    """Open both files and check their datasets without reading the images.
+
+    Returns:
+        The reference's ``(slices, H, W)``.
+
+    Raises:
+        KeyError, ValueError, OSError: A missing dataset, a wrong rank, zero slices or pixels, a
+            shape mismatch, an unreadable file.
+    """
+    with h5py.File(pair.target, "r") as handle:
+        target = _checked_shape(handle, config.target_key, pair.target.name)
+    with h5py.File(pair.prediction, "r") as handle:
+        preds = _checked_shape(handle, config.prediction_key, pair.prediction.name)
+    _scored_shape(preds, target, config)
+    return target  # type: ignore[return-value]
+
+
+def load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(preds, target)`` magnitudes of one pair, the prediction cropped if asked."""
+    target = read_volume(pair.target, config.target_key)
+    preds = read_volume(pair.prediction, config.prediction_key)
+    if _scored_shape(preds.shape, target.shape, config):
+        preds = _center_crop(preds, target.shape[1:])
     return preds, target
 
 
-def _as_numpy(values: Tensor) -> np.ndarray:
-    return values.detach().double().cpu().numpy()
+def describe_error(err: BaseException) -> str:
+    """One line for an error: its message (a ``KeyError``'s unquoted), with the type when not obvious.
 
-
-def evaluate_pair(
-    pair: FilePair, config: EvaluationConfig, metrics: Mapping[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score one prediction/reference pair.
-
-    Args:
-        pair: The two files.
-        config: What to compute.
-        metrics: From :func:`build_metrics` (reset here before use).
-
-    Returns:
-        ``(image_rows, volume_row)``.
-
-    Raises:
-        KeyError, ValueError, OSError: A problem with this pair (the caller reports it).
+    Example:
+        >>> describe_error(KeyError("no dataset 'x'")), describe_error(RuntimeError("too small"))
+        ("no dataset 'x'", 'RuntimeError: too small')
     """
-    preds_np, target_np = _load_pair(pair, config)
-    index = select_slices(target_np.shape[0], config.slices)
-    volume_max = float(target_np.max())
-    device = torch.device(config.device)
-    preds = torch.from_numpy(np.ascontiguousarray(preds_np[index])).to(device)
-    target = torch.from_numpy(np.ascontiguousarray(target_np[index])).to(device)
-    if config.data_range == "volume":
-        data_range = torch.full((len(index),), volume_max, dtype=torch.float64, device=device)
-    else:
-        data_range = target.double().flatten(1).amax(dim=1)
-
-    from lightning_dfd.metrics import is_dfd
-    from lightning_dfd.metrics.encoder_pass import shared_passes, sharing
-
-    values: dict[str, np.ndarray] = {}
-    volume_values: dict[str, float] = {}
-    shares = shared_passes(metrics.values())
-    for metric in metrics.values():
-        metric.reset()
-    with torch.no_grad():
-        for start in range(0, len(index), config.batch_size):
-            chunk = slice(start, start + config.batch_size)
-            with sharing(shares):  # every metric, one update each
-                for name, metric in metrics.items():
-                    if is_dfd(metric):
-                        metric.update(preds[chunk], target[chunk])
-                    elif name.endswith("@volume"):  # PSNR / SSIM / NMSE take a data range
-                        ids = torch.zeros(preds[chunk].shape[0], dtype=torch.long, device=device)
-                        metric.update(preds[chunk], target[chunk], data_range[chunk], volume_ids=ids)
-                    else:
-                        metric.update(preds[chunk], target[chunk], data_range[chunk])
-        for name, metric in metrics.items():
-            result = _as_numpy(metric.compute()).reshape(-1)
-            if name.endswith("@volume"):
-                volume_values[name.removesuffix("@volume")] = float(result[0])
-            else:
-                if result.shape[0] != len(index):
-                    raise ValueError(f"metric {name!r} gave {result.shape[0]} values for {len(index)} slices")
-                values[name] = result
-    rows = [
-        {"volume": pair.volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
-        for i, s in enumerate(index)
-    ]
-    summary = {"volume": pair.volume, "n_slices": len(index)}
-    for name in config.metrics:
-        summary[name] = volume_values.get(name, float(np.mean(values[name])))
-    return rows, summary
-
-
-def _score_files(
-    pairs: Iterable[FilePair], config: EvaluationConfig, metrics: Mapping[str, Any]
-) -> Iterable[tuple[FilePair, list[dict[str, Any]], dict[str, Any] | None, FileProblem | None]]:
-    for pair in pairs:
-        try:
-            rows, summary = evaluate_pair(pair, config, metrics)
-        except (KeyError, ValueError, OSError) as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            yield pair, [], None, FileProblem(pair.name, str(message))
-        else:
-            yield pair, rows, summary, None
-
-
-# --- data-parallel workers (one process per device, files handed out one at a time) -----------
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(config: EvaluationConfig, devices: Any, threads: int) -> None:
-    torch.set_num_threads(threads)
-    device = devices.get()
-    config = replace(config, device=device)
-    _WORKER["config"] = config
-    _WORKER["metrics"] = build_metrics(config)
-
-
-def _worker_score(pair: FilePair):
-    return next(iter(_score_files([pair], _WORKER["config"], _WORKER["metrics"])))
-
-
-def _worker_devices(config: EvaluationConfig, n: int) -> list[str]:
-    if config.device.startswith("cuda"):
-        available = torch.cuda.device_count()
-        if available < n:
-            raise ValueError(f"--devices {n} asks for {n} GPUs but {available} are visible")
-        return [f"cuda:{i}" for i in range(n)]
-    return [config.device] * n
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, (ValueError, OSError)):
+        return str(err) or type(err).__name__
+    return f"{type(err).__name__}: {err}"
 
 
 def evaluate(
     pairs: Sequence[FilePair],
     config: EvaluationConfig,
-    devices: int = 1,
+    devices: int | str | list[int] = 1,
     progress: bool = True,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
 ) -> EvaluationResult:
-    """Score every pair; per-file problems are collected, not raised.
+    """Score every pair in a Lightning prediction loop; per-file problems are collected, not raised.
 
     Args:
         pairs: From :func:`pair_files`.
         config: What to compute.
-        devices: Number of worker processes (one per GPU with ``device="cuda"``; CPU threads
-            are split between them otherwise). Files are handed out one at a time.
-        progress: Show a progress bar over files (stderr).
+        devices: Lightning's ``devices`` (processes per node with ``strategy="ddp"``).
+        progress: Show Lightning's progress bar (stderr).
+        num_nodes: Lightning's ``num_nodes``.
+        strategy: Lightning's ``strategy`` (``"auto"``, ``"ddp"``; spawn-based ones are refused).
+        accelerator: Lightning's ``accelerator``; None derives it from ``config.device``.
 
     Returns:
-        An :class:`EvaluationResult` with rows sorted by volume and slice.
+        An :class:`EvaluationResult` with rows sorted by volume and slice, on every process
+        (:attr:`EvaluationResult.is_global_zero` says which one should write).
 
     Raises:
         Errors of metric construction (unknown weights, missing checkpoint) before any file is
         read.
     """
-    if devices < 1:
-        raise ValueError(f"Argument `devices` must be >= 1, got {devices}")
-    # Build the metrics here first: a missing checkpoint fails now, with its own message
-    # (in a worker it would surface as a bare BrokenProcessPool).
-    single = devices == 1 or len(pairs) <= 1
-    metrics = build_metrics(config if single else replace(config, device="cpu"))
-    bar = tqdm(total=len(pairs), desc="evaluate", unit="file", disable=not progress)
-    results = []
-    if single:
-        for item in _score_files(pairs, config, metrics):
-            results.append(item)
-            bar.update()
-    else:
-        del metrics
-        context = mp.get_context("spawn")
-        queue = context.Queue()
-        for device in _worker_devices(config, devices):
-            queue.put(device)
-        threads = max(1, torch.get_num_threads() // devices)
-        with ProcessPoolExecutor(
-            devices,
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(config, queue, threads),
-        ) as pool:
-            futures = [pool.submit(_worker_score, pair) for pair in pairs]
-            for future in as_completed(futures):
-                results.append(future.result())
-                bar.update()
-    bar.close()
-    return _collect(results, config)
+    from lightning_dfd.analysis.engine import run_evaluation  # lightning only when scoring
+
+    rows, summaries, problems, is_zero = run_evaluation(
+        pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        accelerator=accelerator, progress=progress,
+    )  # fmt: skip
+    result = _collect(rows, summaries, problems, config)
+    result.is_global_zero = is_zero
+    return result
 
 
-def _collect(results, config: EvaluationConfig) -> EvaluationResult:
+def _collect(rows, summaries, problems, config: EvaluationConfig) -> EvaluationResult:
     columns = [*KEY_COLUMNS, *config.metrics]
-    rows = [row for _, image_rows, _, _ in results for row in image_rows]
-    summaries = [summary for _, _, summary, _ in results if summary is not None]
-    problems = sorted((problem for *_, problem in results if problem is not None), key=lambda p: p.file)
+    problems = sorted(problems, key=lambda p: p.file)
     images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
     volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
     return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)

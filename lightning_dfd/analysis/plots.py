@@ -23,9 +23,35 @@ from matplotlib.figure import Figure
 
 from lightning_dfd.analysis.correlation import ALL_GROUP, srocc
 
-__all__ = ["plot_inter_reader", "plot_metric_scatter", "plot_srocc_bars"]
+__all__ = ["METRIC_LABELS", "metric_label", "plot_inter_reader", "plot_metric_scatter", "plot_srocc_bars"]
 
 _MARKERS = ("o", "x", "s", "^", "D", "v", "P", "*")
+
+#: Axis label (with unit or range and direction) of every metric of :data:`lightning_dfd.metrics.METRICS`.
+METRIC_LABELS: dict[str, str] = {
+    "psnr": "PSNR (dB, higher is better)",
+    "ssim": "SSIM (fastMRI 7x7 uniform window; 0-1, higher is better)",
+    "ssim_gaussian": "SSIM (11x11 Gaussian window, sigma 1.5; 0-1, higher is better)",
+    "nmse": "NMSE (ratio, lower is better)",
+    "lpips_vgg": "LPIPS-VGG distance (lower is better)",
+    "lpips_alex": "LPIPS-AlexNet distance (lower is better)",
+    "lpips_vgg_nolin": "LPIPS-VGG without linear layers (lower is better)",
+    "dists": "DISTS distance (0-1, lower is better)",
+    "resnet_fd": "ResNet-50 feature MSE (lower is better)",
+    "rinfd": "RadImageNet feature MSE (lower is better)",
+    "ssfd": "SSFD feature MSE (lower is better)",
+    "vaefd": "Med-VAE latent MSE (lower is better)",
+}
+
+
+def metric_label(name: str) -> str:
+    """Axis label of a metric column: name, unit or range, direction; the name itself if unknown.
+
+    Example:
+        >>> metric_label("psnr"), metric_label("my_metric")
+        ('PSNR (dB, higher is better)', 'my_metric')
+    """
+    return METRIC_LABELS.get(str(name), str(name))
 
 
 def _new_figure(n_panels: int, ncols: int, panel_size: tuple[float, float]):
@@ -52,8 +78,11 @@ def plot_srocc_bars(
     irv: Mapping[str, float] | None = None,
     group: object = ALL_GROUP,
     dpi: int = 120,
+    title: str | None = None,
 ) -> Path:
     """Bar chart of |SROCC| per metric with CIs and the IRV line, one panel per score.
+
+    The y axis spans [0, 1], extended below 0 when an IRV is negative so its line stays visible.
 
     Args:
         table: Output of :func:`lightning_dfd.analysis.correlation.correlation_table`.
@@ -61,6 +90,7 @@ def plot_srocc_bars(
         irv: Inter-reader variability per score (drawn as a dashed line when finite).
         group: Which rows of ``table`` to draw (``"all"``: every image).
         dpi: Resolution.
+        title: Figure title; by default ``"subgroup <group>"`` for a subgroup, none for ``"all"``.
 
     Returns:
         The written path.
@@ -93,13 +123,20 @@ def plot_srocc_bars(
         positions = np.arange(len(part))
         ax.bar(positions, centre, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
         ax.set_xticks(positions, part["metric"].astype(str), rotation=45, ha="right")
-        ax.set_ylim(0, 1)
+        level = (irv or {}).get(score, float("nan"))
+        low = min(0.0, level - 0.05) if np.isfinite(level) else 0.0
+        ax.set_ylim(low, 1)
+        if low < 0:
+            ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_ylabel("|SROCC| with mean reader score")
         ax.set_title(str(score))
-        level = (irv or {}).get(score, float("nan"))
         if np.isfinite(level):
             ax.axhline(level, color="tab:red", linestyle="--", label=f"IRV {level:.2f}")
             ax.legend(loc="best")
+    if title is None and str(group) != ALL_GROUP:
+        title = f"subgroup {group}"
+    if title:
+        fig.suptitle(title)
     return _save(fig, path, dpi)
 
 
@@ -163,7 +200,7 @@ def plot_metric_scatter(
         rho = srocc(data[metric], data[score])
         ax.set_title(f"{metric}  (SROCC {rho:+.2f})")
         ax.set_xlabel(f"mean reader score: {score}")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric_label(metric))
     if color_by or marker_by:
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:

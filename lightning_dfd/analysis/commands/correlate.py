@@ -8,12 +8,13 @@ reader-vs-others scatter).
 Example:
     lightning-dfd correlate --metrics results.csv --scores reader_scores.csv \
         --on volume,slice --score-columns Aliasing,Cartilage/Meniscus --by Acceleration \
-        --out correlation/
+        --out runs/correlate/
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIA
 __all__ = ["add_parser", "run"]
 
 _PREFIX = "lightning-dfd correlate"
+DEFAULT_OUT = Path("runs") / "correlate"
 
 
 def _csv_list(text: str) -> list[str]:
@@ -43,7 +45,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Correlate a per-image metrics table (as written by `lightning-dfd evaluate`) with a "
             "long-form reader table (key columns, a Reader column, one column per score). "
-            "Writes srocc.csv, irv.csv, per_image.csv, unmatched.csv (if any) and PNG figures."
+            "Writes srocc.csv, irv.csv, per_image.csv, unmatched.csv (if any), PNG figures and "
+            "figures.csv (which figure shows which score / subgroup). SROCC ranks +inf highest "
+            "and -inf lowest (PSNR of a perfect reconstruction); NaN is left out and counted "
+            "(n_nan)."
         ),
     )
     parser.add_argument("--metrics", required=True, type=Path, help="per-image metrics CSV")
@@ -78,7 +83,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--out", type=Path, default=Path("correlation"), help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder (default: {DEFAULT_OUT}, git-ignored)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the CSVs only")
     parser.add_argument(
         "--drop-duplicates",
@@ -107,6 +117,43 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     return table
 
 
+def first_non_numeric(table: pd.DataFrame, column: str) -> tuple[int, object] | None:
+    """``(row, value)`` of the first value of ``column`` that is not a number, else None.
+
+    ``row`` counts data rows from 1 (the CSV line is ``row + 1``); empty cells are missing
+    values, not errors; ``inf``/``-inf`` are numbers.
+
+    Example:
+        >>> first_non_numeric(pd.DataFrame({"s": ["3", "", "n/a", "x"]}), "s")
+        (3, 'n/a')
+    """
+    values = table[column]
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return None
+    parsed = pd.to_numeric(values, errors="coerce")
+    blank = values.isna() | values.astype(str).str.strip().eq("")
+    bad = parsed.isna() & ~blank
+    if not bad.any():
+        return None
+    position = int(bad.to_numpy().argmax())
+    return position + 1, values.iloc[position]
+
+
+def _require_numeric(table: pd.DataFrame, columns: list[str], what: str, path: Path) -> pd.DataFrame:
+    """Raise naming the column and its first bad value; return the table with numbers parsed."""
+    for col in columns:
+        found = first_non_numeric(table, col)
+        if found is not None:
+            row, value = found
+            raise ValueError(
+                f"{what}: column {col!r} must hold numbers, but row {row} (line {row + 1} of "
+                f"{path}) holds {value!r}"
+            )
+        if not pd.api.types.is_numeric_dtype(table[col]):
+            table = table.assign(**{col: pd.to_numeric(table[col], errors="coerce")})
+    return table
+
+
 def _numeric_columns(table: pd.DataFrame, exclude: set[str]) -> list[str]:
     return [
         col
@@ -116,9 +163,15 @@ def _numeric_columns(table: pd.DataFrame, exclude: set[str]) -> list[str]:
 
 
 def _guess_score_columns(
-    scores: pd.DataFrame, on: list[str], reader: str, extra: list[str]
+    scores: pd.DataFrame, on: list[str], reader: str, extra: list[str], path: Path
 ) -> list[str]:
     """Numeric columns that differ between readers of some image (constant ones are attributes)."""
+    for col in scores.columns:  # a score column with one typo would be silently skipped
+        if col in {*on, reader, *extra} or pd.api.types.is_numeric_dtype(scores[col]):
+            continue
+        parsed = pd.to_numeric(scores[col], errors="coerce")
+        if parsed.notna().sum() >= max(1, len(scores) // 2):
+            _require_numeric(scores, [col], "reader scores", path)
     candidates = _numeric_columns(scores, {*on, reader, *extra})
     varying = scores.groupby(on, dropna=False)[candidates].nunique(dropna=False).max() > 1
     score_columns = [c for c in candidates if varying[c]]
@@ -169,6 +222,29 @@ def _safe_name(text: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text)).strip("_") or "x"
 
 
+def figure_names(names: list[str]) -> dict[str, str]:
+    """File-name parts for column names, unique even where sanitising makes two names equal.
+
+    Characters other than letters, digits and ``_ . = -`` become ``_`` (``Cartilage/Meniscus``
+    -> ``Cartilage_Meniscus``); names that would then collide each get ``-`` and the first 6 hex
+    digits of the SHA-1 of the original name.
+
+    Example:
+        >>> figure_names(["Aliasing", "Cartilage/Meniscus"])
+        {'Aliasing': 'Aliasing', 'Cartilage/Meniscus': 'Cartilage_Meniscus'}
+        >>> sorted(figure_names(["A/B", "A B"]).values())
+        ['A_B-239c02', 'A_B-8aabb8']
+    """
+    safe = {name: _safe_name(name) for name in names}
+    counts: dict[str, int] = {}
+    for value in safe.values():
+        counts[value] = counts.get(value, 0) + 1
+    return {
+        name: value if counts[value] == 1 else f"{value}-{hashlib.sha1(str(name).encode()).hexdigest()[:6]}"
+        for name, value in safe.items()
+    }
+
+
 def _format_table(table: pd.DataFrame) -> str:
     shown = table.assign(
         ci=[f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["abs_ci_low"], table["abs_ci_high"])]
@@ -181,15 +257,20 @@ def _format_table(table: pd.DataFrame) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the analysis; return the exit code (0 ok, 1 unmatched with --strict, 2 bad input)."""
+    from lightning_dfd.analysis.outputs import OutputError
+
     try:
         return _run(args)
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ValueError, OutputError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         _note(f"error: {message}")
         return EXIT_BAD_INPUT
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lightning_dfd.analysis.outputs import check_output_dir
+
+    check_output_dir(args.out)  # before the bootstrap, not after it
     metrics = _read_csv(args.metrics, "metrics")
     scores = _read_csv(args.scores, "reader scores")
     reader = args.reader_column
@@ -223,7 +304,13 @@ def _run(args: argparse.Namespace) -> int:
             raise KeyError(f"grouping column {col!r} is in neither table")
 
     if score_columns is None:
-        score_columns = _guess_score_columns(scores, on, reader, extra)
+        score_columns = _guess_score_columns(scores, on, reader, extra, args.scores)
+    missing = [c for c in score_columns if c not in scores.columns]
+    if missing:
+        raise KeyError(
+            f"reader scores: missing column(s) {missing}; available: {list(scores.columns)}"
+        )
+    scores = _require_numeric(scores, score_columns, "reader scores", args.scores)
     metric_columns = args.metric_columns or _numeric_columns(metrics, {*on, *extra})
     if not metric_columns:
         raise ValueError("metrics: no numeric metric column found; set --metric-columns")
@@ -232,6 +319,7 @@ def _run(args: argparse.Namespace) -> int:
         raise KeyError(
             f"metrics: metric column(s) {missing} missing; available: {list(metrics.columns)}"
         )
+    metrics = _require_numeric(metrics, metric_columns, "metrics", args.metrics)
 
     metrics, scores = _align_key_types(metrics, scores, on)
     metrics = _drop_duplicated(metrics, on, on, "metrics", args.drop_duplicates)
@@ -268,7 +356,8 @@ def _run(args: argparse.Namespace) -> int:
     if not unmatched.empty:
         unmatched.to_csv(out / "unmatched.csv", index=False)
     if not args.no_plots:
-        _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args)
+        figures = _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args)
+        figures.to_csv(out / "figures.csv", index=False)
 
     print(_format_table(table))
     _note(f"wrote {out}/srocc.csv, irv.csv, per_image.csv" + ("" if args.no_plots else " and PNGs"))
@@ -321,32 +410,45 @@ def _inter_reader(
     return pd.DataFrame(rows)
 
 
-def _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args) -> None:
+def _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args) -> pd.DataFrame:
+    """Write every figure; return the index ``file, figure, score, group`` (``figures.csv``)."""
     from lightning_dfd.analysis import plots  # matplotlib only when figures are asked for
 
+    written = []
     overall = table[table["group"].astype(str) == corr.ALL_GROUP]
     irv = dict(zip(overall["score"], overall["irv"]))
     plots.plot_srocc_bars(table, out / "srocc_bars.png", irv=irv)
+    written.append(("srocc_bars.png", "srocc_bars", "", corr.ALL_GROUP))
     if args.by:
-        for group in table.loc[table["by"] == args.by, "group"].unique():
+        groups = list(table.loc[table["by"] == args.by, "group"].unique())
+        group_names = figure_names([str(group) for group in groups])
+        by_name = _safe_name(args.by)
+        for group in groups:
             rows = table[table["group"].astype(str) == str(group)]
+            name = f"srocc_bars_{by_name}={group_names[str(group)]}.png"
             plots.plot_srocc_bars(
                 rows,
-                out / f"srocc_bars_{_safe_name(args.by)}={_safe_name(group)}.png",
+                out / name,
                 irv=dict(zip(rows["score"], rows["irv"])),
                 group=group,
+                title=f"subgroup {args.by} = {group} ({int(rows['n'].max())} images)",
             )
+            written.append((name, "srocc_bars", "", f"{args.by}={group}"))
     matched = scores.merge(joined[on].drop_duplicates(), on=on, how="inner")
+    names = figure_names(score_columns)
     for score in score_columns:
+        name = f"scatter_{names[score]}.png"
         plots.plot_metric_scatter(
             joined,
             metric_columns,
             score,
-            out / f"scatter_{_safe_name(score)}.png",
+            out / name,
             color_by=args.color_by or args.by,
             marker_by=args.marker_by,
         )
+        written.append((name, "scatter", score, corr.ALL_GROUP))
         pairs = corr.inter_reader_table(matched, on, score, reader)
-        plots.plot_inter_reader(
-            pairs, out / f"irv_{_safe_name(score)}.png", reader_column=reader, score=score
-        )
+        name = f"irv_{names[score]}.png"
+        plots.plot_inter_reader(pairs, out / name, reader_column=reader, score=score)
+        written.append((name, "irv", score, corr.ALL_GROUP))
+    return pd.DataFrame(written, columns=["file", "figure", "score", "group"])

@@ -1,12 +1,14 @@
 r"""``lightning-dfd evaluate``: score h5 reconstructions against their references.
 
-Writes one row per image (``volume, slice, <metric>...``, the input of ``lightning-dfd
-correlate``) and a per-volume summary next to it (``<out stem>_volumes.csv``), and prints the
+Writes (default ``runs/evaluate/``, git-ignored) one row per image (``results.csv``: ``volume,
+slice, <metric>...``, the input of ``lightning-dfd correlate``), a per-volume summary
+(``results_volumes.csv``), the files not scored (``results_errors.csv``: ``file, stage, error``)
+and what each column holds (``results_columns.csv``: ``column, convention``), and prints the
 summary.
 
 Example:
     lightning-dfd evaluate --target ref/ --predictions recon/ \
-        --metrics psnr,ssim,lpips_vgg,dists --slices center --out results.csv
+        --metrics psnr,ssim,lpips_vgg,dists --protocol paper --out runs/evaluate/results.csv
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
-__all__ = ["add_parser", "parse_weights", "run"]
+if TYPE_CHECKING:
+    from lightning_dfd.analysis.evaluation import EvaluationConfig as EvaluationConfigType
+
+__all__ = ["add_parser", "config_from_args", "parse_weights", "run"]
 
 _PREFIX = "lightning-dfd evaluate"
 DEFAULT_METRICS = "psnr,ssim,nmse,lpips_vgg"
+DEFAULT_OUT = Path("runs") / "evaluate" / "results.csv"
 
 
 def parse_weights(text: str | None) -> str | dict[str, str] | None:
@@ -43,6 +52,40 @@ def parse_weights(text: str | None) -> str | dict[str, str] | None:
     return pairs
 
 
+def _devices(text: str) -> int | list[int] | str:
+    """``--devices``: ``2`` -> 2, ``0,1`` -> [0, 1], ``auto`` -> ``"auto"``."""
+    text = text.strip()
+    if text == "auto":
+        return text
+    try:
+        if "," in text:
+            return [int(item) for item in text.split(",") if item.strip()]
+        return int(text)
+    except ValueError as err:
+        message = f"--devices: expected a count, ids 0,1 or auto, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from err
+
+
+def launched_rank(devices: int | list[int] | str = 1) -> int:
+    """The global rank of this process as a launcher set it (0 before any launch).
+
+    Lightning's ``ddp`` launcher starts ranks > 0 by re-running the command line with
+    ``LOCAL_RANK`` (and ``NODE_RANK``) set; torchrun and SLURM set ``RANK`` / ``SLURM_PROCID``.
+
+    Example:
+        >>> launched_rank()  # not launched
+        0
+    """
+    import os
+
+    for key in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    per_node = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) else 1
+    node, local = os.environ.get("NODE_RANK", "0"), os.environ.get("LOCAL_RANK", "0")
+    return (int(node) if node.isdigit() else 0) * per_node + (int(local) if local.isdigit() else 0)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``evaluate`` sub-command."""
     parser = subparsers.add_parser(
@@ -51,7 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Pair the .h5 files of --predictions and --target by name and score every slice "
             "(or the centre one) with the chosen metrics. Files that cannot be scored are "
-            "named on stderr; the others are still scored (exit code 1 then)."
+            "named on stderr and in <out>_errors.csv; the others are still scored (exit code 1 "
+            "then). <out>_columns.csv says which convention each column uses (ssim: fastMRI's "
+            "7x7 uniform window; ssim_gaussian: the 11x11 Gaussian window of Wang et al., as "
+            "the paper). Outputs are checked before scoring; earlier ones are renamed to "
+            "*.previous until the new ones are complete."
         ),
     )
     parser.add_argument("--target", required=True, type=Path, help="folder of reference h5")
@@ -59,7 +106,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics",
         default=DEFAULT_METRICS,
-        help=f"comma-separated metric names (default: {DEFAULT_METRICS})",
+        help=f"comma-separated metric names (default: {DEFAULT_METRICS}); ssim_gaussian is "
+        "SSIM with the 11x11 Gaussian window",
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=("fastmri", "paper"),
+        default="fastmri",
+        help="fastmri (default): every slice, data range = volume max, ssim = 7x7 uniform "
+        "window. paper (Adamson et al., meddlr): centre slice, each slice pair divided by its "
+        "reference's max, data range = that max, ssim replaced by ssim_gaussian. --slices / "
+        "--data-range override the preset",
     )
     parser.add_argument(
         "--weights",
@@ -77,14 +134,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--slices",
         choices=("all", "center"),
-        default="all",
-        help="score every slice or only the centre one (the paper's readers scored the centre)",
+        default=None,
+        help="score every slice or only the centre one (the paper's readers scored the centre); "
+        "default: from --protocol",
     )
     parser.add_argument(
         "--data-range",
         choices=("volume", "image"),
-        default="volume",
-        help="PSNR/SSIM data range: the reference volume's max (fastMRI) or each slice's max",
+        default=None,
+        help="PSNR/SSIM data range: the reference volume's max (fastMRI) or each slice's max; "
+        "default: from --protocol",
     )
     parser.add_argument(
         "--crop-to-target",
@@ -92,9 +151,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="centre-crop predictions larger than the reference to its size",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per metric update")
-    parser.add_argument("--device", default="auto", help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1'")
-    parser.add_argument("--devices", type=int, default=1, help="worker processes (one per GPU on cuda)")
-    parser.add_argument("--out", type=Path, default=Path("results.csv"), help="per-image CSV")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1' (ignored when --accelerator is given)",
+    )
+    parser.add_argument(
+        "--accelerator", default=None, help="Lightning accelerator: cpu, gpu, cuda, mps, auto"
+    )
+    parser.add_argument(
+        "--devices",
+        type=_devices,
+        default=1,
+        help="Lightning devices: a count (processes per node with --strategy ddp) or ids '0,1'",
+    )
+    parser.add_argument("--num-nodes", type=int, default=1, help="Lightning num_nodes")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="DFD encoder precision (distances stay fp32; pixel metrics always full precision)",
+    )
+    parser.add_argument(
+        "--strategy",
+        default="auto",
+        help="Lightning strategy: auto (one process), ddp (one process per device, each "
+        "scoring whole files; rank 0 writes); spawn-based strategies are refused",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"per-image CSV; the other outputs go next to it (default: {DEFAULT_OUT})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -108,44 +197,128 @@ def volumes_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_volumes{out.suffix or '.csv'}")
 
 
+def errors_path(out: Path) -> Path:
+    """Where the files that were not scored are listed: ``results.csv`` -> ``results_errors.csv``."""
+    return out.with_name(f"{out.stem}_errors{out.suffix or '.csv'}")
+
+
+def columns_path(out: Path) -> Path:
+    """Where each column's convention is written: ``results.csv`` -> ``results_columns.csv``."""
+    return out.with_name(f"{out.stem}_columns{out.suffix or '.csv'}")
+
+
+def output_paths(out: Path) -> list[Path]:
+    """Every file one run writes: per-image table, per-volume summary, errors, column conventions."""
+    return [out, volumes_path(out), errors_path(out), columns_path(out)]
+
+
+def config_from_args(args: argparse.Namespace, quiet: bool = False) -> EvaluationConfigType:
+    """The :class:`~lightning_dfd.analysis.evaluation.EvaluationConfig` of a command line."""
+    from lightning_dfd.analysis import evaluation as ev
+
+    preset = ev.protocol_defaults(args.protocol)
+    metrics = [name.strip() for name in args.metrics.split(",") if name.strip()]
+    if preset["ssim"] != "ssim":
+        metrics = [preset["ssim"] if name == "ssim" else name for name in metrics]
+    slices = args.slices or preset["slices"]
+    data_range = args.data_range or preset["data_range"]
+    scale = preset["scale"] if data_range == "image" else "none"
+    if scale != preset["scale"] and not quiet:
+        _note(f"--data-range {data_range}: images are not divided by their reference's max")
+    return ev.EvaluationConfig(
+        metrics=tuple(metrics),
+        weights=args.weights,
+        target_key=args.target_key,
+        prediction_key=args.prediction_key,
+        slices=slices,
+        data_range=data_range,
+        batch_size=args.batch_size,
+        device=ev.resolve_device(args.device),
+        crop_to_target=args.crop_to_target,
+        scale=scale,
+        precision=args.precision,
+    )
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    """A rank > 0 of a distributed run: score its files, hand the rows to rank 0, write nothing."""
+    from lightning_dfd.analysis import evaluation as ev
+
+    config = config_from_args(args, quiet=True)
+    pairs, _ = ev.pair_files(args.predictions, args.target)
+    ev.evaluate(pairs, config, devices=args.devices, progress=False, num_nodes=args.num_nodes,
+                strategy=args.strategy, accelerator=args.accelerator)  # fmt: skip
+    return EXIT_OK
+
+
 def run(args: argparse.Namespace) -> int:
-    """Score the files; return 0 (all scored), 1 (some files not scored) or 2 (bad input)."""
+    """Score the files; return 0 (all scored), 1 (some files not scored) or 2 (bad input).
+
+    Outputs are checked before any scoring, the outputs of an earlier run are renamed to
+    ``<name>.previous`` while this one works, and the new files appear together when complete.
+    """
     from lightning_dfd.analysis import evaluation as ev  # torch only when this command runs
+    from lightning_dfd.analysis import outputs
     from lightning_dfd.weights import WeightsError
 
+    paths = output_paths(args.out)
+    if launched_rank(args.devices) != 0:
+        return _run_worker(args)
     try:
-        config = ev.EvaluationConfig(
-            metrics=tuple(name.strip() for name in args.metrics.split(",") if name.strip()),
-            weights=args.weights,
-            target_key=args.target_key,
-            prediction_key=args.prediction_key,
-            slices=args.slices,
-            data_range=args.data_range,
-            batch_size=args.batch_size,
-            device=ev.resolve_device(args.device),
-            crop_to_target=args.crop_to_target,
+        config = config_from_args(args)
+        conventions = pd.DataFrame(
+            list(ev.column_conventions(config).items()), columns=["column", "convention"]
         )
+        for path in paths:
+            outputs.check_output_file(path)
         pairs, problems = ev.pair_files(args.predictions, args.target)
-        _note(f"{len(pairs)} file pair(s) on {config.device}; metrics {list(config.metrics)}")
-        result = ev.evaluate(pairs, config, devices=args.devices, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, WeightsError) as err:
+        if not pairs:
+            raise ValueError(
+                f"no prediction in {args.predictions} has a reference of the same name in "
+                f"{args.target} ({len(problems)} unmatched file(s), e.g. {problems[0].file})"
+            )
+        previous = outputs.set_aside(paths)
+        if previous:
+            _note(f"earlier outputs renamed to *{outputs.PREVIOUS_SUFFIX} until this run completes")
+        _note(f"{len(pairs)} file pair(s) on {config.device}; protocol {args.protocol}: slices "
+              f"{config.slices}, data range {config.data_range}, scale {config.scale}")
+        for column, text in conventions.itertuples(index=False):
+            if column in config.metrics:
+                _note(f"  {column}: {text}")
+        result = ev.evaluate(
+            pairs,
+            config,
+            devices=args.devices,
+            progress=not args.no_progress,
+            num_nodes=args.num_nodes,
+            strategy=args.strategy,
+            accelerator=args.accelerator,
+        )
+        problems = sorted(problems + result.problems, key=lambda p: p.file)
+        for problem in problems:
+            _note(f"skipped {problem} [{problem.stage}]")
+        errors = pd.DataFrame([p.as_row() for p in problems], columns=["file", "stage", "error"])
+        outputs.write_atomically(
+            {
+                args.out: lambda path: result.images.to_csv(path, index=False),
+                volumes_path(args.out): lambda path: result.volumes.to_csv(path, index=False),
+                errors_path(args.out): lambda path: errors.to_csv(path, index=False),
+                columns_path(args.out): lambda path: conventions.to_csv(path, index=False),
+            }
+        )
+        outputs.discard_previous(paths)
+    except (FileNotFoundError, ValueError, WeightsError, outputs.OutputError) as err:
         _note(f"error: {err}")
         return EXIT_BAD_INPUT
-    problems = sorted(problems + result.problems, key=lambda p: p.file)
-    for problem in problems:
-        _note(f"skipped {problem}")
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result.images.to_csv(args.out, index=False)
-    result.volumes.to_csv(volumes_path(args.out), index=False)
     if not result.volumes.empty:
         table = result.volumes.set_index("volume")
         table.loc["mean"] = table.mean(numeric_only=True)
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     scored = len(result.volumes)
     _note(
-        f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out} and "
-        f"{volumes_path(args.out)}"
+        f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
+        f"{volumes_path(args.out).name}, {errors_path(args.out).name} and "
+        f"{columns_path(args.out).name}"
         + (f"; {len(problems)} file(s) not scored (see above)" if problems else "")
     )
     return EXIT_PARTIAL if problems else EXIT_OK

@@ -1,0 +1,366 @@
+"""``lightning-dfd evaluate`` on Lightning's engine: slice pairs, a prediction loop, ranks gathered.
+
+* :class:`SlicePairDataset`: one item per scored ``(file, slice)`` pair, read from the h5 files
+  (one volume held at a time); a file that cannot be read gives error items, not an exception.
+* :class:`FileShardSampler`: a batch sampler that gives each process whole files (greedy by
+  slice count, no padding, no file twice) and batches that never cross a file; a process left
+  without files gets one empty batch, so that every process runs the loop's hooks.
+* :class:`EvaluationModule`: its ``predict_step`` updates the metric suite of
+  :func:`~lightning_dfd.analysis.evaluation.build_metrics` (``build_metric`` with
+  ``reduction="none"``, DFDs sharing encoder passes, as ``ReconModule``'s validation) on one batch;
+  a failing batch marks its file as not scored (stage ``score``) and the file's rows are dropped.
+  At the end of the loop the rows, volume summaries and problems of every process are gathered
+  with ``all_gather_object``.
+
+Only imported when ``evaluate`` runs (it needs ``lightning``, from the ``[analysis]`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule, Trainer
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lightning_dfd.analysis.evaluation import (
+    EvaluationConfig,
+    FilePair,
+    FileProblem,
+    build_metrics,
+    describe_error,
+    load_pair,
+    read_shape,
+    select_slices,
+)
+
+__all__ = [
+    "SPAWNING_STRATEGIES",
+    "EvaluationModule",
+    "FileShardSampler",
+    "SlicePairDataset",
+    "VolumeEntry",
+    "index_files",
+    "run_evaluation",
+    "shard_files",
+]
+
+#: Strategies whose workers end with the loop: the rows could not reach the calling process.
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp_spawn", "xla")
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """A pair of files that opened fine, with the slices to score."""
+
+    index: int
+    pair: FilePair
+    slices: tuple[int, ...]
+
+
+def index_files(
+    pairs: Sequence[FilePair], config: EvaluationConfig
+) -> tuple[list[VolumeEntry], list[FileProblem]]:
+    """Open every pair's datasets (shapes only) and choose its slices; problems at stage ``read``."""
+    entries, problems = [], []
+    for pair in pairs:
+        try:
+            shape = read_shape(pair, config)
+        except Exception as err:  # a bad file never stops the others
+            problems.append(FileProblem(pair.name, describe_error(err), "read"))
+            continue
+        entries.append(VolumeEntry(len(entries), pair, tuple(select_slices(shape[0], config.slices))))
+    return entries, problems
+
+
+class SlicePairDataset(Dataset):
+    """The scored ``(file, slice)`` pairs as dictionaries of CPU tensors.
+
+    Item keys: ``file`` (entry index), ``slice``, ``preds`` and ``target`` (``(H, W)`` float32
+    magnitudes, divided by the reference slice's maximum with ``scale="target_max"``),
+    ``data_range`` (float64 scalar); or ``file``, ``slice`` and ``error`` (a message) when the
+    file's data could not be read.
+    """
+
+    def __init__(self, entries: Sequence[VolumeEntry], config: EvaluationConfig) -> None:
+        self.entries = list(entries)
+        self.config = config
+        self.items = [(entry.index, s) for entry in self.entries for s in entry.slices]
+        self._held: tuple[int, Any] | None = None  # one volume at a time: batches follow files
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _volume(self, file: int) -> tuple[np.ndarray, np.ndarray, float] | str:
+        if self._held is None or self._held[0] != file:
+            try:
+                preds, target = load_pair(self.entries[file].pair, self.config)
+                self._held = (file, (preds, target, float(target.max())))
+            except Exception as err:
+                self._held = (file, describe_error(err))
+        return self._held[1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        file, s = self.items[index]
+        volume = self._volume(file)
+        if isinstance(volume, str):
+            return {"file": file, "slice": s, "error": volume}
+        preds, target, volume_max = volume
+        p, t = (
+            torch.from_numpy(np.ascontiguousarray(preds[s])),
+            torch.from_numpy(np.ascontiguousarray(target[s])),
+        )
+        image_max = float(t.max())
+        if self.config.scale == "target_max":
+            peak = max(image_max, float(np.finfo(np.float32).tiny))
+            p, t, image_max = p / peak, t / peak, image_max / peak
+        data_range = volume_max if self.config.data_range == "volume" else image_max
+        return {"file": file, "slice": s, "preds": p, "target": t,
+                "data_range": torch.tensor(data_range, dtype=torch.float64)}  # fmt: skip
+
+
+def collate_chunk(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Items of one file -> one batch (``error`` set when any item failed; ``{}`` for no items)."""
+    if not items:
+        return {}
+    errors = [item["error"] for item in items if "error" in item]
+    batch: dict[str, Any] = {"file": items[0]["file"], "slices": [item["slice"] for item in items]}
+    if errors:
+        batch["error"] = errors[0]
+        return batch
+    for key in ("preds", "target", "data_range"):
+        batch[key] = torch.stack([item[key] for item in items])
+    return batch
+
+
+def shard_files(sizes: Sequence[int], num_replicas: int) -> list[list[int]]:
+    """Whole files per process, balanced by slice count (largest first, then least loaded).
+
+    Every file goes to exactly one process; nothing is padded or repeated.
+
+    Example:
+        >>> shard_files([3, 4, 6], 2)
+        [[2], [0, 1]]
+    """
+    load = [0] * num_replicas
+    shards: list[list[int]] = [[] for _ in range(num_replicas)]
+    for file in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(num_replicas), key=lambda r: (load[r], r))
+        shards[rank].append(file)
+        load[rank] += sizes[file]
+    return [sorted(shard) for shard in shards]
+
+
+class FileShardSampler(Sampler[list[int]]):
+    """Batches of dataset indices: this process's files, ``batch_size`` slices, never across files.
+
+    A process without files yields one empty batch (scored as nothing), so that every process
+    runs the loop's epoch-end hook where the rows are gathered.
+    """
+
+    def __init__(
+        self, dataset: SlicePairDataset, batch_size: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        self.batch_size = batch_size
+        positions: dict[int, list[int]] = {}
+        for position, (file, _) in enumerate(dataset.items):
+            positions.setdefault(file, []).append(position)
+        files = sorted(positions)
+        shards = shard_files([len(positions[f]) for f in files], num_replicas)
+        self.batches = [
+            positions[files[f]][start : start + batch_size]
+            for f in shards[rank]
+            for start in range(0, len(positions[files[f]]), batch_size)
+        ] or [[]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EvaluationModule(LightningModule):
+    """Scores batches of :class:`SlicePairDataset` with the metric suite; rows gathered at the end.
+
+    After ``trainer.predict``, :attr:`gathered` holds ``(rows, summaries, problems)`` of every
+    process (the same on each).
+    """
+
+    def __init__(self, dataset: SlicePairDataset, config: EvaluationConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dataset = dataset
+        from lightning_dfd.metrics import DFDCollection
+
+        metrics = build_metrics(replace(config, device="cpu"), sync_on_compute=False)
+        # The suite of ReconModule's validation: per-image values, and fastMRI's per-volume pixel
+        # metrics (fed the file's volume id), each a DFDCollection (shared encoder passes).
+        self.image_metrics = DFDCollection({n: m for n, m in metrics.items() if "@" not in n})
+        self.volume_metrics = DFDCollection(
+            {n.removesuffix("@volume"): m for n, m in metrics.items() if n.endswith("@volume")}
+        )
+        self._pending: dict[int, dict[str, Any]] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.summaries: list[dict[str, Any]] = []
+        self.problems: list[FileProblem] = []
+        self.gathered: tuple[list, list, list] | None = None
+
+    def _fail(self, file: int, message: str, stage: str) -> None:
+        entry = self.dataset.entries[file]
+        self._pending[file] = {"failed": True}
+        self.problems.append(FileProblem(entry.pair.name, message, stage))
+        self.volume_metrics.reset()  # the file's partial per-volume statistics
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Score one batch (slices of one file); a failure drops the file, never the run."""
+        if not batch:
+            return
+        file = batch["file"]
+        state = self._pending.setdefault(file, {"failed": False, "rows": [], "values": {}})
+        if state["failed"]:
+            return
+        if "error" in batch:
+            self._fail(file, batch["error"], "read")
+            return
+        try:
+            self._score(batch, state)
+        except Exception as err:  # one file too small for an encoder, NaN values, ...
+            self._fail(file, describe_error(err), "score")
+            return
+        entry = self.dataset.entries[file]
+        if len(state["rows"]) == len(entry.slices):
+            self._finish(entry, state)
+
+    def _score(self, batch: dict[str, Any], state: dict[str, Any]) -> None:
+        preds, target, data_range = batch["preds"], batch["target"], batch["data_range"]
+        n = len(batch["slices"])
+        self.image_metrics.reset()
+        with torch.no_grad():
+            self.image_metrics.update(preds, target, data_range=data_range)
+            computed = self.image_metrics.compute()
+        values: dict[str, np.ndarray] = {}
+        for name in self.config.metrics:
+            values[name] = computed[name].detach().double().cpu().numpy().reshape(-1)
+            if values[name].shape[0] != n:
+                raise ValueError(f"metric {name!r} gave {values[name].shape[0]} values for {n} slices")
+        if len(self.volume_metrics):
+            ids = torch.zeros(n, dtype=torch.long, device=preds.device)
+            with torch.no_grad():
+                self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids)
+        volume = self.dataset.entries[batch["file"]].pair.volume
+        state["rows"] += [
+            {"volume": volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
+            for i, s in enumerate(batch["slices"])
+        ]
+
+    def _finish(self, entry: VolumeEntry, state: dict[str, Any]) -> None:
+        summary: dict[str, Any] = {"volume": entry.pair.volume, "n_slices": len(entry.slices)}
+        per_volume = self.volume_metrics.compute() if len(self.volume_metrics) else {}
+        self.volume_metrics.reset()
+        for name in self.config.metrics:
+            if name in per_volume:  # fastMRI: pooled over the volume's scored slices
+                summary[name] = float(per_volume[name].double().cpu().reshape(-1)[0])
+            else:  # DFDs: the mean over the slices
+                summary[name] = float(np.mean([row[name] for row in state["rows"]]))
+        self.rows += state["rows"]
+        self.summaries.append(summary)
+        self._pending[entry.index] = {"failed": False, "done": True}
+
+    def on_predict_epoch_end(self) -> None:
+        """Gather every process's rows, summaries and problems (``all_gather_object``)."""
+        local = (self.rows, self.summaries, self.problems)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            everyone: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, local)
+        else:
+            everyone = [local]
+        self.gathered = tuple([item for part in everyone for item in part[k]] for k in range(3))  # type: ignore[assignment]
+
+
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Mute Lightning's tips and the warnings that do not apply to this loop (no outputs, own sampler)."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    tips = _NoTips()
+    log.addFilter(tips)
+    try:
+        with warnings.catch_warnings():
+            for message in (
+                ".*custom batch sampler.*",
+                ".*predict returned None.*",
+                ".*treespec.*LeafSpec.*",
+            ):
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        log.removeFilter(tips)
+
+
+def _trainer_device(config: EvaluationConfig, accelerator: str | None, devices: Any) -> tuple[str, Any]:
+    """``--device`` (``cpu``, ``cuda``, ``cuda:1``, ``auto``) -> Lightning's accelerator and devices."""
+    if accelerator is not None:
+        return accelerator, devices
+    device = config.device
+    if device == "auto":
+        return "auto", devices
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        return "gpu", [int(index)] if index else devices
+    return device, devices
+
+
+def run_evaluation(
+    pairs: Sequence[FilePair],
+    config: EvaluationConfig,
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[FileProblem], bool]:
+    """Score every pair in a Lightning prediction loop.
+
+    Returns:
+        ``(rows, summaries, problems, is_global_zero)``; every process gets every row.
+
+    Raises:
+        ValueError: A strategy whose workers cannot hand the rows back (``ddp_spawn`` ...).
+    """
+    if str(strategy) in SPAWNING_STRATEGIES:
+        raise ValueError(
+            f"--strategy {strategy} runs the scoring in worker processes that cannot hand the rows "
+            "back; use --strategy ddp (one process per device, launched by Lightning or torchrun)"
+        )
+    entries, problems = index_files(pairs, config)
+    dataset = SlicePairDataset(entries, config)
+    module = EvaluationModule(dataset, config)  # metric construction errors (weights) come first
+    accel, devs = _trainer_device(config, accelerator, devices)
+    with _quiet_lightning():
+        return _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, progress)
+
+
+def _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, progress):
+    trainer = Trainer(accelerator=accel, devices=devs, num_nodes=num_nodes, strategy=strategy,
+                      logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      enable_progress_bar=progress, use_distributed_sampler=False,
+                      inference_mode=False)  # fmt: skip  # no_grad in the step: DFDs check tensor versions
+    sampler = FileShardSampler(dataset, config.batch_size, trainer.world_size, trainer.global_rank)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_chunk, num_workers=0)
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    if module.gathered is None:
+        raise RuntimeError("the evaluation loop did not finish on this process")
+    rows, summaries, scored_problems = module.gathered
+    return rows, summaries, problems + scored_problems, trainer.is_global_zero
