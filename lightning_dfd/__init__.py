@@ -11,9 +11,10 @@ from importlib import import_module
 from typing import Any
 
 from lightning_dfd.metrics import DISTS, LPIPS, NMSE, PSNR, SSIM, ResNetFD, build_metric
+from lightning_dfd.metrics.timm import TimmFD
 
 __version__ = "0.1.0"
-__all__ = ["DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD", "ResNetFD", "build_metric"]
+__all__ = ["DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD", "ResNetFD", "TimmFD", "build_metric"]
 
 _LAZY = {"SSFD": "lightning_dfd.metrics.ssfd", "VAEFD": "lightning_dfd.metrics.vaefd"}
 

@@ -7,6 +7,7 @@ from lightning_dfd.metrics.lpips import LPIPS
 from lightning_dfd.metrics.pixel import NMSE, PSNR, SSIM
 from lightning_dfd.metrics.resnet import ResNetFD
 from lightning_dfd.metrics.shared import DFDCollection
+from lightning_dfd.metrics.timm import TimmFD
 
 __all__ = ["DFDCollection", "DISTS", "LPIPS", "METRICS", "NMSE", "PSNR", "SSIM", "DeepFeatureDistance",
-           "ResNetFD", "build_metric", "is_dfd", "metric_class"]
+           "ResNetFD", "TimmFD", "build_metric", "is_dfd", "metric_class"]
