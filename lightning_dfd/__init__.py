@@ -13,8 +13,22 @@ from typing import Any
 from lightning_dfd.metrics import DISTS, LPIPS, NMSE, PSNR, SSIM, ResNetFD, build_metric
 from lightning_dfd.metrics.timm import TimmFD
 
+try:  # DFDCallback needs lightning (the [recon] extra); the metrics do not.
+    from lightning_dfd.callbacks import DFDCallback
+except ModuleNotFoundError as _err:
+    if _err.name != "lightning" and not (_err.name or "").startswith("lightning."):
+        raise
+
+    class DFDCallback:  # type: ignore[no-redef]
+        """Stand-in for :class:`lightning_dfd.callbacks.DFDCallback` when lightning is missing."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise ImportError("DFDCallback needs the `lightning` package, which the core install "
+                              "of lightning-dfd does not include: pip install 'lightning-dfd[recon]'")
+
 __version__ = "0.1.0"
-__all__ = ["DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD", "ResNetFD", "TimmFD", "build_metric"]
+__all__ = ["DFDCallback", "DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD", "ResNetFD", "TimmFD",
+           "build_metric"]
 
 _LAZY = {"SSFD": "lightning_dfd.metrics.ssfd", "VAEFD": "lightning_dfd.metrics.vaefd"}
 
