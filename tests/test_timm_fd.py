@@ -23,6 +23,7 @@ from lightning_dfd.weights import CorruptWeightsError, MissingWeightsError  # no
 TOL = 1e-6
 CNN = ("convnext_atto", (1, 2), {})
 VIT = ("vit_tiny_patch16_224", (1, 3), {"dynamic_img_size": True, "dynamic_img_pad": True})
+EFFNET = ("efficientnet_b0", (1, 3), {})
 
 
 def _full_state(name: str, kwargs: dict, seed: int) -> dict[str, torch.Tensor]:
@@ -38,7 +39,7 @@ def _full_state(name: str, kwargs: dict, seed: int) -> dict[str, torch.Tensor]:
 def weight_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("timm_weights")
     files = {}
-    for name, _, kwargs in (CNN, VIT):
+    for name, _, kwargs in (CNN, VIT, EFFNET):
         path = root / f"{name}.pth"
         torch.save(_full_state(name, kwargs, seed=1), path)
         files[name] = path
@@ -100,7 +101,7 @@ def test_equals_direct_timm_forward(arch, distance, weight_files):
     torch.testing.assert_close(functional, expected, atol=TOL, rtol=TOL)
 
 
-@pytest.mark.parametrize("arch", [CNN, VIT], ids=["convnext_atto", "vit_tiny"])
+@pytest.mark.parametrize("arch", [CNN, VIT, EFFNET], ids=["convnext_atto", "vit_tiny", "efficientnet_b0"])
 def test_weights_really_loaded(arch, weight_files):
     name, layers, kwargs = arch
     net = TimmFDNetwork(name, layers=layers, weights=weight_files[name], model_kwargs=kwargs)
@@ -227,3 +228,15 @@ def test_clear_error_without_timm(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ImportError, match=r"pip install 'lightning-dfd\[timm\]'"):
         TimmFD("resnet18", weights="random")
+
+
+def test_dinov2_small_any_image_size():
+    # Patch 14 and a 518-px positional embedding: 30x44 images work through dynamic size + padding.
+    torch.manual_seed(0)
+    metric = TimmFD("vit_small_patch14_dinov2", layers=(-1,), weights="random", distance="unit",
+                    reduction="none")
+    preds, target = _images(n=2, h=30, w=44)
+    metric.update(preds, target)
+    values = metric.compute()
+    assert values.shape == (2,) and torch.isfinite(values).all() and (values > 0).all()
+    assert metric.network.channels == (384,)
