@@ -170,6 +170,11 @@ def test_partial_and_misshapen_files_are_refused(weight_files, tmp_path):
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(CorruptWeightsError, match="shape mismatch.*stem_0.weight"):
         TimmFD(name, layers=layers, weights=tmp_path / "wrong.pth")
+    ambiguous = dict(state)
+    ambiguous["stem_0.weight"] = state["stem.0.weight"]  # two file keys fit one parameter
+    torch.save(ambiguous, tmp_path / "ambiguous.pth")
+    with pytest.raises(CorruptWeightsError, match=r"keys \['stem.0.weight', 'stem_0.weight'\] all fit"):
+        TimmFD(name, layers=layers, weights=tmp_path / "ambiguous.pth")
 
 
 def test_build_metric_and_yaml_config():

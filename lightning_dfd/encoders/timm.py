@@ -127,14 +127,17 @@ def map_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, source: str
     if set(own) <= set(state):  # saved from a features-only model: same keys
         found = {key: state[key] for key in own}
     else:
-        by_name: dict[str, str] = {}
+        by_name: dict[str, list[str]] = {}
         for key in state:
-            by_name.setdefault(_normalized_key(key), key)
+            by_name.setdefault(_normalized_key(key), []).append(key)
         found = {}
         for key in own:
-            match = by_name.get(_normalized_key(key.removeprefix(prefix)))
-            if match is not None:
-                found[key] = state[match]
+            matches = by_name.get(_normalized_key(key.removeprefix(prefix)), [])
+            if len(matches) > 1:
+                raise W.CorruptWeightsError(f"weights {source}: keys {matches} all fit {key!r}; "
+                                            "save the features-only model's state_dict() instead")
+            if matches:
+                found[key] = state[matches[0]]
     # BatchNorm's step counter carries no weights: a file without it is still complete.
     missing = [k for k in own if k not in found and not k.endswith("num_batches_tracked")]
     if missing:
