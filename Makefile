@@ -14,14 +14,14 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exact versions come from constraints.txt (the tested set); pyproject.toml declares ranges only.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
 	# The medvae package is only the reference for the Med-VAE parity test; its own dependency
 	# list (wandb, monai, hydra, ...) is not needed for its model class.
-	$(PY) -m pip install -q --no-deps medvae==0.1.7 einops
+	$(PY) -m pip install -q --no-deps -c constraints.txt medvae einops
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,8 @@
-"""Lightning callbacks for DFDs: early stopping and checkpointing with the mode taken from the metric.
+"""Lightning callbacks for DFDs: add them to any LightningModule; early-stop and checkpoint on them.
+
+:class:`DFDCallback` scores what any LightningModule's ``validation_step`` returns with deep
+feature distances (and pixel metrics), without a change to the module, and logs them as
+``val/<name>`` once per validation epoch, where ``EarlyStopping`` / ``ModelCheckpoint`` see them.
 
 :class:`DFDEarlyStopping` and :class:`DFDModelCheckpoint` are Lightning's ``EarlyStopping`` and
 ``ModelCheckpoint`` whose ``mode`` defaults to ``None``: then it is read from the monitored
@@ -15,16 +19,27 @@ still written). Lightning's ``callback_metrics`` keeps the previous value of a m
 not logged, so without this rule an old score would be judged again. A metric missing for any
 other reason still raises (``strict=True``), as in Lightning.
 
-This module needs ``lightning`` (the ``[recon]`` extra); ``import lightning_dfd`` does not.
+This module needs ``lightning`` (the ``[recon]`` extra). ``import lightning_dfd`` works without
+it: ``lightning_dfd.DFDCallback`` is then a stand-in that raises an ImportError when built.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
+from torch.utils.data.distributed import DistributedSampler
+from torchmetrics import Metric
 
-from lightning_dfd.metrics import METRICS, metric_class
+from lightning_dfd.metrics import METRICS, build_metric, is_dfd, metric_class
+from lightning_dfd.metrics.collection import DFDCollection
 
 
 def metric_mode(monitor: str) -> str:
@@ -120,3 +135,244 @@ class DFDModelCheckpoint(ModelCheckpoint):
                 or self._last_global_step_saved == trainer.global_step):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+#: What :class:`DFDCallback` reads from a ``validation_step`` dict by default: fastMRI's
+#: ``MriModule`` keys. ``output`` and ``target`` are required, the others optional.
+DEFAULT_KEYS: dict[str, str] = {"output": "output", "target": "target", "fname": "fname",
+                                "slice_num": "slice_num", "max_value": "max_value"}
+#: Positions in a ``validation_step`` tuple/list by default.
+DEFAULT_POSITIONS: dict[str, int] = {"output": 0, "target": 1}
+ROLES = tuple(DEFAULT_KEYS)
+
+
+def stable_id(*parts: Any) -> int:
+    """A non-negative int64 from a file name (and slice number) that is equal in every process.
+
+    Python's ``hash()`` of a string differs between processes; this is a BLAKE2b digest.
+
+    Example:
+        >>> stable_id("file1000.h5", 3) == stable_id("file1000.h5", 3) != stable_id("file1000.h5", 4)
+        True
+    """
+    digest = hashlib.blake2b("\x00".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _as_list(value: Any, n: int, role: str) -> list:
+    """A batch field (list/tuple of str, tensor, scalar) -> a list of ``n`` Python values."""
+    if isinstance(value, Tensor):
+        value = value.flatten().tolist() if value.numel() != 1 or n == 1 else [value.item()] * n
+    elif isinstance(value, (str, int)):
+        value = [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"DFDCallback: `{role}` holds {len(value)} values for a batch of {n} images")
+    return value
+
+
+def padding_sampler_problem(trainer: Any) -> str | None:
+    """Why validation would count some samples twice (or drop some) across processes, or None.
+
+    Lightning's default ``DistributedSampler`` pads each shard with repeated samples when the
+    dataset size is not a multiple of the world size (or drops samples with ``drop_last``).
+    """
+    world = int(getattr(trainer, "world_size", 1) or 1)
+    loaders = getattr(trainer, "val_dataloaders", None)
+    if world <= 1 or loaders is None:
+        return None
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler) or isinstance(sampler, UnrepeatedDistributedSampler):
+            continue
+        size = len(sampler.dataset)
+        if size % sampler.num_replicas:
+            effect = "drops" if sampler.drop_last else "repeats"
+            rest = size % sampler.num_replicas
+            extra = rest if sampler.drop_last else sampler.num_replicas - rest
+            return (f"the validation sampler is a padding DistributedSampler: {size} samples on "
+                    f"{sampler.num_replicas} processes, so it {effect} {extra} sample(s) and every DFD "
+                    "is biased. Shard without padding: Trainer(use_distributed_sampler=False) and a "
+                    "sampler that gives each sample to exactly one process, e.g. DataLoader(..., "
+                    "sampler=lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler("
+                    "dataset, shuffle=False))")
+    return None
+
+
+class DFDCallback(Callback):
+    """Deep feature distances for any LightningModule, read from what ``validation_step`` returns.
+
+    The module is not changed: its ``validation_step`` returns a dict (default keys follow
+    fastMRI's ``MriModule``: ``output``, ``target``, ``fname``, ``slice_num``, ``max_value``;
+    see ``keys``) or a tuple/list (see ``positions``). Every validation batch updates the metrics
+    (on the module's device, without gradients); at the end of each validation epoch their values,
+    computed over all processes by torchmetrics, are logged with ``pl_module.log`` as
+    ``<prefix><name>`` and so reach ``trainer.callback_metrics``, ``EarlyStopping``,
+    ``ModelCheckpoint`` and every logger.
+
+    * Target features are cached across epochs (``feature_cache=True``), keyed by
+      (``fname``, ``slice_num``) through :func:`stable_id`; without ``fname`` nothing is cached.
+    * The metrics are not modules of the LightningModule and this callback's ``state_dict`` is
+      empty: encoder weights never enter a checkpoint.
+    * Pixel metrics (``psnr``, ``ssim``, ``nmse``) get ``data_range=max_value`` and per-volume
+      aggregation by ``fname`` when those are returned.
+    * DDP: each process scores its own shard and the values are synced exactly, *provided each
+      sample is validated by exactly one process*. Lightning's default ``DistributedSampler``
+      repeats samples to even out shards when the dataset size is not a multiple of the world
+      size; this callback warns when it sees that. Use ``Trainer(use_distributed_sampler=False)``
+      and a sampler without padding (``UnrepeatedDistributedSampler``, or a volume-wise shard
+      sampler); shards of unequal length are fine, as nothing here synchronises per step.
+    * Several validation dataloaders are scored together.
+
+    Args:
+        metrics: names from :data:`lightning_dfd.metrics.METRICS` (each built with
+            ``weights`` left to its default), or a mapping name -> keyword arguments of
+            :func:`~lightning_dfd.metrics.build_metric` (``{"lpips_vgg": {"weights": "random"}}``,
+            YAML-friendly) or name -> a ready ``torchmetrics.Metric``.
+        keys: role -> dict key, merged over :data:`DEFAULT_KEYS` (roles: ``output``, ``target``,
+            ``fname``, ``slice_num``, ``max_value``).
+        positions: role -> index for tuple/list outputs, default ``{"output": 0, "target": 1}``.
+        prefix: prepended to every logged name.
+        feature_cache: default ``feature_cache`` of the DFDs built by name.
+
+    Example:
+        >>> cb = DFDCallback({"lpips_alex": {"weights": "random"}, "psnr": {}})
+        >>> sorted(cb.metrics.keys(keep_base=True))
+        ['lpips_alex', 'psnr']
+        >>> cb.state_dict()
+        {}
+    """
+
+    def __init__(
+        self,
+        metrics: Mapping[str, Metric | Mapping[str, Any] | None] | Sequence[str],
+        keys: Mapping[str, str] | None = None,
+        positions: Mapping[str, int] | None = None,
+        prefix: str = "val/",
+        feature_cache: bool | dict = True,
+    ) -> None:
+        super().__init__()
+        if isinstance(metrics, str):
+            raise TypeError("Argument `metrics` must be a list of names or a mapping, not a string")
+        if not isinstance(metrics, Mapping):
+            metrics = {name: None for name in metrics}
+        if not metrics:
+            raise ValueError("Argument `metrics` names no metric")
+        built: dict[str, Metric] = {}
+        for name, spec in metrics.items():
+            if isinstance(spec, Metric):
+                built[name] = spec
+                continue
+            if name not in METRICS:
+                raise ValueError(f"Argument `metrics` has an unknown metric {name!r}: use one of "
+                                 f"{tuple(METRICS)} or pass a torchmetrics Metric instance")
+            if spec is not None and not isinstance(spec, Mapping):
+                raise TypeError(f"Argument `metrics[{name!r}]` must be a Metric, a mapping of "
+                                f"keyword arguments or None, but got {type(spec).__name__}")
+            kwargs = dict(spec or {})
+            if is_dfd(name):
+                kwargs.setdefault("feature_cache", feature_cache)
+            built[name] = build_metric(name, **kwargs)
+        for role in keys or {}:
+            if role not in ROLES:
+                raise ValueError(f"Argument `keys` must map roles from {ROLES}, but got {role!r}")
+        for role in positions or {}:
+            if role not in ROLES:
+                raise ValueError(f"Argument `positions` must map roles from {ROLES}, but got {role!r}")
+        self.keys = {**DEFAULT_KEYS, **dict(keys or {})}
+        self.positions = dict(positions or DEFAULT_POSITIONS)
+        if not {"output", "target"} <= set(self.positions):
+            raise ValueError("Argument `positions` must give the `output` and `target` positions")
+        self.prefix = prefix
+        self.metrics = DFDCollection(built, prefix=prefix)
+        self._checked_sampler = False
+
+    # -- what validation_step returned -------------------------------------------------------
+
+    def read_outputs(self, outputs: Any) -> dict[str, Any]:
+        """``validation_step``'s return value -> ``{"output", "target", ...}`` (roles found)."""
+        if isinstance(outputs, Mapping):
+            found = {role: outputs[key] for role, key in self.keys.items() if key in outputs}
+            where = f"keys {self.keys['output']!r} and {self.keys['target']!r}"
+        elif isinstance(outputs, (tuple, list)):
+            n = len(outputs)
+            found = {role: outputs[i] for role, i in self.positions.items() if -n <= i < n}
+            where = f"positions {self.positions['output']} and {self.positions['target']}"
+        else:
+            raise TypeError(
+                "DFDCallback reads what validation_step returns, but it returned "
+                f"{type(outputs).__name__}: return a dict with {sorted(DEFAULT_KEYS)[:2]} ... "
+                "(see DFDCallback(keys=...)) or a tuple (see DFDCallback(positions=...))"
+            )
+        if "output" not in found or "target" not in found:
+            raise KeyError(f"DFDCallback: validation_step's return value lacks the {where} "
+                           f"(it has {list(outputs) if isinstance(outputs, Mapping) else len(outputs)})")
+        for role in ("output", "target"):
+            if not isinstance(found[role], Tensor):
+                raise TypeError(f"DFDCallback: `{role}` must be a tensor, but got "
+                                f"{type(found[role]).__name__}")
+        return found
+
+    def update(self, outputs: Any, device: torch.device | None = None) -> None:
+        """Score one batch of ``validation_step`` outputs (what the Lightning hook calls)."""
+        found = self.read_outputs(outputs)
+        preds, target = found["output"].detach(), found["target"].detach()
+        if device is not None:
+            preds, target = preds.to(device), target.to(device)
+        n = preds.shape[0]
+        extra: dict[str, Tensor] = {}
+        if found.get("fname") is not None:
+            fnames = _as_list(found["fname"], n, "fname")
+            slices = found.get("slice_num")
+            if slices is not None:
+                slices = _as_list(slices, n, "slice_num")
+                ids = [stable_id(f, s) for f, s in zip(fnames, slices, strict=True)]
+            else:
+                ids = [stable_id(f) for f in fnames]
+            if slices is None and len(set(ids)) < n:
+                ids = None  # one file, several images and no slice numbers: no cache key
+            if ids is not None:
+                extra["sample_ids"] = torch.tensor(ids, dtype=torch.long, device=preds.device)
+            extra["volume_ids"] = torch.tensor([stable_id(f) for f in fnames], dtype=torch.long,
+                                               device=preds.device)
+        if found.get("max_value") is not None:
+            data_range = torch.as_tensor(found["max_value"], device=preds.device).reshape(-1)
+            extra["data_range"] = data_range.expand(n) if data_range.numel() == 1 else data_range
+        with torch.no_grad():
+            self.metrics.update(preds, target, **extra)
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:  # noqa: D102
+        self.metrics.to(pl_module.device)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self.metrics.to(pl_module.device)
+        self.metrics.reset()
+        if not self._checked_sampler:
+            self._checked_sampler = True
+            problem = padding_sampler_problem(trainer)
+            if problem and trainer.is_global_zero:
+                warnings.warn(f"DFDCallback: {problem}", UserWarning, stacklevel=2)
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,  # noqa: D102
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.update(outputs, device=pl_module.device)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if not any(m.update_called for m in self.metrics.values(copy_state=False)):
+            return
+        values = self.metrics.compute()  # synced over every process by torchmetrics
+        self.metrics.reset()
+        for name, value in values.items():
+            # Equal on every rank already: "max" keeps that value exactly (a mean of equal values
+            # may round) and Lightning's advice to sync epoch-level values is satisfied.
+            pl_module.log(name, value.float(), on_step=False, on_epoch=True, sync_dist=True,
+                          reduce_fx="max")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: metrics are rebuilt from their arguments, encoders never enter checkpoints."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        return None

@@ -6,7 +6,8 @@ from lightning_dfd.functional.lpips import lpips
 from lightning_dfd.functional.pixel import nmse, psnr, ssim
 from lightning_dfd.functional.resnet import resnet_fd
 from lightning_dfd.functional.ssfd import ssfd
+from lightning_dfd.functional.timm import timm_fd
 from lightning_dfd.functional.vaefd import vae_fd
 
 __all__ = ["dists", "functional_distance", "lpips", "nmse", "psnr", "resnet_fd", "ssfd", "ssim",
-           "vae_fd"]
+           "timm_fd", "vae_fd"]

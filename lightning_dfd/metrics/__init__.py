@@ -9,8 +9,9 @@ from lightning_dfd.metrics.lpips import LPIPS
 from lightning_dfd.metrics.pixel import NMSE, PSNR, SSIM
 from lightning_dfd.metrics.resnet import ResNetFD
 from lightning_dfd.metrics.ssfd import SSFD
+from lightning_dfd.metrics.timm import TimmFD
 from lightning_dfd.metrics.vaefd import VAEFD
 
 __all__ = ["DFDCollection", "DISTS", "LPIPS", "METRICS", "NMSE", "PIXEL_METRICS", "PSNR", "SSFD", "SSIM",
-           "VAEFD", "DeepFeatureDistance", "EncoderPass", "ResNetFD", "build_metric", "is_dfd",
+           "VAEFD", "DeepFeatureDistance", "EncoderPass", "ResNetFD", "TimmFD", "build_metric", "is_dfd",
            "metric_class"]

@@ -26,6 +26,7 @@ METRICS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "rinfd": ("lightning_dfd.metrics.resnet", "ResNetFD", {"weights": "radimagenet"}),
     "ssfd": ("lightning_dfd.metrics.ssfd", "SSFD", {}),
     "vaefd": ("lightning_dfd.metrics.vaefd", "VAEFD", {}),
+    "timm_fd": ("lightning_dfd.metrics.timm", "TimmFD", {}),
 }
 #: The one list of pixel metrics (every other catalog name is a DFD).
 PIXEL_METRICS: tuple[str, ...] = ("psnr", "ssim", "nmse")

@@ -1,0 +1,261 @@
+"""DFDCallback on a plain LightningModule that knows nothing of lightning-dfd.
+
+``PlainDenoiser`` below imports only torch and lightning, and returns fastMRI ``MriModule``-style
+dicts from ``validation_step``. Its validation outputs get a deliberate artifact whose strength
+follows a schedule, so the DFD falls then rises and early stopping has something to act on.
+The values the callback logs are compared with LPIPS / PSNR run directly over the very outputs the
+module returned; 2 gloo processes (ddp_spawn) must log what 1 process logs.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from lightning_dfd import LPIPS, PSNR, DFDCallback
+from lightning_dfd.callbacks import padding_sampler_problem, stable_id
+
+TOL = 1e-6
+SCHEDULE = (0.6, 0.1, 0.8, 1.6, 3.2, 6.4)  # artifact strength per epoch: best at epoch 1
+
+
+# ---- the user's code: nothing from lightning_dfd below this line until the tests -------------
+
+class Slices(Dataset):
+    """``n`` slices of 32x32 images from 2 "volumes", fastMRI-style fields."""
+
+    def __init__(self, n: int = 6, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+        self.target = torch.stack([(xx**2 + yy**2 < 0.5 + 0.05 * i).float() * (1 + i / n)
+                                   + 0.05 * torch.rand(32, 32, generator=g) for i in range(n)])
+        self.image = self.target + 0.2 * torch.randn(n, 32, 32, generator=g)
+        self.artifact = torch.randn(n, 32, 32, generator=g)
+        self.fname = [f"file{1000 + i % 2}.h5" for i in range(n)]
+        self.slice_num = [i // 2 for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int):
+        t = self.target[i]
+        return self.image[i], t, self.artifact[i], self.fname[i], self.slice_num[i], float(t.max())
+
+
+class PlainDenoiser(LightningModule):
+    """A 3x3 conv denoiser; validation outputs carry ``SCHEDULE[epoch]`` times an artifact."""
+
+    def __init__(self, schedule=SCHEDULE, as_tuple: bool = False) -> None:
+        super().__init__()
+        self.net = nn.Conv2d(1, 1, 3, padding=1)
+        self.schedule = schedule
+        self.as_tuple = as_tuple
+        self.recorded: list[list[dict]] = []
+
+    def training_step(self, batch, batch_idx):
+        image, target = batch[0], batch[1]
+        return nn.functional.mse_loss(self.net(image.unsqueeze(1)).squeeze(1), target)
+
+    def on_validation_epoch_start(self) -> None:
+        self.recorded.append([])
+
+    def validation_step(self, batch, batch_idx):
+        image, target, artifact, fname, slice_num, max_value = batch
+        output = self.net(image.unsqueeze(1)).squeeze(1) + self.schedule[self.current_epoch] * artifact
+        self.recorded[-1].append({"output": output.detach().cpu().clone(), "target": target.cpu(),
+                                  "fname": list(fname), "slice_num": slice_num.cpu(),
+                                  "max_value": max_value.cpu()})
+        if self.as_tuple:
+            return output, target
+        return {"output": output, "target": target, "fname": fname, "slice_num": slice_num,
+                "max_value": max_value, "loss": nn.functional.mse_loss(output, target)}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class SlicesData(LightningDataModule):
+    """Validation shards without padding under DDP (each slice on exactly one process)."""
+
+    def __init__(self, n_val: int = 6, unrepeated: bool = True) -> None:
+        super().__init__()
+        self.n_val, self.unrepeated = n_val, unrepeated
+
+    def train_dataloader(self):
+        return DataLoader(Slices(4, seed=1), batch_size=2)
+
+    def val_dataloader(self):
+        data = Slices(self.n_val)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        unrepeated = distributed and self.unrepeated
+        sampler = UnrepeatedDistributedSampler(data, shuffle=False) if unrepeated else None
+        return DataLoader(data, batch_size=2, sampler=sampler)
+
+
+class Record(Callback):
+    """Every epoch's ``callback_metrics`` (and, given a folder, one JSON per rank)."""
+
+    def __init__(self, names, folder: str | None = None) -> None:
+        self.names, self.folder, self.epochs = names, folder, []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.epochs.append({n: float(trainer.callback_metrics[n]) for n in self.names})
+        if self.folder:
+            path = Path(self.folder) / f"rank{trainer.global_rank}.json"
+            path.write_text(json.dumps({"epochs": self.epochs, "world_size": trainer.world_size,
+                                        "stopped": trainer.current_epoch}))
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+def _trainer(tmp_path, callbacks, max_epochs=6, **kwargs):
+    return Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   default_root_dir=str(tmp_path), callbacks=callbacks, **kwargs)
+
+
+def _direct(cb: DFDCallback, epoch_outputs: list[dict]) -> dict[str, float]:
+    """LPIPS (the callback's own random weights) and PSNR run directly over recorded outputs."""
+    lpips = LPIPS(weights="random")
+    lpips.network.load_state_dict(cb.metrics["lpips_vgg"].network.state_dict())
+    psnr = PSNR()
+    for out in epoch_outputs:
+        lpips.update(out["output"], out["target"])
+        psnr.update(out["output"], out["target"], data_range=out["max_value"],
+                    volume_ids=torch.tensor([stable_id(f) for f in out["fname"]]))
+    return {"val/lpips_vgg": float(lpips.compute()), "val/psnr": float(psnr.compute())}
+
+
+def test_logs_every_epoch_equals_direct_metrics_and_early_stops(tmp_path):
+    seed_everything(0)
+    module = PlainDenoiser()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}, "psnr": {}})
+    record = Record(["val/lpips_vgg", "val/psnr"])
+    stop = EarlyStopping(monitor="val/lpips_vgg", mode="min", patience=1)
+    trainer = _trainer(tmp_path, [cb, record, stop])
+    trainer.fit(module, datamodule=SlicesData())
+    logged = [e["val/lpips_vgg"] for e in record.epochs]
+    assert len(logged) == len(module.recorded) >= 3
+    for epoch, values in enumerate(record.epochs):
+        expected = _direct(cb, module.recorded[epoch])
+        assert values == pytest.approx(expected, rel=TOL, abs=TOL), epoch
+    # EarlyStopping acted on the logged DFD: stopped at the first epoch that did not improve.
+    first_worse = next(e for e in range(1, len(logged)) if logged[e] >= min(logged[:e]))
+    assert trainer.current_epoch == first_worse + 1 and len(logged) == first_worse + 1 < len(SCHEDULE)
+    assert float(stop.best_score) == pytest.approx(min(logged), rel=TOL)
+    # Target features were cached once per slice, keyed by (fname, slice_num).
+    cache = cb.metrics["lpips_vgg"].feature_cache
+    assert cache is not None and len(cache) == len(Slices())
+
+
+def test_tuple_outputs_and_custom_keys():
+    data = Slices(4)
+    cb = DFDCallback({"lpips_alex": {"weights": "random"}}, positions={"output": 1, "target": 0})
+    direct = LPIPS(net="alex", weights="random")
+    direct.network.load_state_dict(cb.metrics["lpips_alex"].network.state_dict())
+    cb.update((data.target[:2], data.image[:2]))
+    cb.update([data.target[2:], data.image[2:]])
+    direct.update(data.image, data.target)
+    assert float(cb.metrics.compute()["val/lpips_alex"]) == pytest.approx(float(direct.compute()), rel=TOL)
+
+    renamed = DFDCallback({"psnr": {}}, keys={"output": "recon", "target": "ref"}, prefix="valid/")
+    renamed.update({"recon": data.image, "ref": data.target})
+    expected = PSNR()
+    expected.update(data.image, data.target)
+    assert float(renamed.metrics.compute()["valid/psnr"]) == pytest.approx(float(expected.compute()))
+
+
+def test_bad_outputs_and_arguments_are_named():
+    cb = DFDCallback({"psnr": {}})
+    with pytest.raises(TypeError, match="validation_step returns, but it returned NoneType"):
+        cb.update(None)
+    with pytest.raises(KeyError, match="lacks the keys 'output' and 'target'"):
+        cb.update({"pred": torch.rand(1, 8, 8)})
+    with pytest.raises(ValueError, match="`fname` holds 3 values for a batch of 2"):
+        cb.update({"output": torch.rand(2, 8, 8), "target": torch.rand(2, 8, 8), "fname": ["a", "b", "c"]})
+    assert not cb.metrics["psnr"].update_called  # nothing was counted
+    with pytest.raises(ValueError, match="unknown metric 'lpips'"):
+        DFDCallback({"lpips": {}})
+    with pytest.raises(ValueError, match="Argument `keys` must map roles"):
+        DFDCallback(["psnr"], keys={"prediction": "x"})
+
+
+def test_checkpoints_hold_no_encoder_weights(tmp_path):
+    seed_everything(0)
+    module = PlainDenoiser()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}})
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path, [cb, ckpt], max_epochs=1).fit(module, datamodule=SlicesData())
+    checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert set(checkpoint["state_dict"]) == {"net.weight", "net.bias"}
+    states = checkpoint.get("callbacks", {})
+    assert not states.get(cb.state_key) and cb.state_dict() == {}
+    big = [k for state in states.values() for k, v in state.items()
+           if isinstance(v, torch.Tensor) and v.numel() > 1]
+    assert big == []  # only ModelCheckpoint's scalar scores
+    assert (tmp_path / "ckpt" / "last.ckpt").stat().st_size < 100_000  # a VGG-16 trunk is ~59 MB
+
+
+def test_warns_about_lightnings_padding_sampler():
+    data = Slices(5)
+    padded = DataLoader(data, sampler=DistributedSampler(data, num_replicas=2, rank=0, shuffle=False))
+    trainer = SimpleNamespace(world_size=2, val_dataloaders=padded, is_global_zero=True)
+    assert "repeats 1 sample(s)" in padding_sampler_problem(trainer)
+    unrepeated = DataLoader(data, sampler=UnrepeatedDistributedSampler(data, num_replicas=2, rank=0))
+    assert padding_sampler_problem(SimpleNamespace(world_size=2, val_dataloaders=[unrepeated])) is None
+    even = Slices(6)
+    fine = DataLoader(even, sampler=DistributedSampler(even, num_replicas=2, rank=0))
+    assert padding_sampler_problem(SimpleNamespace(world_size=2, val_dataloaders=fine)) is None
+    cb = DFDCallback(["psnr"])
+    with pytest.warns(UserWarning, match="padding DistributedSampler: 5 samples on 2 processes"):
+        cb.on_validation_epoch_start(trainer, SimpleNamespace(device=torch.device("cpu")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cb.on_validation_epoch_start(trainer, SimpleNamespace(device=torch.device("cpu")))  # once
+
+
+def _run(tmp_path: Path, devices: int, padded: bool = False) -> dict:
+    seed_everything(0)
+    module = PlainDenoiser()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}, "psnr": {}})
+    folder = tmp_path / f"devices{devices}{'-padded' if padded else ''}"
+    folder.mkdir()
+    record = Record(["val/lpips_vgg", "val/psnr"], folder=str(folder))
+    stop = EarlyStopping(monitor="val/lpips_vgg", mode="min", patience=1)
+    trainer = Trainer(accelerator="cpu", devices=devices, max_epochs=len(SCHEDULE), logger=False,
+                      strategy="ddp_spawn" if devices > 1 else "auto", use_distributed_sampler=padded,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      callbacks=[cb, record, stop], default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=SlicesData(n_val=7, unrepeated=not padded))  # shards of 4 and 3
+    return {r: json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)}
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_equal_one(tmp_path):
+    torch.set_num_threads(1)
+    single = _run(tmp_path, 1)[0]
+    ranks = _run(tmp_path, 2)
+    assert [r["world_size"] for r in ranks.values()] == [2, 2], "DDP did not really run"
+    for result in ranks.values():
+        assert result["stopped"] == single["stopped"] < len(SCHEDULE) - 1
+        assert len(result["epochs"]) == len(single["epochs"])
+        for got, expected in zip(result["epochs"], single["epochs"], strict=True):
+            assert got == pytest.approx(expected, rel=TOL, abs=TOL)
+    # The guard is not decorative: Lightning's padding sampler scores a slice twice.
+    padded = _run(tmp_path, 2, padded=True)[0]
+    assert padded["epochs"][0]["val/lpips_vgg"] != pytest.approx(single["epochs"][0]["val/lpips_vgg"],
+                                                                 rel=1e-4)
