@@ -12,7 +12,9 @@ exposes them through ``layer_maps(feats_preds, feats_target) -> [(M, 1, h_l, w_l
 :func:`distance_map` upsamples each layer map to the input size (bilinear,
 ``align_corners=False``, exactly as ``lpips.LPIPS(spatial=True)``) and sums over layers: a
 non-negative ``(N, C, H, W)`` map whose pixel mean is close to (not exactly) the scalar DFD,
-since bilinear upsampling by a non-integer factor does not preserve the mean exactly.
+since bilinear upsampling by a non-integer factor does not preserve the mean exactly. Vision
+transformers built with ``dynamic_img_pad`` see the input padded (right/bottom) to a multiple of
+the patch size; their maps are stretched over the unpadded image, misplaced by less than a patch.
 
 :func:`masked_distances` averages each layer map over the mask resized to that layer (area
 downsampling of the float mask, so a partly covered feature position gets a fractional weight)
@@ -112,12 +114,18 @@ def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, no
     p01, t01 = normalize_pair(p.to(device), t.to(device), normalization)
     m = p01.shape[0]
     step = max_batch or m
+    needs_grad = torch.is_grad_enabled() and p01.requires_grad
     out = []
     for start in range(0, m, step):
         pc, tc = p01[start:start + step], t01[start:start + step]
-        with torch.no_grad():
-            ft = network(tc)
-        fp = network(pc)  # keeps its graph when gradients are on (a map as a loss)
+        if needs_grad:  # predictions keep their graph (a map as a loss), targets never get one
+            with torch.no_grad():
+                ft = network(tc)
+            fp = network(pc)
+        else:  # one batched encoder pass
+            with torch.no_grad():
+                both = network(torch.cat([pc, tc]))
+            fp, ft = [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
         out.append(layer_maps(network, fp, ft))
     return out
 

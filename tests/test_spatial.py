@@ -235,6 +235,7 @@ def test_mask_shapes_channels_and_errors():
     torch.testing.assert_close(masked_distances(net, preds, target, mask[:, None].expand(2, 3, 32, 32)),
                                per_image)
     torch.testing.assert_close(masked_distances(net, preds[:, 2], target[:, 2], mask), per_image[2::3])
+    torch.testing.assert_close(masked_distances(net, preds, target, mask, max_batch=4), per_image)
     with pytest.raises(TypeError, match="torch.bool"):
         masked_distances(net, preds, target, mask.float())
     with pytest.raises(ValueError, match="must have shape"):
