@@ -104,3 +104,15 @@ class LPIPSNetwork(FeatureDistanceNetwork):
             layer = self.lins[k](diff) if self.linear else diff.sum(dim=1, keepdim=True)
             total = total + layer.mean(dim=(2, 3), keepdim=True)
         return total.flatten()
+
+    def layer_maps(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> list[Tensor]:
+        """Per-position contributions ``(M, 1, h_l, w_l)`` per tap, before the spatial average.
+
+        The (weighted) squared feature difference summed over channels: the maps of
+        ``lpips.LPIPS(spatial=True)`` before upsampling; ``distance`` is the sum of their means.
+        """
+        maps = []
+        for k, (a, b) in enumerate(zip(feats_preds, feats_target, strict=True)):
+            diff = (a - b) ** 2
+            maps.append(self.lins[k](diff) if self.linear else diff.sum(dim=1, keepdim=True))
+        return maps

@@ -275,3 +275,12 @@ class SSFDNetwork(FeatureDistanceNetwork):
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
         """MSE (or MAE) over channels and positions, summed over layers: ``(M,)``."""
         return self._distance(feats_preds, feats_target)
+
+    def layer_maps(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> list[Tensor]:
+        """Per-position contributions ``(M, 1, h_l, w_l)`` per layer; ``distance`` = sum of their means.
+
+        The squared (MSE) or absolute (MAE) feature difference averaged over channels.
+        """
+        absolute = self._distance is mean_absolute_distance
+        return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
+                for a, b in zip(feats_preds, feats_target, strict=True)]

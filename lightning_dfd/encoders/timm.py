@@ -249,3 +249,18 @@ class TimmFDNetwork(FeatureDistanceNetwork):
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
         """MSE / MAE over channels and positions, or the unit-normalised distance; summed over layers."""
         return self._distance(feats_preds, feats_target)
+
+    def layer_maps(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> list[Tensor]:
+        """Per-position contributions ``(M, 1, h_l, w_l)`` per layer; ``distance`` is the sum of their means.
+
+        MSE / MAE: the squared / absolute difference averaged over channels; ``"unit"``: the
+        squared difference of the channel-unit-normalised maps summed over channels (LPIPS-style).
+        """
+        maps = []
+        for a, b in zip(feats_preds, feats_target, strict=True):
+            if self.distance_name == "unit":
+                maps.append((unit_normalize(a) - unit_normalize(b)).pow(2).sum(dim=1, keepdim=True))
+            else:
+                diff = (a - b).abs() if self.distance_name == "mae" else (a - b).pow(2)
+                maps.append(diff.mean(dim=1, keepdim=True))
+        return maps

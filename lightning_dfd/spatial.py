@@ -1,0 +1,485 @@
+"""Where a deep feature distance comes from: per-pixel DFD maps and region-of-interest masks.
+
+Every DFD here is a sum over layers of a spatial mean of per-position contributions. A network
+exposes them through ``layer_maps(feats_preds, feats_target) -> [(M, 1, h_l, w_l), ...]`` with
+``distance(fp, ft) == sum_l layer_maps_l.mean((-2, -1))``:
+
+* LPIPS: the (linearly weighted) squared difference of unit-normalised features summed over
+  channels, i.e. the ``lpips`` package's maps before ``spatial_average``;
+* ResNetFD, SSFD, TimmFD ``"mse"`` / ``"mae"``: the squared / absolute feature difference
+  averaged over channels; TimmFD ``"unit"``: as LPIPS without linear layers.
+
+:func:`distance_map` upsamples each layer map to the input size (bilinear,
+``align_corners=False``, exactly as ``lpips.LPIPS(spatial=True)``) and sums over layers: a
+non-negative ``(N, C, H, W)`` map whose pixel mean is close to (not exactly) the scalar DFD,
+since bilinear upsampling by a non-integer factor does not preserve the mean exactly. Vision
+transformers built with ``dynamic_img_pad`` see the input padded (right/bottom) to a multiple of
+the patch size; their maps are stretched over the unpadded image, misplaced by less than a patch.
+
+:func:`masked_distances` averages each layer map over the mask resized to that layer (area
+downsampling of the float mask, so a partly covered feature position gets a fractional weight)
+instead of over all positions. What this means per DFD:
+
+* a feature position sees a receptive field (LPIPS-VGG's deepest tap: ~200 pixels; ResNetFD's
+  ``layer3``: ~400; SSFD's ``block4``: ~100; ViTs: the whole image through attention), so a
+  masked DFD is **not** blind to changes outside the mask: a corruption just outside the edge
+  changes feature positions inside it. It down-weights the background, it does not cut it out;
+  far-away changes matter much less (``tests/test_spatial.py`` measures the ratio);
+* min-max normalisation (``normalization="minmax"``) uses the whole image, so a bright artefact
+  outside the mask rescales the inside too: use ``normalization="target"`` when that matters;
+* SSFD z-scores each whole image before the encoder, with the same caveat;
+* DISTS has no per-position form (its structure and texture terms compare global means and
+  variances of each channel) and raises :class:`NotImplementedError`; so do networks (VAEFD)
+  that define no ``layer_maps``.
+
+Pixel metrics (:func:`masked_psnr`, :func:`masked_nmse`, :func:`masked_ssim`) use only the
+masked pixels (SSIM: the mean of the SSIM map over the window centres inside the mask).
+:func:`foreground_mask` finds the object in a magnitude image (Otsu threshold, hole filling,
+optionally the largest connected component), e.g. to keep background noise out of a score.
+
+Example:
+    >>> import torch
+    >>> from lightning_dfd.encoders.resnet import ResNetFDNetwork
+    >>> net = ResNetFDNetwork(weights="random")
+    >>> target = torch.rand(2, 64, 64)
+    >>> preds = target.clone()
+    >>> preds[:, 40:, 40:] += 1.0
+    >>> maps = distance_map(net, preds, target)
+    >>> maps.shape, bool(maps[:, :, 48:, 48:].mean() > maps[:, :, :16, :16].mean())
+    (torch.Size([2, 1, 64, 64]), True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.functional.dfd import validated_images
+from lightning_dfd.preprocess import (
+    NORMALIZATIONS,
+    REDUCTIONS,
+    channels_per_image,
+    check_choice,
+    magnitude,
+    normalize_pair,
+)
+
+SSIM_WIN_SIZE = 7
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def layer_maps(network: FeatureDistanceNetwork, feats_preds: list[Tensor],
+               feats_target: list[Tensor]) -> list[Tensor]:
+    """Per-layer, per-position contributions ``(M, 1, h_l, w_l)`` of ``network``'s distance.
+
+    Raises:
+        NotImplementedError: the network has no per-position form (DISTS, VAEFD).
+    """
+    method = getattr(network, "layer_maps", None)
+    if method is None:
+        name = getattr(network, "identity", "") or type(network).__name__
+        raise NotImplementedError(
+            f"{type(network).__name__} ({name}) has no per-position distance (no `layer_maps`): "
+            "spatial DFD maps and masks work for LPIPS, ResNetFD, SSFD and TimmFD"
+        )
+    return method(feats_preds, feats_target)
+
+
+def _device_of(network: FeatureDistanceNetwork) -> torch.device:
+    for tensor in (*network.parameters(), *network.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _check_nan_strategy(nan_strategy: str) -> None:
+    check_choice("nan_strategy", nan_strategy, ("error", "propagate"))
+
+
+def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
+                       max_batch: int | None = None) -> list[list[Tensor]]:
+    """Layer maps of validated ``(M, 1, H, W)`` batches, ``max_batch`` pairs per encoder pass.
+
+    Returns:
+        One list of ``(m, 1, h_l, w_l)`` maps per chunk of at most ``max_batch`` images.
+    """
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"Argument `max_batch` must be a positive integer or None, got {max_batch}")
+    device = _device_of(network)
+    p01, t01 = normalize_pair(p.to(device), t.to(device), normalization)
+    m = p01.shape[0]
+    step = max_batch or m
+    needs_grad = torch.is_grad_enabled() and p01.requires_grad
+    out = []
+    for start in range(0, m, step):
+        pc, tc = p01[start:start + step], t01[start:start + step]
+        if needs_grad:  # predictions keep their graph (a map as a loss), targets never get one
+            with torch.no_grad():
+                ft = network(tc)
+            fp = network(pc)
+        else:  # one batched encoder pass
+            with torch.no_grad():
+                both = network(torch.cat([pc, tc]))
+            fp, ft = [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
+        out.append(layer_maps(network, fp, ft))
+    return out
+
+
+def upsample_maps(maps: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """Sum over layers of the maps upsampled to ``size`` (bilinear, as ``lpips`` spatial=True)."""
+    total = None
+    for m in maps:
+        up = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        total = up if total is None else total + up
+    return total
+
+
+def distance_map(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor,
+                 normalization: str = "minmax", max_batch: int | None = None,
+                 nan_strategy: str = "error") -> Tensor:
+    """Per-pixel DFD contributions at input resolution: ``(N, C, H, W)``, non-negative.
+
+    Inputs as every metric: real or complex ``(N, H, W)`` / ``(N, C, H, W)`` (complex ->
+    magnitude, each channel an independent image; ``(N, H, W)`` gives ``C = 1``).
+
+    Args:
+        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD).
+        preds: predictions.
+        target: targets, same shape.
+        normalization: ``"minmax"``, ``"target"`` or ``"none"``, as the metrics.
+        max_batch: at most this many image pairs per encoder pass (None: all at once).
+        nan_strategy: ``"error"`` or ``"propagate"`` (a non-finite prediction gives a NaN map).
+
+    Example:
+        >>> import torch
+        >>> from lightning_dfd.encoders.lpips import LPIPSNetwork
+        >>> net = LPIPSNetwork("alex", weights="random")
+        >>> x = torch.rand(2, 3, 48, 40, dtype=torch.complex64)
+        >>> m = distance_map(net, x, x)
+        >>> m.shape, float(m.abs().max())
+        (torch.Size([2, 3, 48, 40]), 0.0)
+    """
+    _check_nan_strategy(nan_strategy)
+    p, t, _ = validated_images(preds, target, nan_strategy)
+    size = tuple(p.shape[-2:])
+    chunks = [upsample_maps(maps, size) for maps in feature_layer_maps(network, p, t, normalization,
+                                                                       max_batch)]
+    n, c = preds.shape[0], channels_per_image(preds)
+    return torch.cat(chunks).reshape(n, c, *size)
+
+
+def validated_mask(mask: Tensor, preds: Tensor) -> Tensor:
+    """Check a ROI mask against ``preds`` and flatten it to ``(M, 1, H, W)`` float, as the images.
+
+    Accepts a boolean ``(N, H, W)`` mask (every channel), ``(N, 1, H, W)`` (every channel) or
+    ``(N, C, H, W)`` (per channel) for ``(N, [C,] H, W)`` images.
+
+    Raises:
+        TypeError: a non-tensor or non-boolean mask.
+        ValueError: a wrong shape, or an image whose mask is empty.
+    """
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"`mask` must be a boolean torch.Tensor, but got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"`mask` must have dtype torch.bool, but got {mask.dtype} (use `mask > 0.5`)")
+    n, c = preds.shape[0], channels_per_image(preds)
+    h, w = preds.shape[-2:]
+    if mask.shape == (n, h, w):
+        mask = mask[:, None]
+    if mask.ndim != 4 or mask.shape[0] != n or mask.shape[1] not in (1, c) or mask.shape[2:] != (h, w):
+        raise ValueError(f"`mask` must have shape ({n}, {h}, {w}), ({n}, 1, {h}, {w}) or "
+                         f"({n}, {c}, {h}, {w}) for images of shape {tuple(preds.shape)}, but got "
+                         f"{tuple(mask.shape)}")
+    mask = mask.expand(n, c, h, w).reshape(n * c, 1, h, w)
+    empty = ~mask.flatten(1).any(dim=1)
+    if empty.any():
+        raise ValueError(f"`mask` is empty (all False) for images {empty.nonzero().flatten().tolist()} "
+                         f"(of {n * c}, counted over batch x channels): nothing to score there")
+    return mask.float()
+
+
+def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:
+    """Sum over layers of each map's mean weighted by ``mask`` area-resized to the layer: ``(m,)``.
+
+    Area downsampling covers every input pixel, so a non-empty mask never vanishes at a layer.
+    """
+    total = None
+    for m in maps:
+        w = F.adaptive_avg_pool2d(mask.to(m.dtype), m.shape[-2:])
+        v = (m * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
+        total = v if total is None else total + v
+    return total
+
+
+def masked_feature_distances(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, mask: Tensor,
+                             normalization: str, max_batch: int | None = None) -> Tensor:
+    """Masked DFDs ``(M,)`` of validated ``(M, 1, H, W)`` images and an ``(M, 1, H, W)`` float mask.
+
+    The metric-side entry point (``update(..., mask=...)``): images already flattened by
+    :func:`~lightning_dfd.functional.dfd.validated_images`, mask by :func:`validated_mask`.
+    """
+    step = max_batch or max(p.shape[0], 1)
+    device = _device_of(network)
+    chunks = feature_layer_maps(network, p, t, normalization, max_batch)
+    return torch.cat([masked_layer_means(maps, mask[k * step:(k + 1) * step].to(device))
+                      for k, maps in enumerate(chunks)])
+
+
+def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor, mask: Tensor,
+                     normalization: str = "minmax", max_batch: int | None = None,
+                     nan_strategy: str = "error") -> Tensor:
+    """Per-image DFDs ``(N * C,)`` with every layer averaged over the ROI ``mask`` only.
+
+    A full mask gives the unmasked distance. See the module docstring for what masking means
+    (receptive fields reach past the mask edge).
+
+    Args:
+        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD).
+        preds: predictions, ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
+        target: targets, same shape.
+        mask: boolean ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``; True = score here.
+        normalization: ``"minmax"``, ``"target"`` or ``"none"``.
+        max_batch: at most this many image pairs per encoder pass.
+        nan_strategy: ``"error"`` or ``"propagate"``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_dfd.encoders.ssfd import SSFDNetwork
+        >>> net = SSFDNetwork(weights="random")
+        >>> preds, target = torch.rand(2, 64, 64), torch.rand(2, 64, 64)
+        >>> full = torch.ones(2, 64, 64, dtype=torch.bool)
+        >>> torch.allclose(masked_distances(net, preds, target, full),
+        ...                net.distance(net(preds[:, None]), net(target[:, None])), rtol=1e-5)
+        True
+    """
+    _check_nan_strategy(nan_strategy)
+    p, t, _ = validated_images(preds, target, nan_strategy)
+    return masked_feature_distances(network, p, t, validated_mask(mask, preds), normalization,
+                                    max_batch)
+
+
+# ----------------------------------------------------------------------------- foreground mask
+
+
+def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
+    """Otsu's threshold of an array, as ``skimage.filters.threshold_otsu`` (256-bin histogram).
+
+    Example:
+        >>> otsu_threshold(np.array([0.0, 0.1, 0.0, 0.9, 1.0, 0.95])) < 0.9
+        True
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo, hi = float(values.min()), float(values.max())
+    if lo == hi:
+        return lo
+    counts, edges = np.histogram(values, bins=nbins, range=(lo, hi))
+    centers = (edges[:-1] + edges[1:]) / 2
+    counts = counts.astype(np.float64)
+    weight1 = np.cumsum(counts)
+    weight2 = np.cumsum(counts[::-1])[::-1]
+    mean1 = np.cumsum(counts * centers) / weight1.clip(min=1e-300)
+    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1].clip(min=1e-300))[::-1]
+    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
+    return float(centers[int(np.argmax(variance))])
+
+
+def foreground_mask(target: Tensor, threshold: float | None = None, fill_holes: bool = True,
+                    largest_component: bool = False, relative: bool = False) -> Tensor:
+    """Boolean ``(N, H, W)`` object masks of (complex) MR images: threshold, then fill holes.
+
+    The threshold applies to the magnitude (``(N, C, H, W)``: the root-sum-of-squares over
+    channels, one mask for all channels). Runs on the CPU with numpy/scipy; the mask comes back
+    on ``target``'s device.
+
+    Args:
+        target: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
+        threshold: None: Otsu's threshold of each image; a float: a fixed threshold on the
+            magnitude (on the magnitude divided by each image's maximum with ``relative=True``).
+        fill_holes: fill enclosed background (``scipy.ndimage.binary_fill_holes``).
+        largest_component: keep only the largest 8-connected component.
+        relative: see ``threshold``.
+
+    Raises:
+        ValueError: a wrong shape or non-finite values.
+
+    Example:
+        >>> import torch
+        >>> yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        >>> ring = ((yy - 16) ** 2 + (xx - 16) ** 2).sqrt()
+        >>> image = ((ring > 4) & (ring < 10)).float()[None]  # an annulus: a hole in the middle
+        >>> mask = foreground_mask(image)
+        >>> bool(mask[0, 16, 16]), bool(mask[0, 0, 0])
+        (True, False)
+    """
+    from scipy import ndimage
+
+    if not isinstance(target, Tensor) or target.ndim not in (3, 4):
+        shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise ValueError(f"`target` must be a tensor of shape (N, H, W) or (N, C, H, W), but got {shape}")
+    mag = magnitude(target.detach()).double()
+    if mag.ndim == 4:
+        mag = mag.pow(2).sum(dim=1).sqrt()
+    if not torch.isfinite(mag).all():
+        raise ValueError("`target` holds NaN or inf: no foreground can be found")
+    images = mag.cpu().numpy()
+    out = np.zeros(images.shape, dtype=bool)
+    structure = np.ones((3, 3), dtype=bool)
+    for k, image in enumerate(images):
+        values = image / max(float(image.max()), 1e-300) if relative else image
+        level = otsu_threshold(values) if threshold is None else float(threshold)
+        mask = values > level
+        if largest_component and mask.any():
+            labels, count = ndimage.label(mask, structure=structure)
+            sizes = np.bincount(labels.ravel())[1:]
+            mask = labels == (int(np.argmax(sizes)) + 1)
+        if fill_holes:
+            mask = ndimage.binary_fill_holes(mask)
+        out[k] = mask
+    return torch.from_numpy(out).to(target.device)
+
+
+# ------------------------------------------------------------------------------ pixel metrics
+
+
+def _masked_pixels(preds: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    p, t, _ = validated_images(preds, target, "error")
+    return p.double(), t.double(), validated_mask(mask.to(p.device), preds).double()
+
+
+def _data_range(t: Tensor, data_range: Tensor | float | None, n: int, c: int) -> Tensor:
+    if data_range is None:
+        return t.flatten(1).amax(dim=1)
+    dr = torch.as_tensor(data_range, dtype=torch.float64, device=t.device)
+    dr = dr.expand(t.shape[0]) if dr.ndim == 0 else dr.repeat_interleave(c) if dr.shape == (n,) else None
+    if dr is None:
+        raise ValueError(f"`data_range` must be a scalar or have shape ({n},), got {tuple(data_range.shape)}")
+    if not torch.isfinite(dr).all() or (dr <= 0).any():
+        raise ValueError(f"`data_range` must be finite and positive, got {dr.tolist()}")
+    return dr
+
+
+def _reduce(values: Tensor, reduction: str) -> Tensor:
+    return values.mean() if reduction == "mean" else values
+
+
+def masked_psnr(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
+                reduction: str = "mean") -> Tensor:
+    """PSNR (dB) over the masked pixels of each image; ``data_range`` default: the target's max.
+
+    Example:
+        >>> import torch
+        >>> t = torch.rand(2, 16, 16)
+        >>> full = torch.ones(2, 16, 16, dtype=torch.bool)
+        >>> from lightning_dfd.functional import psnr
+        >>> bool(torch.allclose(masked_psnr(t + 0.1, t, full, reduction="none"),
+        ...                     psnr(t + 0.1, t, reduction="none").double()))
+        True
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    p, t, w = _masked_pixels(preds, target, mask)
+    dr = _data_range(t, data_range, preds.shape[0], channels_per_image(preds))
+    mse = ((p - t).pow(2) * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
+    return _reduce(10 * torch.log10(dr**2 / mse), reduction)
+
+
+def masked_nmse(preds: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean") -> Tensor:
+    """``||(target - preds) * mask||^2 / ||target * mask||^2`` per image.
+
+    Example:
+        >>> import torch
+        >>> t = torch.ones(1, 8, 8)
+        >>> p = t.clone(); p[0, :4] = 0  # wrong only in the top half
+        >>> bottom = torch.zeros(1, 8, 8, dtype=torch.bool); bottom[0, 4:] = True
+        >>> float(masked_nmse(p, t, bottom)), float(masked_nmse(p, t, ~bottom))
+        (0.0, 1.0)
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    p, t, w = _masked_pixels(preds, target, mask)
+    return _reduce(((p - t).pow(2) * w).flatten(1).sum(dim=1) / (t.pow(2) * w).flatten(1).sum(dim=1),
+                   reduction)
+
+
+def ssim_map(preds: Tensor, target: Tensor, data_range: Tensor, win_size: int = SSIM_WIN_SIZE) -> Tensor:
+    """SSIM map ``(M, 1, H - win + 1, W - win + 1)`` of ``(M, 1, H, W)`` float64 images.
+
+    Uniform window, sample covariance, K1=0.01, K2=0.03: the map whose mean is
+    ``skimage.metrics.structural_similarity`` (and :func:`lightning_dfd.functional.ssim`).
+    """
+    if min(preds.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM needs images of at least {win_size}x{win_size}, "
+                         f"got {tuple(preds.shape[-2:])}")
+    x, y = target, preds
+    ux, uy = F.avg_pool2d(x, win_size, stride=1), F.avg_pool2d(y, win_size, stride=1)
+    uxx, uyy = F.avg_pool2d(x * x, win_size, stride=1), F.avg_pool2d(y * y, win_size, stride=1)
+    uxy = F.avg_pool2d(x * y, win_size, stride=1)
+    cov_norm = win_size**2 / (win_size**2 - 1)
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    dr = data_range.view(-1, 1, 1, 1)
+    c1, c2 = (SSIM_K1 * dr) ** 2, (SSIM_K2 * dr) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+
+
+def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
+                reduction: str = "mean") -> Tensor:
+    """Mean of the SSIM map over the window centres inside the mask (borders excluded as skimage).
+
+    Raises:
+        ValueError: a mask with no pixel in the valid (border-free) region of some image.
+
+    Example:
+        >>> import torch
+        >>> t = torch.rand(2, 16, 16)
+        >>> full = torch.ones(2, 16, 16, dtype=torch.bool)
+        >>> float(masked_ssim(t, t, full))
+        1.0
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    p, t, w = _masked_pixels(preds, target, mask)
+    dr = _data_range(t, data_range, preds.shape[0], channels_per_image(preds))
+    s = ssim_map(p, t, dr)
+    r = SSIM_WIN_SIZE // 2
+    w = w[..., r:r + s.shape[-2], r:r + s.shape[-1]]
+    weight = w.flatten(1).sum(dim=1)
+    if (weight == 0).any():
+        raise ValueError(f"`mask` has no pixel at least {r} pixels from the border in images "
+                         f"{(weight == 0).nonzero().flatten().tolist()}: SSIM is undefined there")
+    return _reduce((s * w).flatten(1).sum(dim=1) / weight, reduction)
+
+
+# ------------------------------------------------------------------------------------ the mixin
+
+
+class SpatialDFDMixin:
+    """Adds :meth:`distance_map` and :meth:`masked_distances` to a DFD metric class.
+
+    Uses the metric's ``network``, ``normalization`` and ``max_batch``; touches no metric state.
+
+    Example:
+        >>> import torch
+        >>> from lightning_dfd.encoders.resnet import ResNetFDNetwork
+        >>> class Probe(SpatialDFDMixin):
+        ...     network, normalization, max_batch = ResNetFDNetwork(weights="random"), "minmax", 4
+        >>> Probe().distance_map(torch.rand(1, 32, 32), torch.rand(1, 32, 32)).shape
+        torch.Size([1, 1, 32, 32])
+    """
+
+    network: FeatureDistanceNetwork
+    normalization: str
+
+    def _spatial_options(self) -> dict[str, Any]:
+        nan = getattr(self, "nan_strategy", "error")
+        return {"normalization": self.normalization, "max_batch": getattr(self, "max_batch", None),
+                "nan_strategy": "propagate" if nan in ("ignore", "propagate") else "error"}
+
+    def distance_map(self, preds: Tensor, target: Tensor) -> Tensor:
+        """Per-pixel contributions ``(N, C, H, W)`` (see :func:`lightning_dfd.spatial.distance_map`)."""
+        return distance_map(self.network, preds, target, **self._spatial_options())
+
+    def masked_distances(self, preds: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+        """Per-image masked values ``(N * C,)`` (see :func:`lightning_dfd.spatial.masked_distances`)."""
+        return masked_distances(self.network, preds, target, mask, **self._spatial_options())
