@@ -59,7 +59,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
-from lightning_dfd.functional.dfd import validated_images
 from lightning_dfd.preprocess import (
     NORMALIZATIONS,
     REDUCTIONS,
@@ -67,6 +66,7 @@ from lightning_dfd.preprocess import (
     check_choice,
     magnitude,
     normalize_pair,
+    validated_images,
 )
 
 SSIM_WIN_SIZE = 7

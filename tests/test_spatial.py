@@ -8,8 +8,7 @@ import torch
 
 from lightning_dfd import DISTS, LPIPS, SSFD, ResNetFD, TimmFD
 from lightning_dfd import functional as F
-from lightning_dfd.functional.dfd import validated_images
-from lightning_dfd.preprocess import normalize_pair
+from lightning_dfd.preprocess import normalize_pair, validated_images
 from lightning_dfd.spatial import (
     SpatialDFDMixin,
     distance_map,
@@ -165,8 +164,8 @@ def test_non_finite_predictions_error_or_propagate():
 
 
 def test_mixin_uses_the_metrics_options():
-    spatial_lpips = type("SpatialLPIPS", (SpatialDFDMixin, LPIPS), {})
-    metric = spatial_lpips(net="alex", weights="random", normalization="target")
+    assert issubclass(LPIPS, SpatialDFDMixin)  # every DFD has distance_map / masked_distances
+    metric = LPIPS(net="alex", weights="random", normalization="target")
     target, preds, _ = pair_with_corruption()
     torch.testing.assert_close(metric.distance_map(preds, target),
                                distance_map(metric.network, preds, target, "target"))
@@ -346,3 +345,27 @@ def test_masked_pixel_metrics_ignore_errors_outside_the_mask():
     edge[0, :2] = True
     with pytest.raises(ValueError, match="border"):
         masked_ssim(preds, target, edge)
+
+
+def test_metric_update_with_mask_equals_the_masked_function_and_full_mask_equals_unmasked():
+    from lightning_dfd import ResNetFD
+    from lightning_dfd.spatial import masked_distances
+
+    torch.manual_seed(0)
+    preds, target = torch.rand(3, 2, 48, 48), torch.rand(3, 2, 48, 48)
+    mask = torch.zeros(3, 48, 48, dtype=torch.bool)
+    mask[:, 8:40, 10:30] = True
+    metric = ResNetFD(weights="random", reduction="none")
+    metric.update(preds, target, sample_ids=torch.arange(3), mask=mask)
+    expected = masked_distances(metric.network, preds, target, mask, normalization=metric.normalization)
+    torch.testing.assert_close(metric.compute(), expected)
+    assert metric.compute_per_image()["ids"].tolist() == [0, 0, 1, 1, 2, 2]
+    full, plain = metric.clone(), metric.clone()
+    full.reset(), plain.reset()
+    full.update(preds, target, mask=torch.ones(3, 48, 48, dtype=torch.bool))
+    plain.update(preds, target)
+    torch.testing.assert_close(full.compute(), plain.compute(), rtol=1e-5, atol=1e-7)
+    before = metric.compute().clone()
+    with pytest.raises(ValueError, match="mask"):
+        metric.update(preds, target, mask=torch.ones(2, 48, 48, dtype=torch.bool))
+    torch.testing.assert_close(metric.compute(), before)  # a rejected mask changes no state

@@ -32,6 +32,7 @@ from lightning_dfd.metrics.encoder_pass import (
     EncodedBatch,
     EncoderPass,
     FeatureCacheArg,
+    expand_ids,
     input_versions,
     make_feature_cache,
     pass_key,
@@ -41,8 +42,11 @@ from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
     REDUCTIONS,
+    channels_per_image,
     check_choice,
+    validated_images,
 )
+from lightning_dfd.spatial import SpatialDFDMixin, masked_feature_distances, validated_mask
 
 __all__ = ["DeepFeatureDistance", "is_dfd", "make_feature_cache", "weights_digest"]
 
@@ -95,7 +99,7 @@ def is_dfd(metric: object) -> bool:
     return isinstance(metric, DeepFeatureDistance)
 
 
-class DeepFeatureDistance(Metric):
+class DeepFeatureDistance(SpatialDFDMixin, Metric):
     """Mean (or per-image) distance between deep features of predictions and targets.
 
     Args:
@@ -246,11 +250,15 @@ class DeepFeatureDistance(Metric):
         return batch
 
     # ------------------------------------------------------------------ metric API
-    def validate(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
+    def validate(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None,
+                 mask: Tensor | None = None) -> None:
         """Raise the input error :meth:`update` would raise for this batch; change nothing."""
         self.encoder_pass.prepare(preds, target, sample_ids)
+        if mask is not None:
+            validated_mask(mask, preds)
 
-    def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None) -> None:
+    def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None,
+               mask: Tensor | None = None) -> None:
         """Score a batch.
 
         Args:
@@ -258,11 +266,18 @@ class DeepFeatureDistance(Metric):
             target: same shape; complex when ``preds`` is complex.
             sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"`` (and the
                 keys of the feature cache).
+            mask: optional boolean ROI mask ``(N, H, W)`` or ``(N, C, H, W)``: each layer's
+                feature-distance map is averaged over the mask resized to that layer
+                (:mod:`lightning_dfd.spatial`; the feature cache and shared passes are not used,
+                and the encoder runs in fp32).
         """
         self._ensure_fingerprint()
-        batch = self._encode(preds, target, sample_ids)
-        values = batch.distances(self.network)
-        keep, ids = batch.keep, batch.ids
+        if mask is None:
+            batch = self._encode(preds, target, sample_ids)
+            values = batch.distances(self.network)
+            keep, ids = batch.keep, batch.ids
+        else:
+            values, keep, ids = self._masked(preds, target, sample_ids, mask)
         skipped = int((~keep).sum())
         bad = ~torch.isfinite(values.detach())
         if self.nan_strategy != "propagate" and bool(bad.any()):
@@ -286,6 +301,18 @@ class DeepFeatureDistance(Metric):
             self.values.append(values)
             if ids is not None:
                 self.ids.append(ids)
+
+    def _masked(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None,
+                mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Per-image masked values, the kept-image mask and the ids of the kept images."""
+        weights = validated_mask(mask, preds)
+        self.encoder_pass.prepare(preds, target, sample_ids)  # the same input checks as unmasked
+        p, t, keep = validated_images(preds, target, self.nan_strategy)
+        ids = expand_ids(sample_ids, preds.shape[0], channels_per_image(preds), self.device)
+        kept = keep.to(weights.device)
+        values = masked_feature_distances(self.network, p[keep], t[keep], weights[kept],
+                                          self.normalization, self.max_batch)
+        return values, keep, None if ids is None else ids[keep.to(ids.device)]
 
     def compute(self) -> Tensor:
         """Mean over every image seen (all processes), or the per-image values."""
