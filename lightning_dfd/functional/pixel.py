@@ -100,7 +100,7 @@ def volume_id_tensor(volume_ids: object, n: int, device: torch.device | str = "c
     if all(isinstance(v, (int, np.integer)) for v in volume_ids):
         try:
             return torch.tensor([int(v) for v in volume_ids], dtype=torch.long, device=device)
-        except RuntimeError as err:  # beyond int64
+        except (RuntimeError, OverflowError, ValueError) as err:  # beyond int64
             raise _bad_volume_ids(n, f"{err}") from None
     kinds = sorted({type(v).__name__ for v in volume_ids})
     raise _bad_volume_ids(n, f"elements of type {', '.join(kinds)} (all ints or all strings)")
@@ -155,8 +155,10 @@ def ssim_per_image(preds: Tensor, target: Tensor, data_range: Tensor,
     ``structural_similarity_index_measure`` and skimage ``gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False``: 11x11 Gaussian window, sigma 1.5, population covariance.
     Both average the SSIM map over the valid region only (every position whose window lies
-    inside the image). This equals the references' pad-then-crop: they pad by the window radius
-    (reflect), filter, and crop that radius again, so padded pixels never reach the mean.
+    inside the image). This equals meddlr's and skimage's pad-then-crop: they pad by the window
+    radius (reflect), filter, and crop that radius again, so padded pixels never reach the mean.
+    torchmetrics 1.9 pads the same way but averages the whole map, border included; its map
+    cropped by 5 pixels on each side (``return_full_image=True``) equals ``"gaussian"`` here.
     """
     check_choice("window", window, SSIM_WINDOWS)
     size = SSIM_WIN_SIZE if window == "uniform" else GAUSSIAN_WIN_SIZE

@@ -142,15 +142,17 @@ class SSIM(_VolumeMetric):
               K2=0.03.
             - ``"gaussian"``: Wang et al. (2004), the paper's SSIM column (meddlr
               ``ssim(method="wang")``): 11x11 Gaussian window with sigma 1.5, population
-              covariance, K1=0.01, K2=0.03; equal to torchmetrics
-              ``StructuralSimilarityIndexMeasure`` and skimage ``structural_similarity(
+              covariance, K1=0.01, K2=0.03; equal to skimage ``structural_similarity(
               gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`` at the same
-              ``data_range``.
+              ``data_range``, and to torchmetrics ``StructuralSimilarityIndexMeasure``'s map
+              averaged over the valid region.
 
-            Both average the map over the valid region (no padded pixel reaches the mean, as
-            the references' pad-then-crop). ``data_range`` defaults to each target image's
-            maximum (meddlr's "ref-maxval"; torchmetrics' own default differs: pass it
-            explicitly there to compare).
+            Both average the map over the valid region only, as meddlr's and skimage's
+            pad-then-crop (no padded pixel reaches the mean). torchmetrics 1.9 averages its
+            reflect-padded border too, so its scalar differs slightly near edges; its
+            ``return_full_image=True`` map cropped by 5 pixels a side equals ours.
+            ``data_range`` defaults to each target image's maximum (meddlr's "ref-maxval";
+            torchmetrics' own default, max - min over the batch, differs: pass it explicitly).
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example:
