@@ -20,6 +20,7 @@ from torchmetrics.utilities import dim_zero_cat
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.functional.dfd import CacheLookup, shared_feature_distances, validated_images
+from lightning_dfd.metrics.sync import IdleRankSafeSync
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
@@ -72,7 +73,7 @@ def expand_ids(ids: Tensor | None, n: int, channels: int, device: torch.device) 
     return ids.long().repeat_interleave(channels)
 
 
-class DeepFeatureDistance(Metric):
+class DeepFeatureDistance(IdleRankSafeSync, Metric):
     """Mean (or per-image) distance between deep features of predictions and targets.
 
     Args:
