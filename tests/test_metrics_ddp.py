@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 import torch.distributed as dist
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from lightning_dfd import LPIPS, NMSE, PSNR, SSIM, ResNetFD
 from lightning_dfd.functional.pixel import volume_key
+from lightning_dfd.metrics.sync import IdleRankSafeSync
 from tests.ddp import run_ddp
 from tests.metric_fixtures import mr_like_pair
 
@@ -104,8 +106,22 @@ def _idle_update(metrics, preds, target, volumes):
         if name.startswith(("psnr", "ssim", "nmse")):
             dr = torch.ones(len(volumes)) if name.startswith("ssim") else None
             metric.update(preds, target, data_range=dr, volume_ids=volumes)
-        else:
-            metric.update(preds, target)
+        else:  # int64 ids next to float values: the idle stand-in matched neither
+            metric.update(preds, target, sample_ids=torch.arange(len(volumes)) * 10)
+
+
+class _Rows(IdleRankSafeSync, Metric):
+    """A toy ``cat`` state whose trailing shape a test can choose per process."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("rows", [], dist_reduce_fx="cat")
+
+    def update(self, x):
+        self.rows.append(x)
+
+    def compute(self):
+        return torch.zeros(0) if isinstance(self.rows, list) and not self.rows else dim_zero_cat(self.rows)
 
 
 def _idle_rank_fn(rank, world_size):
@@ -115,7 +131,23 @@ def _idle_rank_fn(rank, world_size):
     if rank == 0:  # rank 1 gets no update at all (e.g. an uneven last validation batch)
         _idle_update(metrics, preds, target, volumes)
     out = {name: metric.compute() for name, metric in metrics.items()}
+    out["resnet_none_ids"] = metrics["resnet_none"].compute_per_image()["ids"]
     out["rank"] = dist.get_rank()
+    # Idle everywhere: no collective mismatch, the "nothing seen" values.
+    nothing = _idle_metrics()
+    out["nothing_psnr"] = nothing["psnr"].compute()
+    out["nothing_resnet_none"] = nothing["resnet_none"].compute()
+    # Busy ranks with different dtypes are promoted; different trailing shapes raise everywhere.
+    promoted = _Rows()
+    promoted.update(torch.ones(2, 3, dtype=torch.float16 if rank == 0 else torch.float64))
+    out["promoted"] = promoted.compute()
+    bad = _Rows()
+    bad.update(torch.ones(2, 3 + rank))
+    try:
+        bad.compute()
+        out["mismatch"] = "no error"
+    except RuntimeError as err:
+        out["mismatch"] = str(err)
     return out
 
 
@@ -133,3 +165,8 @@ def test_idle_rank_equals_single_process(tmp_path):
             assert got.shape == value.shape, key
             assert torch.allclose(got.double(), value.double(), atol=1e-6, rtol=1e-6), key
     assert expected["resnet_none"].shape == (5,) and expected["psnr_none"].shape == (3,)
+    for r in results:
+        assert torch.equal(r["resnet_none_ids"], torch.arange(5) * 10)
+        assert torch.isnan(r["nothing_psnr"]) and r["nothing_resnet_none"].shape == (0,)
+        assert r["promoted"].dtype == torch.float64 and r["promoted"].shape == (4, 3)
+        assert "different trailing shapes" in r["mismatch"], r["mismatch"]

@@ -47,6 +47,7 @@ class IdleRankSafeSync:
     Example:
         >>> import torch
         >>> from torchmetrics import Metric
+        >>> from torchmetrics.utilities import dim_zero_cat
         >>> from lightning_dfd.metrics.sync import IdleRankSafeSync
         >>> class Values(IdleRankSafeSync, Metric):
         ...     def __init__(self):
@@ -54,8 +55,8 @@ class IdleRankSafeSync:
         ...         self.add_state("values", [], dist_reduce_fx="cat")
         ...     def update(self, x):
         ...         self.values.append(x)
-        ...     def compute(self):
-        ...         return torch.cat(self.values) if self.values else torch.zeros(0)
+        ...     def compute(self):  # a list before sync, a tensor after it
+        ...         return dim_zero_cat(self.values) if len(self.values) else torch.zeros(0)
         >>> metric = Values()
         >>> metric.update(torch.ones(2))
         >>> metric.compute()
