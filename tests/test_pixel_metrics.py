@@ -145,7 +145,8 @@ def test_bad_volume_ids_raise_and_leave_state(cls, ids, match):
     with pytest.raises(ValueError, match=match):
         metric.update(x, x.flip(-1), data_range=2.0, volume_ids=ids)
     assert float(metric.compute()) == before
-    assert len(metric.stats) == 1 and len(metric.groups) == 1
+    assert len(getattr(metric, metric._stats_state)) == 1
+    assert len(getattr(metric, metric._groups_state)) == 1
     fn = getattr(F, cls.metric_name)
     kwargs = {} if cls is NMSE else {"data_range": 2.0}
     with pytest.raises(ValueError, match=match):
@@ -256,3 +257,28 @@ def test_gaussian_ssim_is_differentiable():
     p = p.clone().requires_grad_(True)
     F.ssim(p, t, window="gaussian").backward()
     assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_collection_never_merges_the_two_ssim_windows():
+    """Equal states after an adversarial first batch (preds == target) must not merge windows."""
+    from torchmetrics import MetricCollection
+
+    (p, t), (p2, t2) = mr_like_pair(n=2, h=32, w=32, seed=4), mr_like_pair(n=2, h=32, w=32, seed=5)
+    def members():
+        return {"uniform": SSIM(nan_strategy="ignore"),
+                "gaussian": SSIM(window="gaussian", nan_strategy="ignore"),
+                "ignore": PSNR(nan_strategy="ignore"), "propagate": PSNR(nan_strategy="propagate")}
+
+    collection, alone = MetricCollection(members()), members()
+    bad = p2.clone()
+    bad[0, 0, 0] = float("nan")
+    for preds, target in ((t, t.clone()), (p, t), (bad, t2)):
+        collection.update(preds, target)
+        for m in alone.values():
+            m.update(preds, target)
+    values = collection.compute()
+    for key, m in alone.items():
+        expected = m.compute()
+        assert torch.allclose(values[key], expected, equal_nan=True), key
+    assert abs(float(values["uniform"]) - float(values["gaussian"])) > 1e-3
+    assert torch.isnan(values["propagate"]) and not torch.isnan(values["ignore"])  # inf: t == t

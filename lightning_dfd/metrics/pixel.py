@@ -33,22 +33,29 @@ def _empty(state: list | Tensor) -> bool:
 class _VolumeMetric(IdleRankSafeSync, Metric):
     """Shared body of PSNR / SSIM / NMSE: per-image stats, grouped by volume at compute.
 
-    States: ``stats`` ``(M, 3)`` float64 per-image additive statistics, ``groups`` ``(M, 2)``
-    int64 rows ``[in_volume, id]`` (``in_volume`` 0: the image is scored on its own, so no id
-    value is special), ``skipped`` (images dropped by ``nan_strategy="ignore"``).
+    States: ``<tag>_stats`` ``(M, 3)`` float64 per-image additive statistics, ``<tag>_groups``
+    ``(M, 2)`` int64 rows ``[in_volume, id]`` (``in_volume`` 0: the image is scored on its own, so
+    no id value is special), ``skipped`` (images dropped by ``nan_strategy="ignore"``).
+    ``<tag>`` names what the update computes (metric, SSIM window, NaN policy), so torchmetrics'
+    compute groups never merge two metrics whose states only happen to be equal after a first
+    batch (e.g. both SSIM windows on ``preds == target``); configurations that differ only in
+    ``reduction`` have identical states forever and may share them.
     """
 
     metric_name: str = ""
     is_differentiable = True
     full_state_update = False
 
-    def __init__(self, reduction: str = "mean", nan_strategy: str = "error", **kwargs: Any) -> None:
+    def __init__(self, reduction: str = "mean", nan_strategy: str = "error", _variant: str = "",
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
         self.reduction, self.nan_strategy = reduction, nan_strategy
-        self.add_state("stats", [], dist_reduce_fx="cat")
-        self.add_state("groups", [], dist_reduce_fx="cat")
+        tag = "_".join(filter(None, (self.metric_name, _variant, nan_strategy)))
+        self._stats_state, self._groups_state = f"{tag}_stats", f"{tag}_groups"
+        self.add_state(self._stats_state, [], dist_reduce_fx="cat")
+        self.add_state(self._groups_state, [], dist_reduce_fx="cat")
         self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _stats(self, p: Tensor, t: Tensor, dr: Tensor) -> Tensor:
@@ -79,16 +86,17 @@ class _VolumeMetric(IdleRankSafeSync, Metric):
         dr = data_range_per_image(t, data_range, n, channels)
         stats = self._stats(p[keep], t[keep], dr[keep])
         # Only now, with every check passed and every value computed, change the state.
-        self.stats.append(stats)
-        self.groups.append(groups[keep.to(groups.device)])
+        getattr(self, self._stats_state).append(stats)
+        getattr(self, self._groups_state).append(groups[keep.to(groups.device)])
         self.skipped += (~keep).sum().to(self.skipped.device)
 
     def _per_volume(self) -> tuple[Tensor, Tensor, Tensor]:
-        return per_group_values(self.metric_name, dim_zero_cat(self.stats), dim_zero_cat(self.groups))
+        return per_group_values(self.metric_name, dim_zero_cat(getattr(self, self._stats_state)),
+                                dim_zero_cat(getattr(self, self._groups_state)))
 
     def compute(self) -> Tensor:
         """Mean over volumes (or images); ``"none"``: per volume sorted by id, then lone images."""
-        if _empty(self.stats):
+        if _empty(getattr(self, self._stats_state)):
             return torch.tensor(float("nan"), device=self.device)
         values = self._per_volume()[2].float()
         return values.mean() if self.reduction == "mean" else values
@@ -101,7 +109,7 @@ class _VolumeMetric(IdleRankSafeSync, Metric):
         ``volume_ids`` (their id is meaningless). Values are float64.
         """
         with self.sync_context(should_sync=self._to_sync, should_unsync=True):
-            if _empty(self.stats):
+            if _empty(getattr(self, self._stats_state)):
                 empty = torch.zeros(0, device=self.device)
                 return {"ids": empty.long(), "in_volume": empty.bool(), "values": empty.double()}
             ids, flags, values = self._per_volume()
@@ -175,8 +183,8 @@ class SSIM(_VolumeMetric):
 
     def __init__(self, reduction: str = "mean", nan_strategy: str = "error", window: str = "uniform",
                  **kwargs: Any) -> None:
-        super().__init__(reduction=reduction, nan_strategy=nan_strategy, **kwargs)
         check_choice("window", window, SSIM_WINDOWS)
+        super().__init__(reduction=reduction, nan_strategy=nan_strategy, _variant=window, **kwargs)
         self.window = window
 
     def _stats(self, p: Tensor, t: Tensor, dr: Tensor) -> Tensor:
