@@ -29,7 +29,8 @@ def _worker(rank: int, fn, args, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
         result = fn(rank, WORLD_SIZE, *args)
-        torch.save({"world_size": dist.get_world_size(), "result": result},
+        torch.save({"world_size": dist.get_world_size(), "rank": dist.get_rank(), "pid": os.getpid(),
+                    "result": result},
                    Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -40,4 +41,7 @@ def run_ddp(fn, *args, tmp_path: Path) -> list:
     mp.spawn(_worker, args=(fn, args, _free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     outputs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     assert [o["world_size"] for o in outputs] == [WORLD_SIZE] * WORLD_SIZE, "DDP did not really run"
+    assert [o["rank"] for o in outputs] == list(range(WORLD_SIZE)), "a rank did not answer"
+    pids = {o["pid"] for o in outputs}
+    assert len(pids) == WORLD_SIZE and os.getpid() not in pids, "the ranks were not separate processes"
     return [o["result"] for o in outputs]

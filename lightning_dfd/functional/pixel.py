@@ -18,15 +18,105 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dfd.functional.dfd import validated_images
-from lightning_dfd.preprocess import REDUCTIONS, check_choice
+from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice
 
 SSIM_WIN_SIZE = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
+GAUSSIAN_WIN_SIZE, GAUSSIAN_SIGMA = 11, 1.5
+SSIM_WINDOWS = ("uniform", "gaussian")
+
+
+def volume_key(name: str) -> int:
+    """The int64 id a volume name (e.g. a fastMRI file name) is stored under.
+
+    The first 8 bytes of BLAKE2b of the UTF-8 name, read as a signed little-endian integer: the
+    same in every process and Python session (unlike ``hash()``), so named volumes split across
+    DDP processes meet again after sync. Two different names share an id with probability about
+    ``k**2 / 2**65`` for ``k`` names (below 1e-9 for 100,000 volumes).
+
+    Example:
+        >>> from lightning_dfd.functional.pixel import volume_key
+        >>> volume_key("file1000000.h5") == volume_key("file1000000.h5")
+        True
+        >>> volume_key("file1000000.h5") != volume_key("file1000001.h5")
+        True
+    """
+    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _bad_volume_ids(n: int, got: str) -> ValueError:
+    return ValueError(f"`volume_ids` must hold one id per batch element, {n} integers or {n} "
+                      f"strings (a list/tuple, or an integer tensor/array of shape ({n},)); got {got}")
+
+
+def volume_id_tensor(volume_ids: object, n: int, device: torch.device | str = "cpu") -> Tensor:
+    """``(n,)`` int64 ids from integer ids or volume names (see :func:`volume_key`).
+
+    Every integer is an ordinary id (negative ones included); booleans, floats, nested or
+    mixed sequences and a wrong length are errors.
+
+    Example:
+        >>> from lightning_dfd.functional.pixel import volume_id_tensor
+        >>> volume_id_tensor([-1, 3], 2).tolist()
+        [-1, 3]
+        >>> ids = volume_id_tensor(("file1.h5", "file1.h5", "file2.h5"), 3)
+        >>> bool(ids[0] == ids[1]), bool(ids[0] == ids[2])
+        (True, False)
+    """
+    if isinstance(volume_ids, np.ndarray):
+        if volume_ids.dtype.kind in "USO":
+            volume_ids = volume_ids.tolist()
+        elif volume_ids.dtype.kind in "iu":
+            volume_ids = torch.from_numpy(volume_ids.astype(np.int64))
+        else:
+            raise _bad_volume_ids(n, f"a {volume_ids.dtype} array")
+    if isinstance(volume_ids, Tensor):
+        if volume_ids.dtype == torch.bool:
+            raise ValueError("`volume_ids` must be integer ids or volume names, got a boolean tensor "
+                             "(True/False would silently become volumes 1 and 0)")
+        if volume_ids.is_floating_point() or volume_ids.is_complex():
+            raise _bad_volume_ids(n, f"a {volume_ids.dtype} tensor")
+        if volume_ids.shape != (n,):
+            raise _bad_volume_ids(n, f"a tensor of shape {tuple(volume_ids.shape)}")
+        return volume_ids.to(device=device, dtype=torch.long)
+    if isinstance(volume_ids, (str, bytes)) or not isinstance(volume_ids, (list, tuple)):
+        raise _bad_volume_ids(n, f"{type(volume_ids).__name__} {volume_ids!r:.60}")
+    if len(volume_ids) != n:
+        raise _bad_volume_ids(n, f"{len(volume_ids)} ids")
+    if any(isinstance(v, (bool, np.bool_)) for v in volume_ids):
+        raise ValueError("`volume_ids` must be integer ids or volume names, got booleans "
+                         "(True/False would silently become volumes 1 and 0)")
+    if all(isinstance(v, str) for v in volume_ids):
+        return torch.tensor([volume_key(v) for v in volume_ids], dtype=torch.long, device=device)
+    if all(isinstance(v, (int, np.integer)) for v in volume_ids):
+        try:
+            return torch.tensor([int(v) for v in volume_ids], dtype=torch.long, device=device)
+        except (RuntimeError, OverflowError, ValueError) as err:  # beyond int64
+            raise _bad_volume_ids(n, f"{err}") from None
+    kinds = sorted({type(v).__name__ for v in volume_ids})
+    raise _bad_volume_ids(n, f"elements of type {', '.join(kinds)} (all ints or all strings)")
+
+
+def image_groups(volume_ids: object, n: int, channels: int, device: torch.device | str) -> Tensor:
+    """``(n * channels, 2)`` int64 rows ``[in_volume, id]``: each image's volume, or none.
+
+    ``in_volume`` is 0 for images scored on their own (no ``volume_ids``): no id value is special.
+    """
+    if volume_ids is None:
+        groups = torch.zeros((n, 2), dtype=torch.long, device=device)
+    else:
+        ids = volume_id_tensor(volume_ids, n, device)
+        groups = torch.stack([torch.ones_like(ids), ids], dim=1)
+    return groups.repeat_interleave(channels, dim=0)
 
 
 def data_range_per_image(target: Tensor, data_range: Tensor | float | None, n: int,
@@ -47,23 +137,52 @@ def data_range_per_image(target: Tensor, data_range: Tensor | float | None, n: i
     return dr
 
 
-def ssim_per_image(preds: Tensor, target: Tensor, data_range: Tensor,
-                   win_size: int = SSIM_WIN_SIZE) -> Tensor:
-    """Mean SSIM of each ``(M, 1, H, W)`` image pair, as ``skimage.metrics.structural_similarity``.
+def gaussian_window(size: int = GAUSSIAN_WIN_SIZE, sigma: float = GAUSSIAN_SIGMA,
+                    dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Tensor:
+    """Normalised 1-D Gaussian taps ``exp(-x**2 / (2 sigma**2))``, ``x`` = -size//2 .. size//2."""
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
 
-    Uniform ``win_size`` window, sample covariance, K1=0.01, K2=0.03, borders excluded (the
-    valid region of the window), computed in float64.
+
+def ssim_per_image(preds: Tensor, target: Tensor, data_range: Tensor,
+                   window: str = "uniform") -> Tensor:
+    """Mean SSIM of each ``(M, 1, H, W)`` image pair, in float64.
+
+    ``"uniform"``: as ``skimage.metrics.structural_similarity`` defaults / ``fastmri.evaluate``:
+    7x7 uniform window, sample covariance (``N / (N - 1)``), K1=0.01, K2=0.03.
+    ``"gaussian"``: Wang et al. (2004) as meddlr ``ssim(method="wang")``, torchmetrics
+    ``structural_similarity_index_measure`` and skimage ``gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False``: 11x11 Gaussian window, sigma 1.5, population covariance.
+    Both average the SSIM map over the valid region only (every position whose window lies
+    inside the image). This equals meddlr's and skimage's pad-then-crop: they pad by the window
+    radius (reflect), filter, and crop that radius again, so padded pixels never reach the mean.
+    torchmetrics 1.9 pads the same way but averages the whole map, border included; its map
+    cropped by 5 pixels on each side (``return_full_image=True``) equals ``"gaussian"`` here.
     """
-    if min(preds.shape[-2:]) < win_size:
+    check_choice("window", window, SSIM_WINDOWS)
+    size = SSIM_WIN_SIZE if window == "uniform" else GAUSSIAN_WIN_SIZE
+    if min(preds.shape[-2:]) < size:
         raise ValueError(
-            f"SSIM needs images of at least {win_size}x{win_size}, got {tuple(preds.shape[-2:])}"
+            f"SSIM (window={window!r}) needs images of at least {size}x{size}, got "
+            f"{tuple(preds.shape[-2:])}"
         )
     x, y = target.double(), preds.double()
-    mean = lambda z: F.avg_pool2d(z, win_size, stride=1)  # noqa: E731 - the uniform window
+    if window == "uniform":
+        def mean(z: Tensor) -> Tensor:
+            return F.avg_pool2d(z, size, stride=1)
+
+        npix = size * size
+        cov_norm = npix / (npix - 1)
+    else:
+        g = gaussian_window(size, GAUSSIAN_SIGMA, torch.float64, x.device)
+
+        def mean(z: Tensor) -> Tensor:
+            return F.conv2d(F.conv2d(z, g.view(1, 1, size, 1)), g.view(1, 1, 1, size))
+
+        cov_norm = 1.0
     ux, uy = mean(x), mean(y)
     uxx, uyy, uxy = mean(x * x), mean(y * y), mean(x * y)
-    npix = win_size * win_size
-    cov_norm = npix / (npix - 1)
     vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
     dr = data_range.view(-1, 1, 1, 1)
     c1, c2 = (SSIM_K1 * dr) ** 2, (SSIM_K2 * dr) ** 2
@@ -78,30 +197,37 @@ def squared_error_stats(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor, 
     return (p - t).pow(2).sum(dim=1), t.pow(2).sum(dim=1), count
 
 
-def group_reduce(values: Tensor, groups: Tensor, how: str) -> tuple[Tensor, Tensor]:
-    """Reduce ``(M, ...)`` rows by integer ``groups`` (sum or amax); returns ``(group ids, values)``.
+def group_index(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Row -> group index for ``(M, 2)`` ``[in_volume, id]`` rows.
 
-    Rows whose group is negative are their own group each (images scored on their own).
+    Returns ``(index, ids, in_volume)``: volumes first, sorted by id, then every image that belongs
+    to no volume as its own group, in the order seen.
     """
-    own = groups < 0
-    if own.any():  # give standalone rows unique ids past every real one
-        base = groups.max().clamp_min(-1) + 1
-        groups = groups.clone()
-        groups[own] = base + torch.arange(int(own.sum()), device=groups.device)
-    uniq, inverse = torch.unique(groups, sorted=True, return_inverse=True)
-    shape = (uniq.numel(), *values.shape[1:])
-    out = values.new_zeros(shape)
+    in_vol = groups[:, 0] != 0
+    uniq, inverse = torch.unique(groups[in_vol, 1], sorted=True, return_inverse=True)
+    n_own = int((~in_vol).sum())
+    index = torch.empty(groups.shape[0], dtype=torch.long, device=groups.device)
+    index[in_vol] = inverse
+    index[~in_vol] = uniq.numel() + torch.arange(n_own, device=groups.device)
+    ids = torch.cat([uniq, groups.new_zeros(n_own)])
+    flags = torch.cat([torch.ones_like(uniq, dtype=torch.bool),
+                       torch.zeros(n_own, dtype=torch.bool, device=groups.device)])
+    return index, ids, flags
+
+
+def group_reduce(values: Tensor, index: Tensor, n_groups: int, how: str) -> Tensor:
+    """Sum (``"sum"``) or maximum (``"amax"``) of ``(M, ...)`` rows per group ``index``."""
+    out = values.new_zeros((n_groups, *values.shape[1:]))
     if how == "sum":
-        out.index_add_(0, inverse, values)
-    else:
-        out = out.scatter_reduce_(0, inverse, values, reduce="amax", include_self=False)
-    return uniq, out
+        return out.index_add_(0, index, values)
+    return out.scatter_reduce_(0, index, values, reduce="amax", include_self=False)
 
 
-def pixel_stats(metric: str, preds: Tensor, target: Tensor, data_range: Tensor) -> Tensor:
+def pixel_stats(metric: str, preds: Tensor, target: Tensor, data_range: Tensor,
+                window: str = "uniform") -> Tensor:
     """Per-image additive statistics ``(M, 3)`` for one metric (see :func:`stats_to_values`)."""
     if metric == "ssim":
-        s = ssim_per_image(preds, target, data_range)
+        s = ssim_per_image(preds, target, data_range, window)
         return torch.stack([s, torch.ones_like(s), data_range], dim=1)
     sse, energy, count = squared_error_stats(preds, target)
     if metric == "psnr":
@@ -114,49 +240,94 @@ def stats_to_values(metric: str, summed: Tensor, range_max: Tensor) -> Tensor:
     if metric == "psnr":
         mse = summed[:, 0] / summed[:, 1]
         return 10 * torch.log10(range_max**2 / mse)
-    if metric == "ssim":
-        return summed[:, 0] / summed[:, 1]
-    return summed[:, 0] / summed[:, 1]
+    return summed[:, 0] / summed[:, 1]  # SSIM: mean over slices; NMSE: sse / energy
 
 
-def per_group_values(metric: str, stats: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
-    """``(group ids, values)`` from per-image stats: sums per group, data range = its max."""
-    uniq, summed = group_reduce(stats[:, :2], groups, "sum")
-    _, range_max = group_reduce(stats[:, 2], groups, "amax")
-    return uniq, stats_to_values(metric, summed, range_max)
+def per_group_values(metric: str, stats: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ids, in_volume, values)`` per group from per-image stats and ``[in_volume, id]`` rows.
+
+    Statistics are summed per volume; a volume's data range is the maximum of its images'.
+    """
+    index, ids, flags = group_index(groups)
+    summed = group_reduce(stats[:, :2], index, ids.numel(), "sum")
+    range_max = group_reduce(stats[:, 2], index, ids.numel(), "amax")
+    return ids, flags, stats_to_values(metric, summed, range_max)
 
 
-def _pixel_metric(metric: str, preds: Tensor, target: Tensor, data_range, volume_ids,
-                  reduction: str) -> Tensor:
+def _pixel_metric(metric: str, preds: Tensor, target: Tensor, data_range: Tensor | float | None,
+                  volume_ids: object, reduction: str, window: str = "uniform") -> Tensor:
     check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("window", window, SSIM_WINDOWS)
     p, t, _ = validated_images(preds, target, "error")
-    n, channels = preds.shape[0], (1 if preds.ndim == 3 else preds.shape[1])
+    n, channels = preds.shape[0], channels_per_image(preds)
+    groups = image_groups(volume_ids, n, channels, p.device)
     if metric == "ssim" and volume_ids is not None and data_range is None:
         raise ValueError(
             "SSIM per volume needs `data_range` (the volume's maximum, e.g. fastMRI's attrs['max']) "
             "because it depends on it non-linearly; pass it, or leave out `volume_ids`"
         )
     dr = data_range_per_image(t, data_range, n, channels)
-    stats = pixel_stats(metric, p, t, dr)
-    groups = (torch.full((p.shape[0],), -1, device=p.device) if volume_ids is None
-              else torch.as_tensor(volume_ids, device=p.device).long().repeat_interleave(channels))
-    _, values = per_group_values(metric, stats, groups)
+    stats = pixel_stats(metric, p, t, dr, window)
+    _, _, values = per_group_values(metric, stats, groups)
     return values.mean() if reduction == "mean" else values
 
 
 def psnr(preds: Tensor, target: Tensor, data_range: Tensor | float | None = None,
-         volume_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
-    """Peak signal-to-noise ratio in dB (per volume when ``volume_ids`` is given)."""
+         volume_ids: Tensor | list | tuple | None = None, reduction: str = "mean") -> Tensor:
+    """Peak signal-to-noise ratio in dB (per volume when ``volume_ids`` is given).
+
+    Args:
+        preds: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex (compared as magnitudes).
+        target: same shape.
+        data_range: scalar or ``(N,)``; None: the target's maximum (per volume with ids).
+        volume_ids: ``N`` integer ids or ``N`` volume names (strings, e.g. fastMRI file names);
+            images sharing one are scored as one volume. None: every image on its own.
+        reduction: ``"mean"`` over volumes/images, or ``"none"``: one value per volume (sorted
+            by id, see :func:`volume_key` for names), then per image without a volume.
+
+    Example:
+        >>> import torch
+        >>> from lightning_dfd.functional import psnr
+        >>> t = torch.ones(3, 8, 8)
+        >>> psnr(0.9 * t, t, volume_ids=["a.h5", "a.h5", "b.h5"], reduction="none")
+        tensor([20.0000, 20.0000], dtype=torch.float64)
+    """
     return _pixel_metric("psnr", preds, target, data_range, volume_ids, reduction)
 
 
 def ssim(preds: Tensor, target: Tensor, data_range: Tensor | float | None = None,
-         volume_ids: Tensor | None = None, reduction: str = "mean") -> Tensor:
-    """Structural similarity (7x7 uniform window, as fastMRI/scikit-image)."""
-    return _pixel_metric("ssim", preds, target, data_range, volume_ids, reduction)
+         volume_ids: Tensor | list | tuple | None = None, reduction: str = "mean",
+         window: str = "uniform") -> Tensor:
+    """Structural similarity (per volume = mean over its slices when ``volume_ids`` is given).
+
+    Args:
+        preds: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex (compared as magnitudes).
+        target: same shape.
+        data_range: scalar or ``(N,)``; None: each target image's maximum (needed with ids).
+        volume_ids: as :func:`psnr`.
+        reduction: as :func:`psnr`.
+        window: ``"uniform"`` (fastMRI / skimage default: 7x7 uniform, sample covariance) or
+            ``"gaussian"`` (Wang et al.: 11x11 Gaussian, sigma 1.5, as meddlr / torchmetrics);
+            see :func:`ssim_per_image`.
+
+    Example:
+        >>> import torch
+        >>> from lightning_dfd.functional import ssim
+        >>> x = torch.rand(2, 16, 16)
+        >>> float(ssim(x, x, window="gaussian"))
+        1.0
+    """
+    return _pixel_metric("ssim", preds, target, data_range, volume_ids, reduction, window)
 
 
-def nmse(preds: Tensor, target: Tensor, volume_ids: Tensor | None = None,
+def nmse(preds: Tensor, target: Tensor, volume_ids: Tensor | list | tuple | None = None,
          reduction: str = "mean") -> Tensor:
-    """Normalised MSE ``||target - preds||^2 / ||target||^2``."""
+    """Normalised MSE ``||target - preds||^2 / ||target||^2`` (per volume with ``volume_ids``).
+
+    Example:
+        >>> import torch
+        >>> from lightning_dfd.functional import nmse
+        >>> float(nmse(torch.zeros(2, 8, 8), torch.ones(2, 8, 8), volume_ids=[7, 7]))
+        1.0
+    """
     return _pixel_metric("nmse", preds, target, None, volume_ids, reduction)

@@ -38,6 +38,7 @@ from lightning_dfd.metrics.encoder_pass import (
     pass_key,
     weights_digest,
 )
+from lightning_dfd.metrics.sync import IdleRankSafeSync
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
     NORMALIZATIONS,
@@ -99,7 +100,7 @@ def is_dfd(metric: object) -> bool:
     return isinstance(metric, DeepFeatureDistance)
 
 
-class DeepFeatureDistance(SpatialDFDMixin, Metric):
+class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
     """Mean (or per-image) distance between deep features of predictions and targets.
 
     Args:
