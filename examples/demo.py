@@ -231,16 +231,29 @@ def pretrain_ssfd(out: Path = SSFD_CACHE) -> Path:
     return out
 
 
-def ssfd_weights(out: Path = SSFD_CACHE) -> tuple[str, str]:
-    """``(weights argument, what it is)`` for SSFD: published, cached in-domain, or pretrained now."""
+def ssfd_weights(out: Path = SSFD_CACHE, source: str = "auto", retrain: bool = False) -> tuple[str, str]:
+    """``(weights argument, what it is)`` for SSFD: published, cached in-domain, or pretrained now.
+
+    Args:
+        out: where the in-domain encoder is cached (its key in ``out.with_suffix(".json")``).
+        source: ``"auto"`` (the published encoder when it is in the weights home, else in-domain),
+            ``"published"`` (error when missing) or ``"in-domain"``.
+        retrain: pretrain the in-domain encoder even when a cached one fits.
+    """
     from lightning_dfd.encoders.ssfd import SSFD_WEIGHTS
 
-    published = found_offline(SSFD_WEIGHTS)
+    if source not in ("auto", "published", "in-domain"):
+        raise ValueError(f"Argument `source` must be 'auto', 'published' or 'in-domain', but got {source!r}")
+    published = found_offline(SSFD_WEIGHTS) if source != "in-domain" else None
     if published is not None:
         return SSFD_WEIGHTS, f"published encoder {SSFD_WEIGHTS} ({published})"
+    if source == "published":
+        raise SystemExit(f"[demo] --ssfd published: {SSFD_WEIGHTS} is not in the weights home; "
+                         "see `lightning-dfd weights list`")
     key = ssfd_cache_key()
     stamp = out.with_suffix(".json")
-    if out.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
+    cached = out.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("key") == key
+    if cached and not retrain:
         return shown(out), (f"in-domain, pretrained by the demo on its training split "
                             f"(cached {shown(out)}, key {key})")
     print(f"[demo] {SSFD_WEIGHTS} is not in the weights home: pretraining an in-domain SSFD on the "
@@ -253,9 +266,9 @@ def ssfd_weights(out: Path = SSFD_CACHE) -> tuple[str, str]:
                         f"(masked inpainting) -> {shown(out)}")
 
 
-def dfd_weights() -> dict[str, tuple[str, str]]:
+def dfd_weights(ssfd_source: str = "auto", retrain: bool = False) -> dict[str, tuple[str, str]]:
     """DFD name -> ``(weights argument, description)``: pretrained when found, else random."""
-    choice = {"ssfd": ssfd_weights()}
+    choice = {"ssfd": ssfd_weights(source=ssfd_source, retrain=retrain)}
     for dfd, names in DFD_WEIGHTS.items():
         for name in names:
             path = found_offline(name)
@@ -282,8 +295,15 @@ def write_run_config(weights: dict[str, tuple[str, str]], seed: int) -> Path:
 
 # ----------------------------------------------------------------------------------------- plot
 def metric_curve_figure(metrics_csv: Path, best_epoch: int | None = None,
-                        title: str = "UNet on synthetic knees"):
+                        title: str = "UNet on synthetic knees", notes: dict[str, str] | None = None):
     """One panel per validation metric (train loss with val loss) against the epoch, y-labels with units.
+
+    Args:
+        metrics_csv: Lightning's ``metrics.csv``.
+        best_epoch: drawn as a dotted line in every panel.
+        title: of the figure.
+        notes: metric name (``"val/lpips_vgg"``) -> a note appended to its panel's title
+            (e.g. ``"random weights"``).
 
     Returns a matplotlib ``Figure`` (Agg canvas, no display needed).
     """
@@ -309,7 +329,8 @@ def metric_curve_figure(metrics_csv: Path, best_epoch: int | None = None,
             ax.legend(fontsize=8)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(name)
+        note = (notes or {}).get(name)
+        ax.set_title("loss" if name == "val/loss" and train else name + (f" ({note})" if note else ""))
         ax.set_xlabel("epoch")
         ax.set_ylabel(CURVES[name])
     for ax in axes[len(names):]:
@@ -319,9 +340,9 @@ def metric_curve_figure(metrics_csv: Path, best_epoch: int | None = None,
 
 
 def plot_metric_curves(metrics_csv: Path, png: Path, best_epoch: int | None = None,
-                       title: str = "UNet on synthetic knees") -> Path:
+                       title: str = "UNet on synthetic knees", notes: dict[str, str] | None = None) -> Path:
     """:func:`metric_curve_figure` saved to ``png``; returns ``png``."""
-    metric_curve_figure(metrics_csv, best_epoch, title).savefig(png, dpi=110)
+    metric_curve_figure(metrics_csv, best_epoch, title, notes).savefig(png, dpi=110)
     return png
 
 
@@ -333,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the UNet run (default 0)")
     parser.add_argument("--threads", type=int, default=max(1, min(4, (os.cpu_count() or 2) // 2)),
                         help="torch intra-op threads (default: half the cores, at most 4)")
+    parser.add_argument("--ssfd", default="auto", choices=("auto", "published", "in-domain"),
+                        help="SSFD encoder: the published one when in the weights home (auto), or "
+                        "the in-domain one pretrained on the demo's training split")
+    parser.add_argument("--retrain-ssfd", action="store_true",
+                        help="pretrain the in-domain SSFD again even when a cached one fits")
     args, extra = parser.parse_known_args(argv)
     sys.argv = sys.argv[:1]  # LightningCLI gets its arguments from `args` below
     os.chdir(ROOT)  # the configs' relative paths (data/, runs/) are from the repository root
@@ -342,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     ensure_dataset()
-    weights = dfd_weights()
+    weights = dfd_weights(args.ssfd, args.retrain_ssfd)
     for name, (_, what) in weights.items():
         print(f"[demo] DFD weights: {name:<10} {what}")
     config = write_run_config(weights, args.seed)
@@ -363,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     best_epoch = best_epoch_by(table, MONITOR)
     title = "UNet on synthetic knees, SSFD " + (
         "in-domain (demo-pretrained)" if weights["ssfd"][0] == shown(SSFD_CACHE) else "published")
-    png = plot_metric_curves(log_dir / "metrics.csv", log_dir / "metric_curves.png", best_epoch, title)
+    notes = {f"val/{name}": "random weights" for name, (arg, _) in weights.items() if arg == "random"}
+    png = plot_metric_curves(log_dir / "metrics.csv", log_dir / "metric_curves.png", best_epoch, title,
+                             notes)
     tensorboard = [logger.log_dir for logger in cli.trainer.loggers
                    if type(logger).__name__ == "TensorBoardLogger"]
     print(f"[demo] metrics (CSV):    {log_dir / 'metrics.csv'}")

@@ -87,11 +87,13 @@ def test_epoch_table_and_correlation_lines(demo, tmp_path):
 def test_metric_curve_panels_have_y_labels_with_units(demo, tmp_path):
     csv = write_metrics_csv(tmp_path / "metrics.csv", psnr=[18, 19, 20], ssim=[0.3, 0.4, 0.45],
                             ssfd=[0.5, 0.4, 0.3], lpips=[0.1, 0.09, 0.08])
-    fig = demo.metric_curve_figure(csv, best_epoch=2)
+    fig = demo.metric_curve_figure(csv, best_epoch=2, notes={"val/lpips_vgg": "random weights"})
     labels = {ax.get_title(): ax.get_ylabel() for ax in fig.axes if ax.get_visible()}
-    assert labels == {"val/loss": "image L1 loss (unitless)", "val/psnr": "PSNR (dB)",
+    assert labels == {"loss": "image L1 loss (unitless)", "val/psnr": "PSNR (dB)",
                       "val/ssim": "SSIM (unitless)", "val/ssfd": "SSFD (unitless)",
-                      "val/lpips_vgg": "LPIPS-VGG (unitless)"}
+                      "val/lpips_vgg (random weights)": "LPIPS-VGG (unitless)"}
+    loss = next(ax for ax in fig.axes if ax.get_title() == "loss")
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["val", "train"]
     assert all(ax.get_xlabel() == "epoch" for ax in fig.axes if ax.get_visible())
     png = demo.plot_metric_curves(csv, tmp_path / "curves.png", best_epoch=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,7 +110,7 @@ def empty_weights_home(tmp_path, monkeypatch):
 
 
 def test_dfd_weights_random_when_nothing_is_offline(demo, empty_weights_home, monkeypatch):
-    monkeypatch.setattr(demo, "ssfd_weights", lambda: ("runs/demo/ssfd-demo.ckpt", "in-domain"))
+    monkeypatch.setattr(demo, "ssfd_weights", lambda **kw: ("runs/demo/ssfd-demo.ckpt", "in-domain"))
     choice = demo.dfd_weights()
     assert {name: arg for name, (arg, _) in choice.items()} == {
         "ssfd": "runs/demo/ssfd-demo.ckpt", "lpips_vgg": "random", "dists": "random",
@@ -118,7 +120,7 @@ def test_dfd_weights_random_when_nothing_is_offline(demo, empty_weights_home, mo
 
 def test_dfd_weights_pretrained_when_in_the_weights_home(demo, empty_weights_home, monkeypatch):
     (empty_weights_home / "RadImageNet-ResNet50.pt").write_bytes(b"x")  # no published checksum
-    monkeypatch.setattr(demo, "ssfd_weights", lambda: ("x", "y"))
+    monkeypatch.setattr(demo, "ssfd_weights", lambda **kw: ("x", "y"))
     choice = demo.dfd_weights()
     assert choice["resnet_fd"][0] == "radimagenet"
     assert "resnet50-radimagenet" in choice["resnet_fd"][1]
@@ -225,3 +227,30 @@ def test_log_image_grid_sends_the_labelled_grid_to_image_loggers():
     tag, grid, step = calls[0]
     assert tag == "val/images" and step == 4
     torch.testing.assert_close(grid, image_grid(images, torch.tensor(2.0)))
+
+
+def test_ssfd_demo_is_the_demo_with_the_in_domain_ssfd(monkeypatch):
+    spec = importlib.util.spec_from_file_location("ssfd_demo_script", ROOT / "examples" / "ssfd_demo.py")
+    ssfd_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ssfd_demo)
+    seen = []
+    real = ssfd_demo.load_demo
+
+    def fake_load():
+        module = real()
+        monkeypatch.setattr(module, "main", lambda argv: seen.append(argv) or 0)
+        return module
+
+    monkeypatch.setattr(ssfd_demo, "load_demo", fake_load)
+    assert ssfd_demo.main(["--max-epochs", "2"]) == 0
+    assert seen == [["--ssfd", "in-domain", "--max-epochs", "2"]]
+
+
+def test_ssfd_source_in_domain_ignores_the_published_encoder(demo, empty_weights_home, monkeypatch,
+                                                             tmp_path):
+    (empty_weights_home / "ssfd-fastmri-knee.ckpt").write_bytes(b"x")
+    monkeypatch.setattr(demo, "pretrain_ssfd", lambda out: out.write_bytes(b"enc") or out)
+    arg, what = demo.ssfd_weights(tmp_path / "enc.ckpt", source="in-domain")
+    assert arg == str((tmp_path / "enc.ckpt").resolve()) and "in-domain" in what
+    with pytest.raises(ValueError, match="source"):
+        demo.ssfd_weights(tmp_path / "enc.ckpt", source="bogus")

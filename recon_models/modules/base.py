@@ -127,8 +127,8 @@ def image_grid(
         >>> grid = image_grid({"target": torch.ones(48, 48), "error": torch.zeros(48, 48)})
         >>> grid.shape  # 48 px * 6 = 288 >= 256; 28 px label strip; 2 px padding
         torch.Size([3, 320, 582])
-        >>> image_grid({"a": torch.ones(8, 8)}, min_tile=0, labels=False).shape
-        torch.Size([3, 12, 12])
+        >>> image_grid({"a": torch.ones(8, 8), "b": torch.ones(8, 8)}, min_tile=0, labels=False).shape
+        torch.Size([3, 12, 22])
     """
     if not images:
         raise ValueError("Argument `images` must hold at least one image, but got none")
