@@ -254,3 +254,14 @@ def test_ssfd_source_in_domain_ignores_the_published_encoder(demo, empty_weights
     assert arg == str((tmp_path / "enc.ckpt").resolve()) and "in-domain" in what
     with pytest.raises(ValueError, match="source"):
         demo.ssfd_weights(tmp_path / "enc.ckpt", source="bogus")
+
+
+def test_ssfd_is_pretrained_on_the_demo_training_split_only():
+    demo_cfg = yaml.safe_load((ROOT / "examples" / "configs" / "demo.yaml").read_text())
+    pretrain = yaml.safe_load((ROOT / "examples" / "configs" / "demo_ssfd_pretrain.yaml").read_text())
+    for key in ("data_path", "split", "sens_method"):
+        assert pretrain["data"][key] == demo_cfg["data"][key], key
+    assert pretrain["data"].get("seed", 0) == demo_cfg["data"].get("seed", 0)  # the volume split
+    assert demo_cfg["model"]["dfds"]["ssfd"] == {"weights": "runs/demo/ssfd-demo.ckpt"}
+    assert pretrain["model"]["export_path"] == "runs/demo/ssfd-demo.ckpt"
+    assert pretrain["model"]["coverage"] == 0.5  # the paper's 50 % of the image
