@@ -156,7 +156,7 @@ def format_correlations(table: dict[str, list[float]], target: float = RHO_TARGE
         if name not in table:
             continue
         rho_psnr, rho_ssim = spearman(table[name], psnr), spearman(table[name], ssim)
-        verdict = "yes" if rho_psnr <= target else "NO"
+        verdict = "n/a" if math.isnan(rho_psnr) else "yes" if rho_psnr <= target else "NO"
         lines.append(f"{name.removeprefix('val/'):<24}{rho_psnr:>8.2f}  {rho_ssim:>8.2f}   "
                      f"(rho vs PSNR <= {target:g}: {verdict})")
     return lines

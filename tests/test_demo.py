@@ -76,6 +76,9 @@ def test_epoch_table_and_correlation_lines(demo, tmp_path):
     assert lines[1].split()[:3] == ["ssfd", "-1.00", "-1.00"] and lines[1].endswith("yes)")
     rho = stats.spearmanr([0.1, 0.12, 0.11, 0.1, 0.13], [18, 19, 20, 20.5, 20.4])[0]
     assert lines[2].split()[:2] == ["lpips_vgg", f"{rho:.2f}"] and lines[2].endswith("NO)")
+    short = {name: values[:2] for name, values in table.items()}
+    assert demo.format_correlations(short)[1].split() == ["ssfd", "nan", "nan", "(rho", "vs", "PSNR",
+                                                          "<=", "-0.6:", "n/a)"]
     assert demo.best_epoch_by(table, "val/ssfd") == 3
     assert demo.best_epoch_by(table, "val/psnr", mode="max") == 3
     assert demo.best_epoch_by(table, "val/dists") is None
