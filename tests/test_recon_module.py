@@ -115,7 +115,8 @@ def test_validation_metrics_match_fastmri_evaluate_per_volume(tmp_path):
     events.Reload()
     assert "val/images" in events.Tags()["images"]
     grid = events.Images("val/images")[0]
-    assert (grid.height, grid.width) == (12 + 4, 4 * 12 + 10)  # 4 crops in a row, padding 2
+    # 4 crops in a row, each 12 px upscaled x22 to >= 256 px under a 28 px label strip, padding 2
+    assert (grid.height, grid.width) == (28 + 12 * 22 + 4, 4 * 12 * 22 + 10)
 
 
 class _LogsFixedValues(LightningModule):

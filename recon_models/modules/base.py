@@ -129,17 +129,66 @@ def center_crop(image: Tensor, size: Sequence[int]) -> Tensor:
     return image[..., top : top + crop_h, left : left + crop_w]
 
 
-def image_grid(images: Mapping[str, Tensor], scale: Tensor | float = 1.0) -> Tensor:
-    """One row of ``(H, W)`` real images, each divided by ``scale`` and clipped to [0, 1].
+#: Smallest side, in pixels, of a tile in :func:`image_grid` (small images are upscaled to it).
+MIN_TILE = 256
+#: Height of the label strip above every tile of :func:`image_grid`.
+LABEL_HEIGHT = 28
 
-    Returns a ``(3, H', W')`` float image for ``add_image``.
+
+def _label_strip(text: str, width: int, height: int = LABEL_HEIGHT) -> Tensor:
+    """A ``(height, width)`` float strip with ``text`` in white on black (PIL's bundled font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    strip = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(strip)
+    try:
+        font = ImageFont.load_default(size=max(10, height - 10))
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or without FreeType: bitmap font
+        font = ImageFont.load_default()
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = max(2, (width - (right - left)) // 2 - left)
+    y = (height - (bottom - top)) // 2 - top
+    draw.text((x, y), text, fill=255, font=font)
+    return torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8).reshape(
+        height, width).float() / 255.0
+
+
+def image_grid(
+    images: Mapping[str, Tensor],
+    scale: Tensor | float = 1.0,
+    min_tile: int = MIN_TILE,
+    labels: bool = True,
+) -> Tensor:
+    """One labelled row of ``(H, W)`` real images, each divided by ``scale`` and clipped to [0, 1].
+
+    Images are upscaled by the smallest integer factor (nearest neighbour, so pixels stay sharp)
+    that makes their shorter side at least ``min_tile`` pixels; with ``labels`` each tile gets a
+    strip above it naming it (the key, ``_`` written as ``-``: ``zero_filled`` -> "zero-filled").
+
+    Returns a ``(3, H', W')`` float image for ``add_image``: tiles and strips separated by 2 px.
 
     Example:
-        >>> image_grid({"a": torch.ones(8, 8), "b": torch.zeros(8, 8)}).shape
+        >>> grid = image_grid({"target": torch.ones(48, 48), "error": torch.zeros(48, 48)})
+        >>> grid.shape  # 48 px * 6 = 288 >= 256; 28 px label strip; 2 px padding
+        torch.Size([3, 320, 582])
+        >>> image_grid({"a": torch.ones(8, 8), "b": torch.ones(8, 8)}, min_tile=0, labels=False).shape
         torch.Size([3, 12, 22])
     """
-    stack = torch.stack([image.detach().float() / scale for image in images.values()])
-    return make_grid(stack.unsqueeze(1).clamp(0, 1).cpu(), nrow=len(images), padding=2)
+    if not images:
+        raise ValueError("Argument `images` must hold at least one image, but got none")
+    shapes = {tuple(image.shape) for image in images.values()}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"Argument `images` must hold (H, W) images of one shape, but got {shapes}")
+    height, width = next(iter(shapes))
+    factor = max(1, -(-int(min_tile) // max(1, min(height, width))))
+    tiles = []
+    for name, image in images.items():
+        tile = (image.detach().float() / scale).clamp(0, 1).cpu()
+        tile = tile.repeat_interleave(factor, dim=0).repeat_interleave(factor, dim=1)
+        if labels:
+            tile = torch.cat([_label_strip(str(name).replace("_", "-"), tile.shape[1]), tile])
+        tiles.append(tile)
+    return make_grid(torch.stack(tiles).unsqueeze(1), nrow=len(tiles), padding=2)
 
 
 class ImageQualityModule(LightningModule):
