@@ -142,6 +142,26 @@ SSFD_VARIANTS: dict[str, str] = {
 
 #: Every checkpoint the package knows. Hashes of the package-shipped files were computed from the
 #: installed wheels (lpips 0.1.4, DISTS_pytorch 0.1).
+#: timm backbones for ``TimmFD(model_name=..., weights=<name>)``: the name is timm's own
+#: ``<model>.<pretrained tag>``, ``arch`` is ``timm:<model>``. Files are the timm organisation's
+#: ``model.safetensors`` on the Hugging Face hub, saved locally under a distinct name. The hub
+#: publishes no sha256 next to them that could be checked here offline: unpinned (pin a trusted
+#: copy with ``lightning-dfd weights verify``).
+TIMM_WEIGHTS = [
+    WeightSpec(name=f"{model}.{tag}", filename=f"timm-{model}.{tag}.safetensors",
+               url=f"https://huggingface.co/timm/{model}.{tag}/resolve/main/model.safetensors",
+               arch=f"timm:{model}", description=f"timm {model} ({what})")
+    for model, tag, what in (
+        ("convnext_tiny", "fb_in1k", "ConvNeXt-T, ImageNet-1k"),
+        ("convnext_tiny", "in12k_ft_in1k", "ConvNeXt-T, ImageNet-12k fine-tuned on 1k"),
+        ("efficientnet_b0", "ra_in1k", "EfficientNet-B0, ImageNet-1k, RandAugment"),
+        ("vit_small_patch14_dinov2", "lvd142m", "DINOv2 ViT-S/14, self-supervised on LVD-142M"),
+        ("vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-S/16, ImageNet-21k fine-tuned on 1k"),
+        ("resnet50", "a1_in1k", "ResNet-50, ImageNet-1k, timm A1 recipe"),
+    )
+]
+
+
 TABLE: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="vgg16-imagenet", filename="vgg16-397923af.pth",
@@ -211,6 +231,7 @@ TABLE: tuple[WeightSpec, ...] = (
         source="package", package="DISTS_pytorch", prefix_paths=("weights.pt",),
         description="DISTS alpha/beta, shipped in the DISTS_pytorch wheel (inside it or at sys.prefix)",
     ),
+    *TIMM_WEIGHTS,
 )
 
 _REGISTRY: dict[str, WeightSpec] = {spec.name: spec for spec in TABLE}
@@ -258,26 +279,6 @@ a file path or 'random', but got None
                          "but got an empty string")
     return value
 
-#: timm backbones for ``TimmFD(model_name=..., weights=<name>)``: the name is timm's own
-#: ``<model>.<pretrained tag>``, ``arch`` is ``timm:<model>``. Files are the timm organisation's
-#: ``model.safetensors`` on the Hugging Face hub, saved locally under a distinct name. The hub
-#: publishes no sha256 next to them that could be checked here offline: unpinned (pin a trusted
-#: copy with ``lightning-dfd weights verify``).
-TIMM_WEIGHTS = [
-    WeightSpec(name=f"{model}.{tag}", filename=f"timm-{model}.{tag}.safetensors",
-               url=f"https://huggingface.co/timm/{model}.{tag}/resolve/main/model.safetensors",
-               arch=f"timm:{model}", description=f"timm {model} ({what})")
-    for model, tag, what in (
-        ("convnext_tiny", "fb_in1k", "ConvNeXt-T, ImageNet-1k"),
-        ("convnext_tiny", "in12k_ft_in1k", "ConvNeXt-T, ImageNet-12k fine-tuned on 1k"),
-        ("efficientnet_b0", "ra_in1k", "EfficientNet-B0, ImageNet-1k, RandAugment"),
-        ("vit_small_patch14_dinov2", "lvd142m", "DINOv2 ViT-S/14, self-supervised on LVD-142M"),
-        ("vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-S/16, ImageNet-21k fine-tuned on 1k"),
-        ("resnet50", "a1_in1k", "ResNet-50, ImageNet-1k, timm A1 recipe"),
-    )
-]
-for _spec in TIMM_WEIGHTS:
-    register(_spec)
 
 
 def weights_home() -> Path:
