@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.functional.pixel import ssim_map
 from lightning_dfd.preprocess import (
     NORMALIZATIONS,
     REDUCTIONS,
@@ -68,9 +69,6 @@ from lightning_dfd.preprocess import (
     normalize_pair,
     validated_images,
 )
-
-SSIM_WIN_SIZE = 7
-SSIM_K1, SSIM_K2 = 0.01, 0.03
 
 
 def layer_maps(network: FeatureDistanceNetwork, feats_preds: list[Tensor],
@@ -404,26 +402,6 @@ def masked_nmse(preds: Tensor, target: Tensor, mask: Tensor, reduction: str = "m
                    reduction)
 
 
-def ssim_map(preds: Tensor, target: Tensor, data_range: Tensor, win_size: int = SSIM_WIN_SIZE) -> Tensor:
-    """SSIM map ``(M, 1, H - win + 1, W - win + 1)`` of ``(M, 1, H, W)`` float64 images.
-
-    Uniform window, sample covariance, K1=0.01, K2=0.03: the map whose mean is
-    ``skimage.metrics.structural_similarity`` (and :func:`lightning_dfd.functional.ssim`).
-    """
-    if min(preds.shape[-2:]) < win_size:
-        raise ValueError(f"SSIM needs images of at least {win_size}x{win_size}, "
-                         f"got {tuple(preds.shape[-2:])}")
-    x, y = target, preds
-    ux, uy = F.avg_pool2d(x, win_size, stride=1), F.avg_pool2d(y, win_size, stride=1)
-    uxx, uyy = F.avg_pool2d(x * x, win_size, stride=1), F.avg_pool2d(y * y, win_size, stride=1)
-    uxy = F.avg_pool2d(x * y, win_size, stride=1)
-    cov_norm = win_size**2 / (win_size**2 - 1)
-    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
-    dr = data_range.view(-1, 1, 1, 1)
-    c1, c2 = (SSIM_K1 * dr) ** 2, (SSIM_K2 * dr) ** 2
-    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-
-
 def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
                 reduction: str = "mean") -> Tensor:
     """Mean of the SSIM map over the window centres inside the mask (borders excluded as skimage).
@@ -441,8 +419,8 @@ def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor 
     check_choice("reduction", reduction, REDUCTIONS)
     p, t, w = _masked_pixels(preds, target, mask)
     dr = _data_range(t, data_range, preds.shape[0], channels_per_image(preds))
-    s = ssim_map(p, t, dr)
-    r = SSIM_WIN_SIZE // 2
+    s = ssim_map(p, t, dr)  # fastMRI's 7x7 uniform window
+    r = (w.shape[-1] - s.shape[-1]) // 2
     w = w[..., r:r + s.shape[-2], r:r + s.shape[-1]]
     weight = w.flatten(1).sum(dim=1)
     if (weight == 0).any():

@@ -147,7 +147,12 @@ def gaussian_window(size: int = GAUSSIAN_WIN_SIZE, sigma: float = GAUSSIAN_SIGMA
 
 def ssim_per_image(preds: Tensor, target: Tensor, data_range: Tensor,
                    window: str = "uniform") -> Tensor:
-    """Mean SSIM of each ``(M, 1, H, W)`` image pair, in float64.
+    """Mean SSIM of each ``(M, 1, H, W)`` image pair, in float64 (the mean of :func:`ssim_map`)."""
+    return ssim_map(preds, target, data_range, window).flatten(1).mean(dim=1)
+
+
+def ssim_map(preds: Tensor, target: Tensor, data_range: Tensor, window: str = "uniform") -> Tensor:
+    """SSIM map ``(M, 1, H - w + 1, W - w + 1)`` of ``(M, 1, H, W)`` image pairs, in float64.
 
     ``"uniform"``: as ``skimage.metrics.structural_similarity`` defaults / ``fastmri.evaluate``:
     7x7 uniform window, sample covariance (``N / (N - 1)``), K1=0.01, K2=0.03.
@@ -186,8 +191,7 @@ def ssim_per_image(preds: Tensor, target: Tensor, data_range: Tensor,
     vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
     dr = data_range.view(-1, 1, 1, 1)
     c1, c2 = (SSIM_K1 * dr) ** 2, (SSIM_K2 * dr) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(dim=1)
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
 
 
 def squared_error_stats(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
