@@ -255,15 +255,27 @@ def _normalise(x: Tensor) -> Tensor:
     return normalize_images(x[:, None].float(), "minmax")
 
 
+#: DFDs scored on another's features (same encoder and weights, another distance head)
+SHARED_HEADS = {"LPIPS-VGG-nolin": "LPIPS-VGG"}
+
+
 def score_dfd(name: str, data: DegradationSet, chunk: int = 8, seed: int = 0,
-              log: Callable[[str], None] = print) -> dict:
-    """fp32 and bf16 values of every pair, per-layer diagnostics and the encoders' CPU times."""
+              heads: tuple[str, ...] = (), log: Callable[[str], None] = print) -> dict[str, dict]:
+    """fp32 and bf16 values of every pair, per-layer diagnostics and the encoders' CPU times.
+
+    ``heads``: further DFDs with the same features (:data:`SHARED_HEADS`) scored on this
+    encoder's features. Returns one result per DFD.
+    """
     torch.manual_seed(seed)
     net = dfd_factories()[name]().eval()
+    extra = {}
+    for head in heads:
+        torch.manual_seed(seed)
+        extra[head] = dfd_factories()[head]().eval()
     targets = _normalise(data.targets)
     preds = _normalise(data.preds)
     tidx = torch.tensor([p["target"] for p in data.pairs])
-    values = {"fp32": [], "bf16": []}
+    values = {h: {"fp32": [], "bf16": []} for h in (name, *heads)}
     layer_mse = {"fp32": [], "bf16": []}
     layer_err: list[list[float]] = []  # per chunk, per layer: ||bf16 - fp32|| / ||fp32||
     cpu = {"fp32": 0.0, "bf16": 0.0}
@@ -287,7 +299,8 @@ def score_dfd(name: str, data: DegradationSet, chunk: int = 8, seed: int = 0,
                     feats[p] = encode(preds[sel], p)
                 for p in ("fp32", "bf16"):
                     ft = [f.expand(len(sel), *f.shape[1:]) for f in feats_t[p]]
-                    values[p].append(net.distance(feats[p], ft).double())
+                    for h, head in ((name, net), *extra.items()):
+                        values[h][p].append(head.distance(feats[p], ft).double())
                     layer_mse[p].append(torch.stack(
                         [(a - b).pow(2).flatten(1).mean(1).double() for a, b in zip(feats[p], ft)], 1))
                 layer_err.append([float((b - a).norm() / a.norm().clamp_min(1e-30))
@@ -298,10 +311,11 @@ def score_dfd(name: str, data: DegradationSet, chunk: int = 8, seed: int = 0,
     order = torch.cat([(tidx == t).nonzero().flatten() for t in range(targets.shape[0])])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel())
-    out = {p: torch.cat(v)[inverse].numpy() for p, v in values.items()}
     mse = {p: torch.cat(v)[inverse].numpy() for p, v in layer_mse.items()}
-    return {"values": out, "layer_mse": mse, "layer_err": np.max(np.array(layer_err), 0),
-            "cpu": cpu, "images": targets.shape[0] + preds.shape[0]}
+    return {h: {"values": {p: torch.cat(v)[inverse].numpy() for p, v in vals.items()},
+                "layer_mse": mse, "layer_err": np.max(np.array(layer_err), 0), "cpu": cpu,
+                "images": targets.shape[0] + preds.shape[0], "encoded_with": name}
+            for h, vals in values.items()}
 
 
 def metric_path_check(name: str, data: DegradationSet, result: dict, n: int = 4) -> dict[str, float]:
@@ -440,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-size", type=int, default=160)
     p.add_argument("--dfds", default=",".join(dfd_factories()))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set-cache", type=Path, default=None,
+                   help="save the degradation set here, or load it if the file exists")
+    p.add_argument("--append", action="store_true",
+                   help="keep the DFDs of an earlier run in --out (fidelity.pt) and add these")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -447,20 +465,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True)
 
     load0, t0 = tuple(round(v, 1) for v in os.getloadavg()), time.time()
-    log("building the degradation set")
-    data = build_degradation_set(args.targets, args.size,
-                                 unet_steps=tuple(int(s) for s in args.unet_steps.split(",")),
-                                 train_size=args.train_size, log=log)
-    results, summaries, checks = {}, [], {}
-    for name in args.dfds.split(","):
-        log(f"{name}: scoring {len(data.pairs)} pairs in fp32 and bf16")
-        results[name] = score_dfd(name, data, chunk=4 if name == "VAEFD" else 8, log=log)
-        checks[name] = metric_path_check(name, data, results[name])
-        summaries.append(summarise(name, data, results[name]))
-        o = summaries[-1]["overall"]
-        log(f"  {name}: Spearman {o['spearman']:.6f}, Kendall {o['kendall']:.5f}, "
-            f"discordant {o['discordant']}, max rel {o['max_rel']:.1e}; metric path check "
-            f"{checks[name]}")
+    if args.set_cache is not None and args.set_cache.exists():
+        data = DegradationSet(**torch.load(args.set_cache, weights_only=False))
+        log(f"degradation set loaded from {args.set_cache}")
+    else:
+        log("building the degradation set")
+        data = build_degradation_set(args.targets, args.size,
+                                     unet_steps=tuple(int(s) for s in args.unet_steps.split(",")),
+                                     train_size=args.train_size, log=log)
+        if args.set_cache is not None:
+            torch.save(vars(data), args.set_cache)
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / "fidelity.pt"
+    state = {"results": {}, "checks": {}, "runs": []}
+    if args.append and state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+    results, checks = state["results"], state["checks"]
+    names = args.dfds.split(",")
+    for name in names:
+        if name in SHARED_HEADS and SHARED_HEADS[name] in names:
+            continue  # scored with its encoder's features
+        heads = tuple(h for h, enc in SHARED_HEADS.items() if enc == name and h in names)
+        log(f"{name}{' (+ ' + ', '.join(heads) + ')' if heads else ''}: scoring "
+            f"{len(data.pairs)} pairs in fp32 and bf16")
+        scored = score_dfd(name, data, chunk=4 if name == "VAEFD" else 8, heads=heads, log=log)
+        for head, result in scored.items():
+            results[head] = result
+            checks[head] = metric_path_check(head, data, result)
+            o = summarise(head, data, result)["overall"]
+            log(f"  {head}: Spearman {o['spearman']:.6f}, Kendall {o['kendall']:.5f}, "
+                f"discordant {o['discordant']}, max rel {o['max_rel']:.1e}; metric path check "
+                f"{checks[head]}")
+        _write(args, data, state, checks, load0, t0, argv)
+    return 0
+
+
+def _write(args, data: DegradationSet, state: dict, checks: dict, load0, t0, argv) -> None:
+    """CSV, state file and the RESULTS.md section for every DFD scored so far."""
+    results = state["results"]
+    order = [n for n in dfd_factories() if n in results]
+    summaries = [summarise(n, data, results[n]) for n in order]
     load1 = tuple(round(v, 1) for v in os.getloadavg())
     meta = [f"Generated by `python -m benchmarks.fidelity {' '.join(argv or sys.argv[1:])}` on "
             f"{datetime.datetime.now():%Y-%m-%d %H:%M} ({(time.time() - t0) / 60:.1f} min); CPU: "
@@ -480,11 +524,15 @@ def main(argv: list[str] | None = None) -> int:
             "relative): fp32 to " + f"{max(c['fp32'] for c in checks.values()):.0e}, bf16 to "
             + f"{max(c['bf16'] for c in checks.values()):.0e} (there `update` encodes predictions "
             "and targets in one batch; oneDNN's bf16 results depend slightly on the batch)."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_pairs_csv(args.out / "fidelity.csv", data, results)
+    run = meta[0]
+    command = run.split("` on ")[0]  # a rewrite of this run replaces its own line
+    state["runs"] = [r for r in state["runs"] if r.split("` on ")[0] != command] + [run]
+    meta = [*state["runs"][:-1], *meta] if args.append else meta
+    torch.save(state, args.out / "fidelity.pt")
+    write_pairs_csv(args.out / "fidelity.csv", data, {n: results[n] for n in order})
     replace_section(args.out / "RESULTS.md", markdown(summaries, data, meta), SECTION)
-    log(f"wrote {args.out / 'fidelity.csv'} and the '{SECTION}' section of {args.out / 'RESULTS.md'}")
-    return 0
+    print(f"[{time.strftime('%H:%M:%S')}] wrote {args.out / 'fidelity.csv'} and the '{SECTION}' "
+          f"section of {args.out / 'RESULTS.md'}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
