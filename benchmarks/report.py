@@ -368,3 +368,21 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, analysis: list[str]
     if analysis:
         out += ["", "## Analysis", ""] + analysis
     path.write_text("\n".join(out) + "\n")
+
+
+def embed(source: Path, dest: Path, name: str, title: str) -> None:
+    """Put a whole generated report (``source``) into ``dest`` as a ``<!-- section:name -->``
+    block under ``title``, its headings one level down (replacing an earlier block of that name).
+
+    Used to keep runs on another machine (e.g. the bf16 rows on a CPU with AMX) next to the main
+    report without merging their rows into one table.
+    """
+    from benchmarks.fidelity import replace_section
+
+    body = []
+    for line in source.read_text().splitlines():
+        if line.startswith("# "):
+            continue
+        body.append("#" + line if line.startswith("#") else line)
+    replace_section(dest, [f"<!-- section:{name} -->", f"## {title}", *body, f"<!-- end:{name} -->"],
+                    name)

@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                    help="run nothing: merge the results.csv and RESULTS.md headers of earlier "
                    "runs (e.g. one per group) into one report in --out")
+    p.add_argument("--embed", nargs=2, metavar=("NAME", "TITLE"), default=None,
+                   help="with --merge: write the merged report as section NAME (under TITLE) of "
+                   "the RESULTS.md already in --out instead of replacing it; the CSV goes to "
+                   "results_NAME.csv")
     p.add_argument("--analysis", type=Path, default=None,
                    help="with --merge: a markdown file appended as the report's 'Analysis'")
     args = p.parse_args(argv)
@@ -169,6 +173,14 @@ def _reexec_with_tunables() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and write the report."""
     args = parse_args(argv)
+    if args.merge and args.embed:
+        with tempfile.TemporaryDirectory() as tmp:
+            merge(args.merge, Path(tmp), args.analysis)
+            from benchmarks import report
+
+            report.embed(Path(tmp) / "RESULTS.md", args.out / "RESULTS.md", *args.embed)
+            shutil.copy(Path(tmp) / "results.csv", args.out / f"results_{args.embed[0]}.csv")
+        return 0
     if args.merge:
         return merge(args.merge, args.out, args.analysis)
     if argv is None and not glibc_tunables_set():
