@@ -35,7 +35,7 @@ def _rel(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return max(float((x - y).norm() / x.norm().clamp_min(1e-30)) for x, y in zip(a, b, strict=True))
 
 
-VARIANTS = {"compiled": False, "compiled, freezing": True}
+VARIANTS = {"compiled": False, "compiled+freezing": True}
 
 
 def bench_dfd(name: str, size: int, batch: int, rounds: int, log=print,
