@@ -367,7 +367,25 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, analysis: list[str]
                 f"{_fmt(r.get('sync_fraction'), 3)} | {r['notes'] or ''} |" for r in ddp]
     if analysis:
         out += ["", "## Analysis", ""] + analysis
+    out += kept_sections(path)
     path.write_text("\n".join(out) + "\n")
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The ``<!-- section:NAME -->`` blocks of an existing report (fidelity, compile, runs on other
+    machines), which a regenerated report keeps at its end."""
+    if not path.exists():
+        return []
+    out, inside = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("<!-- section:"):
+            inside = True
+            out.append("")
+        if inside:
+            out.append(line)
+        if line.startswith("<!-- end:"):
+            inside = False
+    return out
 
 
 def embed(source: Path, dest: Path, name: str, title: str) -> None:

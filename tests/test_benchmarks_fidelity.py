@@ -142,3 +142,12 @@ def test_embed_puts_a_report_under_one_section(tmp_path):
     assert text.startswith("# Main\n\n## LPIPS-VGG\n")
     assert text.count("<!-- section:bf16 -->") == 1 and "### Targets of the issue" in text
     assert "# Benchmarks" not in text
+
+
+def test_regenerated_report_keeps_the_sections(tmp_path):
+    dest = tmp_path / "RESULTS.md"
+    dest.write_text("# old\n")
+    F.replace_section(dest, ["<!-- section:fidelity -->", "kept", "<!-- end:fidelity -->"], "fidelity")
+    report.write_markdown([], dest, {"argv": "", "date": "now", "setup": []}, analysis=[])
+    text = dest.read_text()
+    assert "# old" not in text and "kept" in text and text.count("<!-- section:fidelity -->") == 1
