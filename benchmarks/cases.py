@@ -15,10 +15,12 @@ from torch import Tensor, nn
 
 from benchmarks import references as R
 
-GROUPS = ("LPIPS-VGG", "DISTS", "ResNetFD")
+GROUPS = ("LPIPS-VGG", "DISTS", "ResNetFD", "SSFD")
 #: per group: the reference every row's values are compared with
 VALUE_REFERENCE = {"LPIPS-VGG": "lpips package", "DISTS": "DISTS_pytorch",
-                   "ResNetFD": "torchvision by hand"}
+                   "ResNetFD": "torchvision by hand", "SSFD": "SSFD encoder by hand"}
+#: bf16 rows (today's ``autocast=True``: bf16 autocast around the encoder) -> their fp32 twin
+BF16_CASES = {"ours bf16 uncached": "ours uncached", "ours bf16 cached": "ours cached"}
 #: a cache large enough for every target of the largest configuration (no eviction while timing)
 CACHE_BYTES = 8 << 30
 #: LPIPS-VGG with and without linear layers, updated together through a DFDCollection
@@ -51,12 +53,13 @@ class Case:
 
 
 def _floor(group: str, name: str, module: nn.Module, scale: Callable[[Tensor], Tensor],
-           device: torch.device, channels_last: bool = True) -> Case:
+           device: torch.device, channels_last: bool = True, rgb: bool = True) -> Case:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     module = module.to(device).to(memory_format=fmt)
 
     def prepare(preds: Tensor, target: Tensor) -> tuple:
-        x = scale(R.rgb(R.minmax01(preds)).to(device))
+        x01 = R.minmax01(preds)
+        x = scale((R.rgb(x01) if rgb else x01[:, None]).to(device))
         return (x.contiguous(memory_format=fmt),)
 
     def run(x: Tensor) -> None:
@@ -67,12 +70,13 @@ def _floor(group: str, name: str, module: nn.Module, scale: Callable[[Tensor], T
 
 
 def _ours(group: str, name: str, factory: Callable[..., nn.Module], device: torch.device, *,
-          cached: bool, channels_last: bool, max_batch: int | None = 8) -> Case:
+          cached: bool, channels_last: bool, max_batch: int | None = 8,
+          autocast: bool = False) -> Case:
     from lightning_dfd.feature_cache import TargetFeatureCache
 
     cache = TargetFeatureCache(max_bytes=CACHE_BYTES) if cached else None
     metric = factory(reduction="none", channels_last=channels_last, feature_cache=cache,
-                     max_batch=max_batch).to(device)
+                     max_batch=max_batch, autocast=autocast).to(device)
 
     def run(preds: Tensor, target: Tensor) -> Tensor:
         ids = torch.arange(preds.shape[0], device=device) if cached else None
@@ -138,28 +142,36 @@ def case_names(group: str) -> list[str]:
     """Row labels of a group, in table order."""
     return {
         "LPIPS-VGG": ["floor: bare VGG-16, channels_last", "floor: bare VGG-16, contiguous",
-                      "ours uncached", "ours cached", "ours uncached, library defaults",
+                      "ours uncached", "ours cached", *BF16_CASES, "ours uncached, library defaults",
                       "ours uncached, max_batch=4", SHARED_CASE, "lpips package",
                       "torchmetrics LPIPS"],
         "DISTS": ["floor: bare DISTS VGG-16, channels_last", "ours uncached", "ours cached",
-                  "ours uncached, library defaults", "ours uncached, max_batch=4", "DISTS_pytorch",
-                  "torchmetrics DISTS (network built once)", "torchmetrics DISTS (metric class)"],
+                  *BF16_CASES, "ours uncached, library defaults", "ours uncached, max_batch=4",
+                  "DISTS_pytorch", "torchmetrics DISTS (network built once)",
+                  "torchmetrics DISTS (metric class)"],
         "ResNetFD": ["floor: bare ResNet-50 to layer3.3.conv3, channels_last", "ours uncached",
-                     "ours cached", "ours uncached, library defaults", "torchvision by hand"],
+                     "ours cached", *BF16_CASES, "ours uncached, library defaults",
+                     "torchvision by hand"],
+        "SSFD": ["floor: bare SSFD encoder to block4_relu1, channels_last", "ours uncached",
+                 "ours cached", *BF16_CASES, "SSFD encoder by hand"],
     }[group]
 
 
 def build_case(group: str, name: str, device: torch.device) -> Case:
     """Build one case (loads its weights from ``$TORCH_HOME``)."""
-    from lightning_dfd import DISTS, LPIPS, ResNetFD
+    from lightning_dfd import DISTS, LPIPS, SSFD, ResNetFD
 
     paths = R.checkpoint_paths()
-    vgg, resnet = paths["vgg16"], paths["resnet50"]
+    vgg, resnet, ssfd = paths["vgg16"], paths["resnet50"], paths["ssfd"]
     factories = {
         "LPIPS-VGG": lambda **kw: LPIPS(net="vgg", weights=vgg, **kw),
         "DISTS": lambda **kw: DISTS(weights=vgg, **kw),
         "ResNetFD": lambda **kw: ResNetFD(weights=resnet, **kw),
+        "SSFD": lambda **kw: SSFD(weights=ssfd, **kw),
     }
+    if name in BF16_CASES:
+        return _ours(group, name, factories[group], device, cached=name == "ours bf16 cached",
+                     channels_last=True, autocast=True)
     if name == "ours uncached":
         return _ours(group, name, factories[group], device, cached=False, channels_last=True)
     if name == "ours cached":
@@ -188,6 +200,11 @@ def build_case(group: str, name: str, device: torch.device) -> Case:
                                notes="rebuilds and reloads VGG-16 in every update(); batch mean"),
         "floor: bare ResNet-50 to layer3.3.conv3, channels_last":
             lambda: _floor(group, name, R.resnet_floor(resnet), _signed, device),
+        "floor: bare SSFD encoder to block4_relu1, channels_last":
+            lambda: _floor(group, name, R.ssfd_floor(ssfd), R.zscore, device, rgb=False),
+        "SSFD encoder by hand": lambda: _reference(
+            group, name, R.ssfd_reference(R.ssfd_floor(ssfd).to(device)), device,
+            notes="preds + targets, contiguous"),
         "torchvision by hand": lambda: _reference(
             group, name, R.resnet_reference(R.resnet_floor(resnet).to(device)), device,
             notes="preds + targets, contiguous"),

@@ -48,6 +48,8 @@ class Row:
     speedup_vs_torchmetrics_wall: float | None
     max_abs_diff: float | None
     rel_diff: float | None
+    speedup_vs_fp32: float | None
+    speedup_vs_fp32_wall: float | None
     peak_mem_gib: float | None
     cache_gib: float | None
     repeats: int
@@ -61,6 +63,8 @@ ANCHORS = {
               "torchmetrics DISTS (metric class)"),
     "ResNetFD": ("floor: bare ResNet-50 to layer3.3.conv3, channels_last",
                  "torchvision by hand", None),
+    "SSFD": ("floor: bare SSFD encoder to block4_relu1, channels_last", "SSFD encoder by hand",
+             None),
 }
 #: rows measured only at the first (base) configuration, to keep the full run short
 BASE_ONLY = {"floor: bare VGG-16, contiguous", "ours uncached, library defaults",
@@ -154,6 +158,8 @@ def bench_group(
         for case in active:
             t, tw = times[case.name], wall[case.name]
             diff, rel = _diff(values[case.name], reference) if case.kind != "floor" else (None, None)
+            twin = C.BF16_CASES.get(case.name)  # a bf16 row: per-round ratio to its fp32 twin
+            twin = twin if twin in times else None
             rows.append(Row(
                 group=group, case=case.name, kind=case.kind, device=device.type,
                 height=h, width=w, batch=n, median_s=median(tw), cpu_s=median(cpu[case.name]),
@@ -167,6 +173,8 @@ def bench_group(
                 speedup_vs_torchmetrics_wall=(_paired_ratio(wall[tm_name], tw)
                                               if tm_name in wall else None),
                 max_abs_diff=diff, rel_diff=rel,
+                speedup_vs_fp32=_paired_ratio(times[twin], t) if twin else None,
+                speedup_vs_fp32_wall=_paired_ratio(wall[twin], tw) if twin else None,
                 peak_mem_gib=peaks[case.name] / (1 << 30),
                 cache_gib=case.cache_bytes() / (1 << 30) if case.cache_bytes else None,
                 repeats=repeats, notes=case.notes,

@@ -21,6 +21,8 @@ import torchvision
 from torch import Tensor, nn
 
 TORCHVISION_FILES = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth"}
+#: a seeded random SSFD encoder in the published checkpoint layout, next to the torchvision files
+SSFD_FILE = "ssfd-random.ckpt"
 
 
 def write_random_checkpoints(torch_home: Path, seed: int = 0) -> dict[str, Path]:
@@ -34,6 +36,13 @@ def write_random_checkpoints(torch_home: Path, seed: int = 0) -> dict[str, Path]
             torch.manual_seed(seed)
             torch.save(getattr(torchvision.models, arch)(weights=None).state_dict(), path)
         paths[arch] = path
+    path = folder / SSFD_FILE
+    if not path.exists():
+        from lightning_dfd.encoders.ssfd import SSFDEncoder
+
+        torch.manual_seed(seed)
+        torch.save({"model_state_dict": SSFDEncoder().state_dict()}, path)
+    paths["ssfd"] = path
     return paths
 
 
@@ -41,6 +50,7 @@ def checkpoint_paths() -> dict[str, Path]:
     """The checkpoints under ``$TORCH_HOME`` (written by :func:`write_random_checkpoints`)."""
     folder = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
     paths = {arch: folder / name for arch, name in TORCHVISION_FILES.items()}
+    paths["ssfd"] = folder / SSFD_FILE
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"benchmark checkpoints missing: {missing}")
@@ -199,4 +209,44 @@ def resnet_reference(floor: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
         ft = floor(rgb(minmax01(target)) * 2 - 1)
         return (fp - ft).pow(2).flatten(1).mean(1)
 
+    return score
+
+
+class _SSFDTap(nn.Module):
+    """The SSFD encoder's levels up to ``block4_relu1`` (the default tap), nothing deeper."""
+
+    def __init__(self, encoder: nn.Module, depth: int = 4) -> None:
+        super().__init__()
+        self.encoder, self.depth = encoder, depth
+
+    def forward(self, x: Tensor) -> Tensor:
+        taps, _ = self.encoder(x, depth=self.depth)
+        return taps[-1]
+
+
+def ssfd_floor(path: Path) -> nn.Module:
+    """The SSFD encoder (published layout checkpoint at ``path``) up to ``block4_relu1``."""
+    from lightning_dfd.encoders.ssfd import SSFDEncoder
+
+    encoder = SSFDEncoder()
+    encoder.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model_state_dict"])
+    return _SSFDTap(encoder.eval().requires_grad_(False)).eval()
+
+
+def zscore(x: Tensor) -> Tensor:
+    """Per-image z-score of ``(N, 1, H, W)`` (SSFD's preprocessing: unbiased std, floor 1e-8)."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / std.clamp_min(1e-8)
+
+
+def ssfd_reference(floor: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    """SSFD by hand: z-scored magnitudes, MSE of the ``block4_relu1`` features."""
+
+    def score(preds: Tensor, target: Tensor) -> Tensor:
+        fp = floor(zscore(preds.abs().float()[:, None]))
+        ft = floor(zscore(target.abs().float()[:, None]))
+        return (fp - ft).pow(2).flatten(1).mean(1)
+
+    score.module = floor
     return score

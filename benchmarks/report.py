@@ -13,10 +13,18 @@ CSV_COLUMNS = (
     "section", "group", "case", "kind", "device", "height", "width", "batch", "median_s",
     "cpu_s", "images_per_s", "x_floor", "speedup_vs_package", "speedup_vs_torchmetrics",
     "x_floor_wall", "speedup_vs_package_wall", "speedup_vs_torchmetrics_wall", "max_abs_diff",
-    "rel_diff", "peak_mem_gib", "peak_mem_subprocess_gib", "cache_gib", "overhead",
-    "overhead_wall", "sync_fraction", "gflops", "repeats", "notes",
+    "rel_diff", "speedup_vs_fp32", "speedup_vs_fp32_wall", "peak_mem_gib",
+    "peak_mem_subprocess_gib", "cache_gib", "overhead", "overhead_wall", "sync_fraction", "gflops",
+    "repeats", "notes",
 )
 VALUE_TOL = 1e-5
+#: issue 13's bf16 speed targets: (group, case, column, at least, against what)
+BF16_TARGETS = (
+    ("LPIPS-VGG", "ours bf16 uncached", "speedup_vs_package", 3.0, "the lpips package"),
+    ("LPIPS-VGG", "ours bf16 cached", "speedup_vs_package", 6.0, "the lpips package"),
+    ("DISTS", "ours bf16 uncached", "speedup_vs_package", 3.0, "DISTS_pytorch"),
+    ("ResNetFD", "ours bf16 uncached", "speedup_vs_fp32", 2.0, "its fp32"),
+)
 
 def _fmt(value, digits: int = 2, pct: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -89,9 +97,11 @@ def _pair(value, wall) -> str:
 
 
 def _metric_table(rows: list[dict]) -> list[str]:
+    bf16 = any(r.get("speedup_vs_fp32") is not None for r in rows)
     lines = ["| size, batch | case | wall s | CPU s | images/s | x floor | speed-up vs package | "
-             "vs torchmetrics | max abs diff (rel) | peak mem GiB | cache GiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "vs torchmetrics | " + ("vs ours fp32 | " if bf16 else "")
+             + "max abs diff (rel) | peak mem GiB | cache GiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if bf16 else "") + "---:|---:|---:|"]
     for r in rows:
         diff = "–" if r["max_abs_diff"] is None else \
             f"{r['max_abs_diff']:.1e} ({r['rel_diff']:.0e})"
@@ -104,7 +114,8 @@ def _metric_table(rows: list[dict]) -> list[str]:
             f"{_pair(r['x_floor'], r['x_floor_wall'])} | "
             f"{_pair(r['speedup_vs_package'], r['speedup_vs_package_wall'])} | "
             f"{_pair(r['speedup_vs_torchmetrics'], r['speedup_vs_torchmetrics_wall'])} | "
-            f"{diff} | {mem} | {_fmt(r['cache_gib'])} |"
+            + (f"{_pair(r.get('speedup_vs_fp32'), r.get('speedup_vs_fp32_wall'))} | " if bf16 else "")
+            + f"{diff} | {mem} | {_fmt(r['cache_gib'])} |"
         )
     return lines
 
@@ -155,7 +166,14 @@ def targets(metric: list[dict], epoch: list[dict]) -> tuple[list[str], set[str]]
                     worst = min(values)
                     add("speedup", f"{group} {what} >= {need}x {label}", worst >= need,
                         f"{worst:.2f}x", f"(by {100 * (1 - worst / need):.0f} %)")
-    ours = [r for r in metric if r["kind"] == "ours" and r["rel_diff"] is not None]
+    for group, case, key, need, label in BF16_TARGETS:
+        rows = [r for r in _pick(metric, group, case) if r.get(key) is not None]
+        if rows:
+            worst = min(r[key] for r in rows)
+            add("bf16", f"{group} {case} >= {need}x {label}", worst >= need, f"{worst:.2f}x",
+                f"(by {100 * (1 - worst / need):.0f} %)")
+    ours = [r for r in metric if r["kind"] == "ours" and r["rel_diff"] is not None
+            and "bf16" not in r["case"]]
     if ours:
         worst = max(ours, key=lambda r: r["max_abs_diff"])
         worst_rel = max(r["rel_diff"] for r in ours)
@@ -349,4 +367,40 @@ def write_markdown(rows: list[dict], path: Path, meta: dict, analysis: list[str]
                 f"{_fmt(r.get('sync_fraction'), 3)} | {r['notes'] or ''} |" for r in ddp]
     if analysis:
         out += ["", "## Analysis", ""] + analysis
+    out += kept_sections(path)
     path.write_text("\n".join(out) + "\n")
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The ``<!-- section:NAME -->`` blocks of an existing report (fidelity, compile, runs on other
+    machines), which a regenerated report keeps at its end."""
+    if not path.exists():
+        return []
+    out, inside = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("<!-- section:"):
+            inside = True
+            out.append("")
+        if inside:
+            out.append(line)
+        if line.startswith("<!-- end:"):
+            inside = False
+    return out
+
+
+def embed(source: Path, dest: Path, name: str, title: str) -> None:
+    """Put a whole generated report (``source``) into ``dest`` as a ``<!-- section:name -->``
+    block under ``title``, its headings one level down (replacing an earlier block of that name).
+
+    Used to keep runs on another machine (e.g. the bf16 rows on a CPU with AMX) next to the main
+    report without merging their rows into one table.
+    """
+    from benchmarks.fidelity import replace_section
+
+    body = []
+    for line in source.read_text().splitlines():
+        if line.startswith("# "):
+            continue
+        body.append("#" + line if line.startswith("#") else line)
+    replace_section(dest, [f"<!-- section:{name} -->", f"## {title}", *body, f"<!-- end:{name} -->"],
+                    name)

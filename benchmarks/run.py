@@ -48,7 +48,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "others; quick 2)")
     p.add_argument("--sizes", default=None, help="HxW list, default 320x320,640x368")
     p.add_argument("--batches", default=None, help="batch sizes, default 8,16")
-    p.add_argument("--groups", default="LPIPS-VGG,DISTS,ResNetFD")
+    p.add_argument("--configs", default=None,
+                   help="HxWxB list (e.g. 320x320x8,640x368x16): exactly these configurations "
+                   "instead of --sizes x --batches")
+    p.add_argument("--skip-extras", action="store_true",
+                   help="leave out the informative rows no target needs (contiguous floor, "
+                   "library defaults, shared pass, torchmetrics DISTS network built once)")
+    p.add_argument("--groups", default="LPIPS-VGG,DISTS,ResNetFD",
+                   help="comma list of LPIPS-VGG, DISTS, ResNetFD, SSFD")
     p.add_argument("--epoch-size", default="640x368:320x320",
                    help="k-space HxW : reconSpace hxw of the epoch data (default fastMRI knee)")
     p.add_argument("--skip-metrics", action="store_true")
@@ -60,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                    help="run nothing: merge the results.csv and RESULTS.md headers of earlier "
                    "runs (e.g. one per group) into one report in --out")
+    p.add_argument("--embed", nargs=2, metavar=("NAME", "TITLE"), default=None,
+                   help="with --merge: write the merged report as section NAME (under TITLE) of "
+                   "the RESULTS.md already in --out instead of replacing it; the CSV goes to "
+                   "results_NAME.csv")
     p.add_argument("--analysis", type=Path, default=None,
                    help="with --merge: a markdown file appended as the report's 'Analysis'")
     args = p.parse_args(argv)
@@ -69,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _configs(args) -> list[tuple[int, int, int]]:
+    if args.configs:
+        return [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     return [(h, w, int(b)) for h, w in sizes for b in args.batches.split(",")]
 
@@ -160,6 +173,14 @@ def _reexec_with_tunables() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and write the report."""
     args = parse_args(argv)
+    if args.merge and args.embed:
+        with tempfile.TemporaryDirectory() as tmp:
+            merge(args.merge, Path(tmp), args.analysis)
+            from benchmarks import report
+
+            report.embed(Path(tmp) / "RESULTS.md", args.out / "RESULTS.md", *args.embed)
+            shutil.copy(Path(tmp) / "results.csv", args.out / f"results_{args.embed[0]}.csv")
+        return 0
     if args.merge:
         return merge(args.merge, args.out, args.analysis)
     if argv is None and not glibc_tunables_set():
@@ -186,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"{group}: configurations {_configs(args)}, rounds {_rounds(args)}")
                 group_rows, memory_method = bench_group(group, _configs(args), device,
                                                         _rounds(args), log=_log,
-                                                        extras=not args.quick)
+                                                        extras=not (args.quick or args.skip_extras))
                 rows += report.as_dicts(group_rows)
             if not args.quick and (640, 368, 16) in _configs(args):
                 _memory_cross_check(rows, device, args.threads, args.groups.split(","))
