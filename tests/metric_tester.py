@@ -79,7 +79,7 @@ def batches(n_batches: int = 2, seed: int = 11) -> list[tuple[Tensor, Tensor]]:
 
 def _dfd_cases(weights: Weights) -> list[MetricCase]:
     from lightning_dfd.functional.ssfd import ssfd
-    from lightning_dfd.functional.vaefd import vaefd
+    from lightning_dfd.functional.vaefd import vae_fd as vaefd
 
     specs: list[tuple[str, type, dict, Callable]] = [
         ("lpips_vgg", LPIPS, {"net": "vgg", "weights": weights.vgg16},

@@ -131,7 +131,10 @@ def test_dfd_weights_pretrained_when_in_the_weights_home(demo, empty_weights_hom
 
 
 def test_ssfd_prefers_the_published_encoder(demo, empty_weights_home, monkeypatch):
+    from lightning_dfd.weights import record_pin
+
     (empty_weights_home / "ssfd-fastmri-knee.ckpt").write_bytes(b"x")
+    record_pin("ssfd-fastmri-knee", empty_weights_home / "ssfd-fastmri-knee.ckpt")  # a file the user trusts
     monkeypatch.setattr(demo, "pretrain_ssfd", lambda out: pytest.fail("must not pretrain"))
     arg, what = demo.ssfd_weights()
     assert arg == "ssfd-fastmri-knee" and what.startswith("published encoder")
@@ -251,7 +254,10 @@ def test_ssfd_demo_is_the_demo_with_the_in_domain_ssfd(monkeypatch):
 
 def test_ssfd_source_in_domain_ignores_the_published_encoder(demo, empty_weights_home, monkeypatch,
                                                              tmp_path):
+    from lightning_dfd.weights import record_pin
+
     (empty_weights_home / "ssfd-fastmri-knee.ckpt").write_bytes(b"x")
+    record_pin("ssfd-fastmri-knee", empty_weights_home / "ssfd-fastmri-knee.ckpt")  # a file the user trusts
     monkeypatch.setattr(demo, "pretrain_ssfd", lambda out: out.write_bytes(b"enc") or out)
     arg, what = demo.ssfd_weights(tmp_path / "enc.ckpt", source="in-domain")
     assert arg == str((tmp_path / "enc.ckpt").resolve()) and "in-domain" in what

@@ -212,6 +212,11 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
         """The target-feature cache of this metric's encoder pass (None: off)."""
         return self.encoder_pass.feature_cache
 
+    @feature_cache.setter
+    def feature_cache(self, spec: FeatureCacheArg) -> None:
+        """Replace the cache (same forms as the ``feature_cache`` argument; e.g. one shared cache)."""
+        self.encoder_pass.feature_cache = make_feature_cache(spec)
+
     @property
     def cache_namespace(self) -> str:
         """What a cached target feature depends on besides the image (see :class:`EncoderPass`)."""
