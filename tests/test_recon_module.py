@@ -185,3 +185,29 @@ def test_per_image_dfd_is_logged_as_mean_and_written_per_sample(tmp_path):
         ["0", "0", "0"], ["1", "0", "1"], ["10000", "1", "0"], ["10001", "1", "1"]]
     written = [float(line.split(",")[3]) for line in lines[1:]]
     assert written == pytest.approx(found["values"].tolist(), rel=1e-6)
+
+
+def test_dfd_precision_auto_follows_the_hardware_and_is_announced_with_the_cache_line(monkeypatch, capsys):
+    import lightning_dfd.encoders.base as encoders_base
+
+    monkeypatch.setattr(encoders_base, "fast_bf16", lambda: (True, "CPU has amx_bf16"))
+    module = ReconModule("unet", SMALL_UNET, dfds={"resnet_fd": {"weights": "random"},
+                                                   "ssfd": {"weights": "random", "precision": "fp32"}},
+                         dfd_precision="auto")
+    metrics = dict(module.val_metrics.items(keep_base=True, copy_state=False))
+    assert metrics["resnet_fd"].precision == "bf16" and metrics["ssfd"].precision == "fp32"
+    monkeypatch.setattr(encoders_base, "fast_bf16", lambda: (False, "no bf16 units found"))
+    assert ReconModule("unet", SMALL_UNET, dfds={}, dfd_precision="auto").dfd_precision == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        ReconModule("unet", SMALL_UNET, dfds={}, dfd_precision="fp16")
+
+    samples = _volumes([(12, 12), (12, 12)])
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, DataLoader(samples, batch_size=4))
+    first = capsys.readouterr().out
+    assert "[dfd] resnet_fd: encoder precision bf16 (auto: CPU has amx_bf16)" in first
+    assert "[dfd] ssfd: encoder precision fp32" in first and "feature cache" not in first
+    trainer.validate(module, DataLoader(samples, batch_size=4))  # the cache now knows its entry size
+    second = capsys.readouterr().out
+    assert f"x {len(samples)} images" in second and "feature cache for resnet_fd" in second

@@ -17,6 +17,48 @@ from torch import Tensor, nn
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 
+def fast_bf16(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether this machine runs bf16 convolutions fast, and why: ``(answer, reason)``.
+
+    True on a CUDA GPU with bf16 support, or on a CPU with AMX (``amx_bf16``) or AVX512-BF16
+    (``avx512_bf16``) instructions (read from ``/proc/cpuinfo``, or from ``cpuinfo`` if given).
+
+    Example:
+        >>> fast_bf16("flags : fpu avx512f amx_bf16")
+        (True, 'CPU has amx_bf16')
+        >>> fast_bf16("flags : fpu avx2")[0]
+        False
+    """
+    if cpuinfo is None and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return True, f"GPU {torch.cuda.get_device_name()} supports bf16"
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            cpuinfo = ""
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in cpuinfo.split():
+            return True, f"CPU has {flag}"
+    return False, "no bf16 units found (no CUDA bf16, CPU without amx_bf16 / avx512_bf16)"
+
+
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where :func:`fast_bf16`) -> ``(precision, reason)``.
+
+    Example:
+        >>> resolve_precision("fp32")
+        ('fp32', 'asked for')
+    """
+    if precision == "auto":
+        fast, reason = fast_bf16()
+        return ("bf16" if fast else "fp32"), f"auto: {reason}"
+    if precision not in PRECISIONS:
+        raise ValueError(f"Argument `precision` must be one of {(*PRECISIONS, 'auto')}, "
+                         f"but got {precision!r}")
+    return precision, "asked for"
+
+
 def parse_layers(layers: str | Sequence[str], valid: Sequence[str] | None = None) -> tuple[str, ...]:
     """The one ``layers`` parser: a name or a sequence of names -> a non-empty tuple.
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
+from lightning_dfd.encoders.base import resolve_precision
 from lightning_dfd.metrics import PIXEL_METRICS, DFDCollection, build_metric, is_dfd
 from lightning_dfd.metrics.encoder_pass import sharing
 from recon_models.data.sample import SAMPLE_ID_STRIDE
@@ -203,6 +204,11 @@ class ImageQualityModule(LightningModule):
         dfd_slices: which slices of each volume the DFDs score: ``"all"``, ``"center"`` or
             ``k`` (the ``k`` central slices); see :func:`dfd_slice_rows`.
         dfd_every_n_epochs: compute DFDs every this many epochs (epochs 0, n, 2n, ...).
+        dfd_precision: encoder precision of every DFD that does not set its own ``precision``:
+            ``"fp32"`` (exact parity with the references), ``"bf16"``, or ``"auto"`` (bf16 where
+            the GPU or CPU has fast bf16 units: AMX / AVX512-BF16; the choice and its reason are
+            printed when validation starts). For monitoring; rank fidelity of bf16 against fp32 is
+            in ``benchmarks/RESULTS.md``.
 
     **Validation protocol** (``dfd_slices``, ``dfd_every_n_epochs``): PSNR / SSIM / NMSE and
     ``val/loss`` always use every slice of every epoch. DFDs can be restricted, as in the paper
@@ -228,8 +234,10 @@ class ImageQualityModule(LightningModule):
         log_images_every_n_epochs: int = 1,
         dfd_slices: str | int = "all",
         dfd_every_n_epochs: int = 1,
+        dfd_precision: str = "fp32",
     ) -> None:
         super().__init__()
+        self.dfd_precision, self.dfd_precision_reason = resolve_precision(dfd_precision)
         self.dfd_slices = check_dfd_slices(dfd_slices)
         if isinstance(dfd_every_n_epochs, bool) or not isinstance(dfd_every_n_epochs, int) \
                 or dfd_every_n_epochs < 1:
@@ -243,8 +251,11 @@ class ImageQualityModule(LightningModule):
                              f"{log_images_every_n_epochs}")
         dfds = DEFAULT_DFDS if dfds is None else dfds
         self.val_metrics = build_metric_collection(
-            {name: dict(kwargs or {}) for name, kwargs in dfds.items()}, pixel_metrics
+            {name: {"precision": self.dfd_precision, **dict(kwargs or {})} for name, kwargs in dfds.items()},
+            pixel_metrics,
         )
+        #: DFD name -> whether its cache budget line was printed (present: precision printed)
+        self._announced: dict[str, bool] = {}
         self.val_loss = MeanMetric()
         self.log_images_every_n_epochs = log_images_every_n_epochs
         #: metric name -> ``{"ids", "values"}`` of the last validation epoch (``reduction="none"``)
@@ -310,6 +321,29 @@ class ImageQualityModule(LightningModule):
             with sharing(self.val_metrics._shared_passes()):
                 for metric in dfds:
                     metric.update(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
+
+    def on_validation_epoch_start(self) -> None:
+        """On rank 0: each DFD's precision (first validation) and its feature-cache budget line.
+
+        The budget line needs the bytes of one image's features, known once the cache holds an
+        entry, so it comes at the start of the first validation after that (when the hit rate
+        it predicts begins).
+        """
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        n_images = _validation_images(self.trainer)
+        for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
+            if not is_dfd(metric):
+                continue
+            if name not in self._announced:
+                reason = f" ({self.dfd_precision_reason})" if metric.precision == self.dfd_precision else ""
+                print(f"[dfd] {name}: encoder precision {metric.precision}{reason}", flush=True)
+                self._announced[name] = False
+            cache = metric.feature_cache
+            if (not self._announced[name] and cache is not None and n_images
+                    and cache.bytes_per_image(metric.cache_namespace)):
+                print(f"[dfd] {cache.plan(n_images, namespace=metric.cache_namespace, name=name)}", flush=True)
+                self._announced[name] = True
 
     def on_validation_epoch_end(self) -> None:
         """Compute every metric over all processes, log it as ``val/<name>``, and reset.
@@ -381,3 +415,16 @@ class ImageQualityModule(LightningModule):
             add_image = getattr(logger.experiment, "add_image", None)
             if callable(add_image):
                 add_image(tag, grid, global_step=self.current_epoch)
+
+
+def _validation_images(trainer: Any) -> int:
+    """Images in this process's validation set (0 when unknown): what a feature cache must hold."""
+    loaders = trainer.val_dataloaders
+    loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+    total = 0
+    for loader in loaders:
+        try:
+            total += len(loader.dataset)
+        except (AttributeError, TypeError):
+            return 0
+    return total

@@ -54,6 +54,8 @@ class ReconModule(ImageQualityModule):
             paper's protocol: one centre slice per volume) or ``k`` central slices; PSNR / SSIM /
             NMSE always use every slice (see :class:`ImageQualityModule`).
         dfd_every_n_epochs: compute and log the DFDs every this many epochs only.
+        dfd_precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` for every DFD that sets no
+            ``precision`` of its own (see :class:`ImageQualityModule`).
 
     Resuming (``fit(ckpt_path="last")``) continues the epoch, optimizer, scheduler and callback
     states (Lightning) and the random number generators (:class:`RNGStateCheckpoint`, which
@@ -81,13 +83,15 @@ class ReconModule(ImageQualityModule):
         error_scale: float = 5.0,
         dfd_slices: str | int = "all",
         dfd_every_n_epochs: int = 1,
+        dfd_precision: str = "fp32",
     ) -> None:
         if lr_scheduler is not None and lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"Argument `lr_scheduler` must be None or one of "
                              f"{tuple(LR_SCHEDULERS)}, but got {lr_scheduler!r}")
         super().__init__(dfds=dfds, pixel_metrics=pixel_metrics,
                          log_images_every_n_epochs=log_images_every_n_epochs,
-                         dfd_slices=dfd_slices, dfd_every_n_epochs=dfd_every_n_epochs)
+                         dfd_slices=dfd_slices, dfd_every_n_epochs=dfd_every_n_epochs,
+                         dfd_precision=dfd_precision)
         self.save_hyperparameters()
         self.network = build_model(network, **(network_kwargs or {}))
         self.loss_name = loss or self.network.default_loss
