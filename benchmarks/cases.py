@@ -19,7 +19,7 @@ GROUPS = ("LPIPS-VGG", "DISTS", "ResNetFD", "SSFD")
 #: per group: the reference every row's values are compared with
 VALUE_REFERENCE = {"LPIPS-VGG": "lpips package", "DISTS": "DISTS_pytorch",
                    "ResNetFD": "torchvision by hand", "SSFD": "SSFD encoder by hand"}
-#: bf16 rows (today's ``autocast=True``: bf16 autocast around the encoder) -> their fp32 twin
+#: bf16 rows (``precision="bf16"``: bf16 autocast around the encoder) -> their fp32 twin
 BF16_CASES = {"ours bf16 uncached": "ours uncached", "ours bf16 cached": "ours cached"}
 #: a cache large enough for every target of the largest configuration (no eviction while timing)
 CACHE_BYTES = 8 << 30
@@ -71,12 +71,12 @@ def _floor(group: str, name: str, module: nn.Module, scale: Callable[[Tensor], T
 
 def _ours(group: str, name: str, factory: Callable[..., nn.Module], device: torch.device, *,
           cached: bool, channels_last: bool, max_batch: int | None = 8,
-          autocast: bool = False) -> Case:
+          precision: str = "fp32") -> Case:
     from lightning_dfd.feature_cache import TargetFeatureCache
 
     cache = TargetFeatureCache(max_bytes=CACHE_BYTES) if cached else None
     metric = factory(reduction="none", channels_last=channels_last, feature_cache=cache,
-                     max_batch=max_batch, autocast=autocast).to(device)
+                     max_batch=max_batch, precision=precision).to(device)
 
     def run(preds: Tensor, target: Tensor) -> Tensor:
         ids = torch.arange(preds.shape[0], device=device) if cached else None
@@ -171,7 +171,7 @@ def build_case(group: str, name: str, device: torch.device) -> Case:
     }
     if name in BF16_CASES:
         return _ours(group, name, factories[group], device, cached=name == "ours bf16 cached",
-                     channels_last=True, autocast=True)
+                     channels_last=True, precision="bf16")
     if name == "ours uncached":
         return _ours(group, name, factories[group], device, cached=False, channels_last=True)
     if name == "ours cached":

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.compile_bench [--size 320] [--batch 4] [--rounds 3] [--dfds ...]``
 
-Per DFD (seeded random weights) and precision (fp32; bf16 = today's ``autocast=True``), one
+Per DFD (seeded random weights) and precision (fp32; bf16 = ``precision="bf16"``), one
 process, the same input: eager, ``torch.compile(network)`` and ``torch.compile`` with inductor's
 ``freezing`` (weights folded as constants and pre-packed for oneDNN, the recommended CPU
 inference setting). The first call of a compiled variant (compilation) is timed separately; then
@@ -53,7 +53,7 @@ def bench_dfd(name: str, size: int, batch: int, rounds: int, log=print,
     y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     rows = []
     for precision in ("fp32", "bf16"):
-        net.set_options(channels_last=True, autocast=precision == "bf16")
+        net.set_options(channels_last=True, precision=precision)
         with torch.inference_mode():
             ref_x, ref_y = net(x), net(y)
             ref_d = net.distance(ref_x, ref_y)

@@ -9,7 +9,7 @@ masks (:mod:`recon_models.data.masks`), six levels of extra k-space noise, and t
 small :class:`~recon_models.models.unet.ComplexUnet` trained here for a few hundred steps on other
 phantom volumes (three snapshots: early, middle, final; 4x and 8x; both mask types). Every DFD
 (random seeded weights: no pretrained weights exist offline) scores every pair with its encoder
-in fp32 and under today's bf16 autocast (``set_options(autocast=True)``, channels-last); the
+in fp32 and in bf16 (``precision="bf16"``: torch.autocast bf16 around the encoder, channels-last); the
 distance itself runs in fp32 on the fp32 copies of the features in both cases.
 
 Reported per DFD: Spearman and Kendall tau of bf16 vs fp32 over all pairs, within each
@@ -281,7 +281,7 @@ def score_dfd(name: str, data: DegradationSet, chunk: int = 8, seed: int = 0,
     cpu = {"fp32": 0.0, "bf16": 0.0}
 
     def encode(x: Tensor, precision: str) -> list[Tensor]:
-        net.set_options(channels_last=True, autocast=precision == "bf16")
+        net.set_options(channels_last=True, precision=precision)
         start = time.process_time()
         with torch.inference_mode():
             out = net(x)
@@ -333,7 +333,7 @@ def metric_path_check(name: str, data: DegradationSet, result: dict, n: int = 4)
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         metric = getattr(L, kwargs[0])(weights="random", reduction="none", channels_last=True,
-                                       autocast=precision == "bf16", **kwargs[1])
+                                       precision=precision, **kwargs[1])
         tgt = torch.stack([data.targets[p["target"]] for p in data.pairs[:n]])
         with torch.inference_mode():
             metric.update(data.preds[:n], tgt)
@@ -518,7 +518,7 @@ def _write(args, data: DegradationSet, state: dict, checks: dict, load0, t0, arg
             "ImageNet VGG's large early activations, Med-VAE's latents), so the figures must be "
             "re-measured with the real checkpoints (`python -m benchmarks.fidelity` after "
             "registering them; the DFD names map to the metrics with their default weights).",
-            "bf16 = today's `autocast=True` (torch.autocast bf16 around the encoder, "
+            "bf16 = `precision='bf16'` (torch.autocast bf16 around the encoder, "
             "channels_last, features returned as float32, distance in fp32); fp32 = "
             "channels_last fp32. Values agree with the metric classes' `update` (first 4 pairs, "
             "relative): fp32 to " + f"{max(c['fp32'] for c in checks.values()):.0e}, bf16 to "

@@ -342,7 +342,8 @@ class ImageQualityModule(LightningModule):
             cache = metric.feature_cache
             if (not self._announced[name] and cache is not None and n_images
                     and cache.bytes_per_image(metric.cache_namespace)):
-                print(f"[dfd] {cache.plan(n_images, namespace=metric.cache_namespace, name=name)}", flush=True)
+                plan = cache.plan(n_images, namespace=metric.cache_namespace, name=name)
+                print(f"[dfd] {plan}", flush=True)
                 self._announced[name] = True
 
     def on_validation_epoch_end(self) -> None:
