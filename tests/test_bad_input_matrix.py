@@ -163,6 +163,169 @@ CASES = [
 ]
 
 
+# --- more rows (composition, weights, masks, precision, data content, CLI outputs) -----------
+
+
+def _lpips(**kwargs):
+    return LPIPS(net="alex", weights="random", **kwargs)
+
+
+def _pair(n=2, h=32, w=32):
+    return mr_like_pair(n=n, h=h, w=w)
+
+
+def _psnr_after_good_update(**bad_kwargs):
+    def run(tmp, metric):
+        psnr = PSNR()
+        preds, target = _pair()
+        psnr.update(preds, target, volume_ids=[0, 1])
+        before = _snapshot(psnr)
+        try:
+            psnr.update(preds, target, **bad_kwargs)
+        finally:
+            after = _snapshot(psnr)
+            for key, value in before.items():  # `cat` states are lists of tensors
+                pairs = (zip(value, after[key], strict=True) if isinstance(value, list)
+                         else [(value, after[key])])
+                assert all(torch.equal(a, b) for a, b in pairs), key
+    return run
+
+
+def _weights_directory(tmp, metric):
+    (tmp / "folder.pth").mkdir()
+    return ResNetFD(weights=tmp / "folder.pth")
+
+
+def _weights_symlink_loop(tmp, metric):
+    link = tmp / "loop.pth"
+    link.symlink_to(link)
+    return ResNetFD(weights=link)
+
+
+def _wrong_shapes(path):
+    from torchvision.models import resnet50
+
+    state = resnet50().state_dict()
+    state["conv1.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(state, path)
+
+
+def _poisoned_kspace(value):
+    def run(tmp, metric):
+        path = _one_volume(tmp)
+        with h5py.File(path, "r+") as hf:
+            kspace = hf["kspace"][()]
+            kspace[...] = value
+            hf["kspace"][...] = kspace
+        from recon_models.data import FastMRIDataModule
+
+        data = FastMRIDataModule(data_path=str(path.parent), split=(1, 0, 0), sens_method="rss")
+        return data.prepare_data()
+    return run
+
+
+def _negative_recon_space(tmp, metric):
+    import re
+
+    from recon_models.data.fastmri_format import check_volume, ismrmrd_header
+
+    path = _one_volume(tmp)
+    xml = ismrmrd_header(SIZE["shape"], (-16, 16), 2, SIZE["coils"]).decode()
+    xml = re.sub(r"(<encodedSpace><matrixSize><x>)\d+", rf"\g<1>{SIZE['shape'][0]}", xml)
+    with h5py.File(path, "r+") as hf:
+        del hf["ismrmrd_header"]
+        hf["ismrmrd_header"] = xml.encode()
+    return check_volume(path)
+
+
+def _evaluate_dirs(tmp):
+    target, preds = tmp / "ref", tmp / "pred"
+    for folder in (target, preds):
+        folder.mkdir()
+        with h5py.File(folder / "vol.h5", "w") as hf:
+            hf["reconstruction_rss" if folder == target else "reconstruction"] = np.random.rand(2, 24, 24)
+    return target, preds
+
+
+def _evaluate_out_is_a_folder(tmp, metric):
+    target, preds = _evaluate_dirs(tmp)
+    (tmp / "out.csv").mkdir()
+    return dfd_cli(["evaluate", "--target", str(target), "--predictions", str(preds),
+                    "--metrics", "psnr", "--out", str(tmp / "out.csv")])
+
+
+def _evaluate_no_pairs(tmp, metric):
+    (tmp / "ref").mkdir(), (tmp / "pred").mkdir()
+    return dfd_cli(["evaluate", "--target", str(tmp / "ref"), "--predictions", str(tmp / "pred"),
+                    "--metrics", "psnr", "--out", str(tmp / "out" / "r.csv")])
+
+
+def _correlate_non_numeric(tmp, metric):
+    metrics = pd.DataFrame({"image": [1, 2, 3, 4], "psnr": [30.0, 28.0, 25.0, 20.0]})
+    scores = pd.DataFrame({"image": [1, 2, 3, 4], "Reader": ["A"] * 4, "Aliasing": [8, 7, "bad", 2]})
+    metrics.to_csv(tmp / "m.csv", index=False)
+    scores.to_csv(tmp / "s.csv", index=False)
+    return dfd_cli(["correlate", "--metrics", str(tmp / "m.csv"), "--scores", str(tmp / "s.csv"),
+                    "--on", "image", "--score-columns", "Aliasing", "--out", str(tmp / "out")])
+
+
+def _fetch_offline(tmp, metric):
+    import os
+
+    os.environ["LIGHTNING_DFD_OFFLINE"] = "1"
+    try:
+        return dfd_cli(["weights", "fetch", "resnet50-radimagenet"])
+    finally:
+        del os.environ["LIGHTNING_DFD_OFFLINE"]
+
+
+MORE_CASES = [
+    Case("image below the encoder's minimum size",
+         lambda tmp, m: _lpips().update(*_pair(h=16, w=16)), ValueError, "at least 31x31"),
+    Case("weights=None", lambda tmp, m: ResNetFD(weights=None), TypeError, "weights"),
+    Case("weights path is a directory", _weights_directory, W.WeightsError, "directory"),
+    Case("weights path is a symlink loop", _weights_symlink_loop, W.WeightsError, "loop"),
+    Case("right keys, wrong shapes", _weights_file(_wrong_shapes), W.CorruptWeightsError,
+         r"conv1\.weight"),
+    Case("unknown precision", lambda tmp, m: _lpips(precision="fp16"), ValueError, "precision"),
+    Case("feature_cache of a wrong type", lambda tmp, m: _lpips(feature_cache="yes"), TypeError,
+         "feature_cache"),
+    Case("max_batch=0", lambda tmp, m: _lpips(max_batch=0), ValueError, "max_batch"),
+    Case("unknown normalization", lambda tmp, m: _lpips(normalization="zscore"), ValueError,
+         "normalization"),
+    Case("sample_ids of the wrong length",
+         lambda tmp, m: m.update(*_pair(), sample_ids=torch.tensor([0, 1, 2])), ValueError, "sample_ids"),
+    Case("mask of the wrong shape",
+         lambda tmp, m: m.update(*_pair(), mask=torch.ones(3, 32, 32, dtype=torch.bool)), ValueError,
+         "`mask` must have shape"),
+    Case("mask not boolean",
+         lambda tmp, m: m.update(*_pair(), mask=torch.ones(2, 32, 32)), TypeError, "torch.bool"),
+    Case("empty mask",
+         lambda tmp, m: m.update(*_pair(), mask=torch.zeros(2, 32, 32, dtype=torch.bool)), ValueError,
+         "empty"),
+    Case("non-finite result from finite inputs",
+         lambda tmp, m: ResNetFD(weights="random", normalization="none").update(
+             *(x.abs() * 1e30 for x in _pair())), ValueError, "not finite"),
+    Case("DISTS has no spatial map",
+         lambda tmp, m: __import__("lightning_dfd").DISTS(weights="random").distance_map(*_pair()),
+         NotImplementedError, "DISTS"),
+    Case("boolean volume_ids", _psnr_after_good_update(volume_ids=[True, False]), ValueError, "bool"),
+    Case("volume_ids of the wrong length", _psnr_after_good_update(volume_ids=["a.h5"]), ValueError,
+         "volume_ids"),
+    Case("negative data_range", _psnr_after_good_update(data_range=-1.0), ValueError, "data_range"),
+    Case("unknown SSIM window", lambda tmp, m: __import__("lightning_dfd").SSIM(window="box"),
+         ValueError, "window"),
+    Case("NaN k-space", _poisoned_kspace(np.nan), DataFormatError, "NaN"),
+    Case("all-inf k-space", _poisoned_kspace(np.inf), DataFormatError, "inf"),
+    Case("negative reconSpace in the header", _negative_recon_space, DataFormatError, "must be positive"),
+    Case("evaluate --out is a folder", _evaluate_out_is_a_folder, 2, "out"),
+    Case("evaluate with no file pairs", _evaluate_no_pairs, 2, "no"),
+    Case("correlate with a non-numeric score", _correlate_non_numeric, 2, "aliasing"),
+    Case("weights fetch while offline", _fetch_offline, 1, "offline"),
+]
+CASES += MORE_CASES
+
+
 def _snapshot(metric):
     return {k: copy.deepcopy(getattr(metric, k)) for k in metric._defaults}
 
@@ -183,8 +346,8 @@ def test_bad_input(case, metric, tmp_path, capsys):
     assert int(metric.total) == 2
 
 
-def test_matrix_has_at_least_15_cases():
-    assert len(CASES) >= 15
+def test_matrix_has_at_least_45_cases():
+    assert len(CASES) >= 45
 
 
 def test_accepted_edge_cases_keep_meaning(metric):

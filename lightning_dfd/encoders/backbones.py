@@ -62,6 +62,7 @@ def _features_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _load_features(features: nn.Sequential, weights: WeightsArg) -> nn.Sequential:
+    weights = W.check_weights_arg(weights)
     if os.fspath(weights) != "random":
         state = W.state_dict_from(W.load_checkpoint(weights), "state_dict", "model_state_dict")
         W.load_into(features, _features_state(state), source=os.fspath(weights))
@@ -104,6 +105,7 @@ def resnet50(weights: WeightsArg) -> nn.Module:
     The classification head (``fc``) is optional in the file: feature distances never use it.
     """
     model = torchvision.models.resnet50(weights=None)
+    weights = W.check_weights_arg(weights)
     if os.fspath(weights) != "random":
         state = resnet_state(W.state_dict_from(W.load_checkpoint(weights), "state_dict", "model"))
         if "fc.weight" not in state:

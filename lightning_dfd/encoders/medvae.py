@@ -341,6 +341,7 @@ def load_medvae_encoder(
         config: the architecture for ``"random"`` (default ``kl-f8``); for a file it is read from
             the weights, and a given ``config`` must agree with it.
     """
+    weights = W.check_weights_arg(weights)
     if os.fspath(weights) == "random":
         return MedVAEEncoder(config)
     state = medvae_encoder_state(W.load_checkpoint(weights))

@@ -197,6 +197,7 @@ def load_ssfd_encoder(weights: str | os.PathLike = SSFD_WEIGHTS) -> SSFDEncoder:
         'SSFDEncoder'
     """
     encoder = SSFDEncoder()
+    weights = W.check_weights_arg(weights)
     if os.fspath(weights) != "random":
         state = ssfd_state_dict(W.load_checkpoint(weights))
         W.load_into(encoder, state, source=os.fspath(weights))
