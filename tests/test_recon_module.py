@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from fastmri import evaluate
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from lightning_dfd.callbacks import DFDEarlyStopping, DFDModelCheckpoint, metric_mode
 from recon_models.data.sample import ReconSample
 from recon_models.modules import ReconModule, build_metric_collection, center_crop
 from tests.test_models_networks import make_slice
@@ -115,99 +112,25 @@ def test_validation_metrics_match_fastmri_evaluate_per_volume(tmp_path):
     events.Reload()
     assert "val/images" in events.Tags()["images"]
     grid = events.Images("val/images")[0]
-    # 4 crops in a row, each 12 px upscaled x22 to >= 256 px under a 28 px label strip, padding 2
-    assert (grid.height, grid.width) == (28 + 12 * 22 + 4, 4 * 12 * 22 + 10)
+    # 4 crops and the ResNetFD map in a row, each 12 px upscaled x22 to >= 256 px under a 28 px
+    # label strip, padding 2
+    assert (grid.height, grid.width) == (28 + 12 * 22 + 4, 5 * 12 * 22 + 12)
 
 
-class _LogsFixedValues(LightningModule):
-    """Logs a given sequence of `val/lpips_vgg` values, one per epoch."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values = values
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    def training_step(self, batch, batch_idx):
-        return (self.weight - batch).pow(2).mean()
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-    def on_validation_epoch_end(self):
-        if not self.trainer.sanity_checking:
-            self.log("val/lpips_vgg", self.values[self.current_epoch])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)
-
-
-def test_early_stopping_and_checkpoint_follow_the_metrics_direction(tmp_path):
-    # lower is better for LPIPS: best 0.4 at epoch 1, no improvement in 2 and 3 -> stop at 3
-    values = [0.5, 0.4, 0.41, 0.42, 0.43, 0.1]
-    stopper = DFDEarlyStopping(monitor="val/lpips_vgg", patience=2)
-    checkpoint = DFDModelCheckpoint(monitor="val/lpips_vgg", dirpath=tmp_path,
-                                    filename="best-{epoch}")
-    assert stopper.mode == checkpoint.mode == "min"
-    trainer = Trainer(accelerator="cpu", max_epochs=len(values), logger=False,
-                      callbacks=[stopper, checkpoint], enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0)
-    data = DataLoader(torch.zeros(2, 1))
-    trainer.fit(_LogsFixedValues(values), data, data)
-    assert stopper.stopped_epoch == 3
-    assert checkpoint.best_model_path.endswith("best-epoch=1.ckpt")
-    assert float(checkpoint.best_model_score) == pytest.approx(0.4)
-
-
-def test_metric_mode_by_name():
-    assert metric_mode("val/psnr") == "max" and metric_mode("val/ssim") == "max"
-    assert metric_mode("val/dists") == "min" and metric_mode("train/loss") == "min"
-    assert DFDEarlyStopping(monitor="val/lpips_vgg", mode="max").mode == "max"  # explicit wins
-    with pytest.raises(ValueError, match="give `mode`"):
-        DFDEarlyStopping(monitor="val/sharpness")
-
-
-def test_per_image_dfd_is_logged_as_mean_and_written_per_sample(tmp_path):
-    from lightning.pytorch.loggers import CSVLogger
-
-    samples = _volumes([(12, 12), (10, 14)], slices=2)
-    torch.manual_seed(0)
-    module = ReconModule("unet", SMALL_UNET, log_images_every_n_epochs=0,
-                         dfds={"resnet_fd": {"weights": "random", "reduction": "none"}})
-    trainer = Trainer(accelerator="cpu", logger=CSVLogger(tmp_path), enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
-    (logged,) = trainer.validate(module, DataLoader(samples, batch_size=3))
-    found = module.per_image_values["resnet_fd"]
-    assert found["ids"].tolist() == [0, 1, 10_000, 10_001]
-    assert logged["val/resnet_fd"] == pytest.approx(float(found["values"].mean()), rel=1e-6)
-    lines = (Path(trainer.log_dir) / "per_image" / "epoch=000.csv").read_text().splitlines()
-    assert lines[0] == "sample_id,volume_id,slice,resnet_fd"
-    assert [line.split(",")[:3] for line in lines[1:]] == [
-        ["0", "0", "0"], ["1", "0", "1"], ["10000", "1", "0"], ["10001", "1", "1"]]
-    written = [float(line.split(",")[3]) for line in lines[1:]]
-    assert written == pytest.approx(found["values"].tolist(), rel=1e-6)
-
-
-def test_dfd_precision_auto_follows_the_hardware_and_is_announced_with_the_cache_line(monkeypatch, capsys):
-    import lightning_dfd.encoders.base as encoders_base
-
-    monkeypatch.setattr(encoders_base, "fast_bf16", lambda: (True, "CPU has amx_bf16"))
-    module = ReconModule("unet", SMALL_UNET, dfds={"resnet_fd": {"weights": "random"},
-                                                   "ssfd": {"weights": "random", "precision": "fp32"}},
-                         dfd_precision="auto")
-    metrics = dict(module.val_metrics.items(keep_base=True, copy_state=False))
-    assert metrics["resnet_fd"].precision == "bf16" and metrics["ssfd"].precision == "fp32"
-    monkeypatch.setattr(encoders_base, "fast_bf16", lambda: (False, "no bf16 units found"))
-    assert ReconModule("unet", SMALL_UNET, dfds={}, dfd_precision="auto").dfd_precision == "fp32"
-    with pytest.raises(ValueError, match="precision"):
-        ReconModule("unet", SMALL_UNET, dfds={}, dfd_precision="fp16")
-
-    samples = _volumes([(12, 12), (12, 12)])
-    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
-    trainer.validate(module, DataLoader(samples, batch_size=4))
-    first = capsys.readouterr().out
-    assert "[dfd] resnet_fd: encoder precision bf16 (auto: CPU has amx_bf16)" in first
-    assert "[dfd] ssfd: encoder precision fp32" in first and "feature cache" not in first
-    trainer.validate(module, DataLoader(samples, batch_size=4))  # the cache now knows its entry size
-    second = capsys.readouterr().out
-    assert f"x {len(samples)} images" in second and "feature cache for resnet_fd" in second
+def test_image_grid_has_a_dfd_map_tile_of_the_first_dfd_with_a_map(monkeypatch):
+    module = ReconModule("unet", SMALL_UNET, dfds={"dists": {"weights": "random"},
+                                                   "resnet_fd": {"weights": "random"}})
+    logged = {}
+    monkeypatch.setattr(module, "log_image_grid", lambda tag, images, scale: logged.update(images))
+    sample = _volumes([(12, 12)])[0]  # 16x16 slice, 12x12 crop: rows/columns 2..13
+    batch = ReconSample(*(x[None] if isinstance(x, torch.Tensor) else [x] for x in sample))
+    pred = batch.target.clone()
+    pred[0, 8:14, 8:14] += 0.5  # a local error in the crop's lower-right quarter (crop 6..11)
+    module._log_images(batch, pred)
+    assert list(logged) == ["target", "zero_filled", "reconstruction", "error", "resnet_fd_map"]
+    dfd_map = logged["resnet_fd_map"]  # DISTS has no spatial map: the first DFD with one is used
+    assert dfd_map.shape == (12, 12) and float(dfd_map.max()) == pytest.approx(1.0, rel=1e-5)
+    metric = dict(module.val_metrics.items(keep_base=True, copy_state=False))["resnet_fd"]
+    crop = (slice(2, 14), slice(2, 14))
+    expected = metric.distance_map(pred[0].abs()[crop][None], batch.target[0].abs()[crop][None])[0, 0]
+    torch.testing.assert_close(dfd_map, expected / expected.max())  # localisation: tests/test_spatial.py

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
+from lightning_dfd.metrics import is_dfd
 from recon_models.checkpoints import reconcile_hparams
 from recon_models.data.sample import ReconSample
 from recon_models.models import build_model, get_loss, sense_adjoint
@@ -203,7 +204,24 @@ class ReconModule(ImageQualityModule):
             "reconstruction": recon,
             "error": (recon - target).abs() * self.error_scale,
         }
-        self.log_image_grid("val/images", images, scale=batch.max_value[0])
+        scale = batch.max_value[0]
+        dfd_map = self._dfd_map(recon, target)
+        if dfd_map is not None:  # where the first DFD with a spatial map sees the error
+            name, values = dfd_map
+            images[f"{name}_map"] = values / values.max().clamp_min(1e-12) * scale
+        self.log_image_grid("val/images", images, scale=scale)
+
+    def _dfd_map(self, recon: Tensor, target: Tensor) -> tuple[str, Tensor] | None:
+        """``(name, (H, W) map)`` of the first DFD with a spatial map (LPIPS, ResNetFD, SSFD, TimmFD)."""
+        for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
+            if not is_dfd(metric):
+                continue
+            try:
+                with torch.no_grad():
+                    return name, metric.distance_map(recon[None], target[None])[0, 0]
+            except (NotImplementedError, ValueError):  # no map (DISTS, VAEFD) or image too small
+                continue
+        return None
 
 
 def _groups_by_crop(crop_size: Tensor) -> list[tuple[Tensor, tuple[int, int]]]:
