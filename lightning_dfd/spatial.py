@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
-from lightning_dfd.functional.pixel import ssim_map
+from lightning_dfd.functional.pixel import masked_ssim_per_image
 from lightning_dfd.preprocess import (
     NORMALIZATIONS,
     REDUCTIONS,
@@ -419,14 +419,7 @@ def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor 
     check_choice("reduction", reduction, REDUCTIONS)
     p, t, w = _masked_pixels(preds, target, mask)
     dr = _data_range(t, data_range, preds.shape[0], channels_per_image(preds))
-    s = ssim_map(p, t, dr)  # fastMRI's 7x7 uniform window
-    r = (w.shape[-1] - s.shape[-1]) // 2
-    w = w[..., r:r + s.shape[-2], r:r + s.shape[-1]]
-    weight = w.flatten(1).sum(dim=1)
-    if (weight == 0).any():
-        raise ValueError(f"`mask` has no pixel at least {r} pixels from the border in images "
-                         f"{(weight == 0).nonzero().flatten().tolist()}: SSIM is undefined there")
-    return _reduce((s * w).flatten(1).sum(dim=1) / weight, reduction)
+    return _reduce(masked_ssim_per_image(p, t, dr, w), reduction)  # fastMRI's 7x7 uniform window
 
 
 # ------------------------------------------------------------------------------------ the mixin

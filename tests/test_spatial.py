@@ -369,3 +369,48 @@ def test_metric_update_with_mask_equals_the_masked_function_and_full_mask_equals
     with pytest.raises(ValueError, match="mask"):
         metric.update(preds, target, mask=torch.ones(2, 48, 48, dtype=torch.bool))
     torch.testing.assert_close(metric.compute(), before)  # a rejected mask changes no state
+
+
+@pytest.mark.parametrize("name", ["psnr", "ssim", "nmse"])
+def test_pixel_metric_update_with_mask(name):
+    from fastmri import evaluate
+
+    from lightning_dfd import NMSE, PSNR, SSIM
+    from lightning_dfd.spatial import masked_nmse, masked_psnr, masked_ssim
+
+    cls = {"psnr": PSNR, "ssim": SSIM, "nmse": NMSE}[name]
+    torch.manual_seed(0)
+    target = torch.rand(4, 24, 24)
+    preds = target + 0.1 * torch.randn(4, 24, 24)
+    full = torch.ones(4, 24, 24, dtype=torch.bool)
+    mask = torch.zeros(4, 24, 24, dtype=torch.bool)
+    mask[:, 4:20, 6:18] = True
+    # a full mask is the unmasked metric, per volume as fastmri.evaluate
+    plain, masked_full = cls(), cls()
+    ids, dr = [0, 0, 1, 1], torch.ones(4)
+    plain.update(preds, target, data_range=dr, volume_ids=ids)
+    masked_full.update(preds, target, data_range=dr, volume_ids=ids, mask=full)
+    torch.testing.assert_close(masked_full.compute(), plain.compute())
+    # per image (no volume ids): the masked functions of lightning_dfd.spatial
+    per_image = cls(reduction="none")
+    per_image.update(preds, target, data_range=dr, mask=mask)
+    if name == "nmse":
+        expected = masked_nmse(preds, target, mask, reduction="none")
+    else:
+        expected = {"psnr": masked_psnr, "ssim": masked_ssim}[name](preds, target, mask, dr, reduction="none")
+    torch.testing.assert_close(per_image.compute().double(), expected.double(), rtol=1e-6, atol=1e-9)
+    if name == "psnr":  # per volume: the masked pixels of all its slices pooled, as fastMRI pools voxels
+        vol = cls()
+        vol.update(preds, target, data_range=dr, volume_ids=ids, mask=mask)
+        values = []
+        for v in (0, 1):
+            rows = [i for i, x in enumerate(ids) if x == v]
+            m = mask[rows].numpy()
+            values.append(evaluate.psnr(target[rows].numpy()[m].astype(np.float64),
+                                        preds[rows].numpy()[m].astype(np.float64), maxval=1.0))
+        assert float(vol.compute()) == pytest.approx(np.mean(values), rel=1e-6)
+    before = [s.clone() for s in getattr(per_image, per_image._stats_state)]
+    with pytest.raises(ValueError, match="mask"):
+        per_image.update(preds, target, mask=torch.zeros(4, 24, 24, dtype=torch.bool))
+    after = getattr(per_image, per_image._stats_state)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))

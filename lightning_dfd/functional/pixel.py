@@ -194,11 +194,31 @@ def ssim_map(preds: Tensor, target: Tensor, data_range: Tensor, window: str = "u
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
 
 
-def squared_error_stats(preds: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image ``(sum of squared errors, sum of squared target, pixel count)`` in float64."""
+def squared_error_stats(preds: Tensor, target: Tensor,
+                        weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image ``(sum of squared errors, sum of squared target, pixel count)`` in float64.
+
+    With ``weights`` (an ``(M, 1, H, W)`` ROI mask as 0/1 floats) only the masked pixels count.
+    """
     p, t = preds.double().flatten(1), target.double().flatten(1)
-    count = torch.full((p.shape[0],), p.shape[1], dtype=torch.float64, device=p.device)
-    return (p - t).pow(2).sum(dim=1), t.pow(2).sum(dim=1), count
+    if weights is None:
+        count = torch.full((p.shape[0],), p.shape[1], dtype=torch.float64, device=p.device)
+        return (p - t).pow(2).sum(dim=1), t.pow(2).sum(dim=1), count
+    w = weights.double().flatten(1).to(p.device)
+    return ((p - t).pow(2) * w).sum(dim=1), (t.pow(2) * w).sum(dim=1), w.sum(dim=1)
+
+
+def masked_ssim_per_image(preds: Tensor, target: Tensor, data_range: Tensor, weights: Tensor,
+                          window: str = "uniform") -> Tensor:
+    """Mean SSIM map over the window centres inside an ``(M, 1, H, W)`` mask (borders excluded)."""
+    s = ssim_map(preds, target, data_range, window)
+    r = (weights.shape[-1] - s.shape[-1]) // 2
+    w = weights.double().to(s.device)[..., r:r + s.shape[-2], r:r + s.shape[-1]]
+    total = w.flatten(1).sum(dim=1)
+    if bool((total == 0).any()):
+        raise ValueError(f"`mask` has no pixel at least {r} pixels from the border in images "
+                         f"{(total == 0).nonzero().flatten().tolist()}: SSIM is undefined there")
+    return (s * w).flatten(1).sum(dim=1) / total
 
 
 def group_index(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -228,12 +248,19 @@ def group_reduce(values: Tensor, index: Tensor, n_groups: int, how: str) -> Tens
 
 
 def pixel_stats(metric: str, preds: Tensor, target: Tensor, data_range: Tensor,
-                window: str = "uniform") -> Tensor:
-    """Per-image additive statistics ``(M, 3)`` for one metric (see :func:`stats_to_values`)."""
+                window: str = "uniform", weights: Tensor | None = None) -> Tensor:
+    """Per-image additive statistics ``(M, 3)`` for one metric (see :func:`stats_to_values`).
+
+    ``weights``: an optional ``(M, 1, H, W)`` ROI mask (0/1 floats): PSNR / NMSE over its pixels,
+    SSIM as the mean of its map over the window centres inside it.
+    """
     if metric == "ssim":
-        s = ssim_per_image(preds, target, data_range, window)
+        if weights is None:
+            s = ssim_per_image(preds, target, data_range, window)
+        else:
+            s = masked_ssim_per_image(preds, target, data_range, weights, window)
         return torch.stack([s, torch.ones_like(s), data_range], dim=1)
-    sse, energy, count = squared_error_stats(preds, target)
+    sse, energy, count = squared_error_stats(preds, target, weights)
     if metric == "psnr":
         return torch.stack([sse, count, data_range], dim=1)
     return torch.stack([sse, energy, data_range], dim=1)

@@ -23,6 +23,7 @@ from lightning_dfd.functional.pixel import (
 )
 from lightning_dfd.metrics.sync import IdleRankSafeSync
 from lightning_dfd.preprocess import NAN_STRATEGIES, REDUCTIONS, channels_per_image, check_choice
+from lightning_dfd.spatial import validated_mask
 
 
 def _empty(state: list | Tensor) -> bool:
@@ -58,11 +59,11 @@ class _VolumeMetric(IdleRankSafeSync, Metric):
         self.add_state(self._groups_state, [], dist_reduce_fx="cat")
         self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _stats(self, p: Tensor, t: Tensor, dr: Tensor) -> Tensor:
-        return pixel_stats(self.metric_name, p, t, dr)
+    def _stats(self, p: Tensor, t: Tensor, dr: Tensor, weights: Tensor | None = None) -> Tensor:
+        return pixel_stats(self.metric_name, p, t, dr, weights=weights)
 
     def update(self, preds: Tensor, target: Tensor, data_range: Tensor | float | None = None,
-               volume_ids: Tensor | list | tuple | None = None) -> None:
+               volume_ids: Tensor | list | tuple | None = None, mask: Tensor | None = None) -> None:
         """Add a batch.
 
         Args:
@@ -74,8 +75,12 @@ class _VolumeMetric(IdleRankSafeSync, Metric):
                 names (strings, e.g. fastMRI file names, stored as
                 :func:`~lightning_dfd.functional.pixel.volume_key`); images sharing one are
                 scored as one volume, also across updates and processes. Booleans are rejected.
+            mask: optional boolean ROI mask ``(N, H, W)`` or ``(N, C, H, W)``: PSNR and NMSE over
+                the masked pixels (summed per volume as without a mask), SSIM as the mean of its
+                map over the window centres inside the mask.
         """
         p, t, keep = validated_images(preds, target, self.nan_strategy)
+        weights = None if mask is None else validated_mask(mask, preds)
         n, channels = preds.shape[0], channels_per_image(preds)
         groups = image_groups(volume_ids, n, channels, p.device)
         if volume_ids is not None and data_range is None and self.metric_name == "ssim":
@@ -84,7 +89,8 @@ class _VolumeMetric(IdleRankSafeSync, Metric):
                 "attrs['max']) because it depends on it non-linearly"
             )
         dr = data_range_per_image(t, data_range, n, channels)
-        stats = self._stats(p[keep], t[keep], dr[keep])
+        stats = self._stats(p[keep], t[keep], dr[keep],
+                            None if weights is None else weights[keep.to(weights.device)])
         # Only now, with every check passed and every value computed, change the state.
         getattr(self, self._stats_state).append(stats)
         getattr(self, self._groups_state).append(groups[keep.to(groups.device)])
@@ -187,8 +193,8 @@ class SSIM(_VolumeMetric):
         super().__init__(reduction=reduction, nan_strategy=nan_strategy, _variant=window, **kwargs)
         self.window = window
 
-    def _stats(self, p: Tensor, t: Tensor, dr: Tensor) -> Tensor:
-        return pixel_stats(self.metric_name, p, t, dr, self.window)
+    def _stats(self, p: Tensor, t: Tensor, dr: Tensor, weights: Tensor | None = None) -> Tensor:
+        return pixel_stats(self.metric_name, p, t, dr, self.window, weights=weights)
 
 
 class NMSE(_VolumeMetric):
