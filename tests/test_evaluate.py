@@ -557,3 +557,23 @@ def test_ctrl_c_inside_the_lightning_loop_leaves_no_current_looking_result(tmp_p
     assert _listing(tmp_path) == ["rec", "ref", "results.csv.previous", "results_columns.csv.previous",
                                   "results_errors.csv.previous", "results_volumes.csv.previous"]  # fmt: skip
     assert (tmp_path / "results.csv.previous").read_text() == earlier
+
+
+def test_mask_foreground_scores_the_object_only(tmp_path):
+    from lightning_dfd.spatial import foreground_mask, masked_psnr
+
+    volumes = _make_dataset(tmp_path, n_volumes=1)
+    out = tmp_path / "masked.csv"
+    argv = _argv(tmp_path, "--metrics", "psnr,nmse", "--data-range", "image", "--out", str(out))
+    assert main([*argv, "--mask", "foreground"]) == 0
+    masked = pd.read_csv(out)
+    (name, (preds, target)), = volumes.items()
+    t, p = torch.from_numpy(target), torch.from_numpy(preds)
+    mask = foreground_mask(t, largest_component=True)
+    assert 0 < int(mask.sum()) < mask.numel()
+    expected = masked_psnr(p, t, mask, t.flatten(1).amax(1), reduction="none")
+    np.testing.assert_allclose(masked["psnr"], expected.numpy(), rtol=1e-5)
+    assert main([*argv[:-1], str(tmp_path / "plain.csv")]) == 0
+    assert not np.allclose(pd.read_csv(tmp_path / "plain.csv")["psnr"], masked["psnr"])
+    columns = pd.read_csv(tmp_path / "masked_columns.csv").set_index("column")["convention"]
+    assert "foreground" in columns["psnr"]

@@ -242,9 +242,14 @@ class EvaluationModule(LightningModule):
     def _score(self, batch: dict[str, Any], state: dict[str, Any]) -> None:
         preds, target, data_range = batch["preds"], batch["target"], batch["data_range"]
         n = len(batch["slices"])
+        masked = {}
+        if self.config.mask == "foreground":
+            from lightning_dfd.spatial import foreground_mask
+
+            masked["mask"] = foreground_mask(target, largest_component=True)
         self.image_metrics.reset()
         with torch.no_grad():
-            self.image_metrics.update(preds, target, data_range=data_range)
+            self.image_metrics.update(preds, target, data_range=data_range, **masked)
             computed = self.image_metrics.compute()
         values: dict[str, np.ndarray] = {}
         for name in self.config.metrics:
@@ -254,7 +259,7 @@ class EvaluationModule(LightningModule):
         if len(self.volume_metrics):
             ids = torch.zeros(n, dtype=torch.long, device=preds.device)
             with torch.no_grad():
-                self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids)
+                self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids, **masked)
         volume = self.dataset.entries[batch["file"]].pair.volume
         state["rows"] += [
             {"volume": volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}

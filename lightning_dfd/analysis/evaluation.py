@@ -153,6 +153,8 @@ class EvaluationConfig:
             clipped), as the paper's meddlr pipeline saw them.
         precision: ``"fp32"`` (default) or ``"bf16"``: the DFD encoders' precision (distances in
             fp32); pixel metrics are always computed in full precision.
+        mask: ``"none"`` or ``"foreground"``: every metric over the foreground of each reference
+            slice only (:func:`lightning_dfd.spatial.foreground_mask`, largest component).
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -166,6 +168,7 @@ class EvaluationConfig:
     crop_to_target: bool = False
     scale: str = "none"
     precision: str = "fp32"
+    mask: str = "none"
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
@@ -178,6 +181,8 @@ class EvaluationConfig:
             )
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"Argument `metrics` names a metric twice: {list(self.metrics)}")
+        if self.mask not in ("none", "foreground"):
+            raise ValueError(f"Argument `mask` must be one of ('none', 'foreground'), but got {self.mask!r}")
         if self.scale not in SCALINGS:
             raise ValueError(f"Argument `scale` must be one of {SCALINGS}, got {self.scale!r}")
         if self.precision not in PRECISIONS:
@@ -383,6 +388,9 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         else:
             out[name] = fixed[name]
         out[name] += scale
+        if config.mask == "foreground":
+            out[name] += ("; over the foreground of each reference slice (lightning_dfd.spatial."
+                          "foreground_mask: Otsu threshold, holes filled, largest component)")
     return out
 
 

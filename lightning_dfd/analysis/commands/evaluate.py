@@ -173,6 +173,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="DFD encoder precision (distances stay fp32; pixel metrics always full precision)",
     )
     parser.add_argument(
+        "--mask",
+        choices=("none", "foreground"),
+        default="none",
+        help="score only the foreground of each reference slice (Otsu threshold, holes filled; "
+        "DISTS and VAEFD have no spatial maps and cannot be masked)",
+    )
+    parser.add_argument(
         "--strategy",
         default="auto",
         help="Lightning strategy: auto (one process), ddp (one process per device, each "
@@ -237,6 +244,7 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
         crop_to_target=args.crop_to_target,
         scale=scale,
         precision=args.precision,
+        mask=args.mask,
     )
 
 
