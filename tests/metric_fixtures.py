@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -83,3 +84,14 @@ def minmax01(x: torch.Tensor) -> torch.Tensor:
 def rgb(x: torch.Tensor) -> torch.Tensor:
     """(N, H, W) -> (N, 3, H, W)."""
     return x[:, None].repeat(1, 3, 1, 1)
+
+
+def mr_volumes(seed: int = 0) -> list:
+    """Three volumes with unequal slice counts: ``(preds, target)`` float32 magnitude arrays each."""
+    rng = np.random.default_rng(seed)
+    vols = []
+    for slices in (3, 1, 4):
+        gt = np.abs(rng.normal(size=(slices, 40, 32)) + 2.0).astype(np.float32)
+        pred = np.abs(gt + rng.normal(scale=0.3, size=gt.shape)).astype(np.float32)
+        vols.append((pred, gt))
+    return vols

@@ -10,7 +10,7 @@ import torch
 
 from lightning_dfd import DISTS, LPIPS, NMSE, PSNR, SSIM, ResNetFD
 from lightning_dfd import functional as F
-from tests.metric_fixtures import minmax01, mr_like_pair, rgb
+from tests.metric_fixtures import minmax01, mr_like_pair, mr_volumes, rgb
 
 TOL = 1e-5
 
@@ -115,21 +115,11 @@ def test_resnet_fd_matches_direct_torchvision_forward(torchvision_checkpoint, tm
     assert torch.allclose(F.resnet_fd(preds, target, weights=rin, reduction="none"), ours)
 
 
-def _volumes(seed=0):
-    """Three volumes with unequal slice counts: (preds, target) magnitude arrays each."""
-    rng = np.random.default_rng(seed)
-    vols = []
-    for slices in (3, 1, 4):
-        gt = np.abs(rng.normal(size=(slices, 40, 32)) + 2.0).astype(np.float32)
-        pred = np.abs(gt + rng.normal(scale=0.3, size=gt.shape)).astype(np.float32)
-        vols.append((pred, gt))
-    return vols
-
 
 def test_psnr_ssim_nmse_match_fastmri_evaluate():
     from fastmri import evaluate
 
-    vols = _volumes()
+    vols = mr_volumes()
     ours = {"psnr": PSNR(), "ssim": SSIM(), "nmse": NMSE()}
     for vid, (pred, gt) in enumerate(vols):
         # Complex inputs: the metrics compare magnitudes, as fastMRI does.
@@ -159,7 +149,7 @@ def test_psnr_ssim_nmse_match_fastmri_evaluate():
 def test_pixel_metrics_per_image_match_skimage():
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    pred, gt = _volumes(seed=1)[2]
+    pred, gt = mr_volumes(seed=1)[2]
     p, t = torch.from_numpy(pred), torch.from_numpy(gt)
     ssim_ours = F.ssim(p, t, reduction="none")
     psnr_ours = F.psnr(p, t, reduction="none")

@@ -9,20 +9,10 @@ import torch
 from lightning_dfd import NMSE, PSNR, SSIM, build_metric
 from lightning_dfd import functional as F
 from lightning_dfd.functional.pixel import volume_id_tensor, volume_key
-from tests.metric_fixtures import mr_like_pair
+from tests.metric_fixtures import mr_like_pair, mr_volumes
 
 TOL = 1e-5
 
-
-def _volumes(seed=0):
-    """Three volumes with unequal slice counts: (preds, target) magnitude arrays each."""
-    rng = np.random.default_rng(seed)
-    vols = []
-    for slices in (3, 1, 4):
-        gt = np.abs(rng.normal(size=(slices, 40, 32)) + 2.0).astype(np.float32)
-        pred = np.abs(gt + rng.normal(scale=0.3, size=gt.shape)).astype(np.float32)
-        vols.append((pred, gt))
-    return vols
 
 
 # ---------------------------------------------------------------- volume_ids (issue 11, bug 4)
@@ -33,7 +23,7 @@ def test_negative_volume_id_is_an_ordinary_id(cls):
     """Bug 4: ids -1 used to mean "no volume" (PSNR 26.52 vs 9.16 with id 5 on the same slices)."""
     from fastmri import evaluate
 
-    pred, gt = _volumes()[2]
+    pred, gt = mr_volumes()[2]
     p, t = torch.from_numpy(pred), torch.from_numpy(gt)
     kw = {"data_range": torch.full((4,), float(gt.max()))} if cls is SSIM else {}
     values = {}
@@ -53,7 +43,7 @@ def test_negative_volume_id_is_an_ordinary_id(cls):
 
 def test_negative_ids_mix_with_lone_images():
     """A volume with id -1 and images without a volume stay apart (no sentinel collision)."""
-    vols = _volumes()
+    vols = mr_volumes()
     (p0, t0), (p1, t1) = vols[0], vols[2]
     metric = PSNR(reduction="none")
     metric.update(torch.from_numpy(p0), torch.from_numpy(t0), volume_ids=[-1, -1, -1])
@@ -76,7 +66,7 @@ def test_string_volume_ids_equal_fastmri_per_volume(as_type):
     """fastMRI names volumes by file: names work, and each volume equals fastmri.evaluate."""
     from fastmri import evaluate
 
-    vols = _volumes(seed=3)
+    vols = mr_volumes(seed=3)
     names = ["file1000001.h5", "file1000002.h5", "file_ü.h5"]
     metrics = {"psnr": PSNR(reduction="none"), "ssim": SSIM(reduction="none"),
                "nmse": NMSE(reduction="none")}
@@ -229,7 +219,7 @@ def test_gaussian_ssim_matches_skimage_and_class():
 def test_gaussian_ssim_per_volume_and_build_metric():
     from skimage.metrics import structural_similarity
 
-    pred, gt = _volumes(seed=2)[2]
+    pred, gt = mr_volumes(seed=2)[2]
     dr = float(gt.max())
     metric = build_metric("ssim", window="gaussian")
     assert isinstance(metric, SSIM) and metric.window == "gaussian"
