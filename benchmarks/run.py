@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma list of LPIPS-VGG, DISTS, ResNetFD, SSFD")
     p.add_argument("--epoch-size", default="640x368:320x320",
                    help="k-space HxW : reconSpace hxw of the epoch data (default fastMRI knee)")
+    p.add_argument("--epoch-volumes", type=int, default=3, help="validation volumes (default 3)")
+    p.add_argument("--epoch-slices", type=int, default=30, help="slices per volume (default 30)")
+    p.add_argument("--epoch-rounds", type=int, default=2, help="timed epochs per variant (default 2)")
     p.add_argument("--skip-metrics", action="store_true")
     p.add_argument("--skip-epoch", action="store_true")
     p.add_argument("--skip-ddp", action="store_true")
@@ -324,10 +327,10 @@ def _epoch(args, device: torch.device, tmp: Path) -> list[dict]:
 
     full, recon = (tuple(int(v) for v in s.split("x")) for s in args.epoch_size.split(":"))
     E.FULL_SHAPE, E.RECON_SHAPE = full, recon
-    slices = 2 if args.quick else 4
-    _log(f"UNet validation epoch: 2 volumes x {slices} slices")
-    return E.bench_epoch(tmp / "data", device, volumes=2, slices=slices, coils=4, batch_size=1,
-                       rounds=1 if args.quick else 3, log=_log)
+    volumes, slices = (2, 2) if args.quick else (args.epoch_volumes, args.epoch_slices)
+    _log(f"UNet validation epoch: {volumes} volumes x {slices} slices")
+    return E.bench_epoch(tmp / "data", device, volumes=volumes, slices=slices, coils=4, batch_size=1,
+                       rounds=1 if args.quick else args.epoch_rounds, log=_log)
 
 
 def _ddp(args, tmp: Path) -> list[dict]:

@@ -8,13 +8,37 @@ talk to this interface, so a new DFD is one subclass.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+#: ``compile`` values: off, inductor with frozen weights (``True``), or a ``torch.compile`` backend
+CompileArg = bool | str
+
+
+def check_compile(compile: CompileArg) -> CompileArg:
+    """Validate a ``compile`` option: ``False``, ``True`` (inductor) or a backend name.
+
+    Example:
+        >>> check_compile(True), check_compile("aot_eager")
+        (True, 'aot_eager')
+    """
+    if isinstance(compile, bool):
+        return compile
+    if isinstance(compile, str) and compile:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if compile not in backends:
+            raise ValueError(f"Argument `compile` must be True, False or a torch.compile backend "
+                             f"({', '.join(sorted(backends))}), but got {compile!r}")
+        return compile
+    raise ValueError(f"Argument `compile` must be True, False or a torch.compile backend name, "
+                     f"but got {compile!r}")
 
 
 def fast_bf16(cpuinfo: str | None = None) -> tuple[bool, str]:
@@ -144,6 +168,9 @@ class FeatureDistanceNetwork(nn.Module, ABC):
     precision: str = "fp32"
     #: the smallest image side the encoder accepts (None: found by trying, see :meth:`minimum_size`).
     min_size: int | None = None
+    #: ``torch.compile`` the encoder for gradient-free calls: False (eager), True (inductor with
+    #: ``freezing``: weights folded into the graph) or a backend name (e.g. ``"aot_eager"``).
+    compile_mode: CompileArg = False
 
     @abstractmethod
     def prepare(self, images: Tensor) -> Tensor:
@@ -158,8 +185,18 @@ class FeatureDistanceNetwork(nn.Module, ABC):
         """Per-image distance ``(M,)`` between two feature lists."""
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        """Features of ``(M, 1, H, W)`` images: :meth:`prepare` then :meth:`features`."""
+        """Features of ``(M, 1, H, W)`` images: :meth:`prepare` then :meth:`features`.
+
+        With :attr:`compile_mode` set and gradients off (metric updates, ``inference_mode``), the
+        compiled form runs instead (see :meth:`compiled_encode`); with gradients on, always eager.
+        """
         self.pin_eval()
+        if self.compile_mode and not torch.is_grad_enabled():
+            return self.compiled_encode()(images)
+        return self.encode(images)
+
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """The eager encoder pass: layout, precision, :meth:`prepare`, :meth:`features`."""
         x = self.prepare(images.to(self.parameter_dtype))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -169,12 +206,56 @@ class FeatureDistanceNetwork(nn.Module, ABC):
             feats = self.features(x)
         return [f.float() for f in feats]
 
-    def set_options(self, channels_last: bool = False, precision: str = "fp32") -> None:
-        """Switch the channels-last layout and the encoder precision (``"fp32"`` / ``"bf16"``)."""
+    def set_options(self, channels_last: bool = False, precision: str = "fp32",
+                    compile: CompileArg = False) -> None:
+        """Switch the channels-last layout, the encoder precision and compilation."""
         if precision not in PRECISIONS:
             raise ValueError(f"Argument `precision` must be one of {PRECISIONS}, but got {precision!r}")
         self.channels_last, self.precision = channels_last, precision
+        self.compile_mode = check_compile(compile)
         self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+    def compiled_encode(self) -> Callable[[Tensor], list[Tensor]]:
+        """:meth:`encode` under ``torch.compile`` (``dynamic=False``), built on first use.
+
+        One compiled form per (device, layout, precision, weights version): moving the network,
+        switching an option or changing a weight in place (``load_state_dict``, ``copy_``) builds
+        a new one, so frozen-in weights are never stale. Each new input shape compiles again
+        (on a CPU with inductor, ~1-2 min per shape for VGG-16 / ResNet-50; torch's recompile limit
+        then falls back to eager): keep chunks at one size (``max_batch``). The compiled form is
+        never pickled or copied (copies compile their own) and holds no state-dict entries.
+        """
+        params = [*self.parameters(), *self.buffers()]
+        device = params[0].device if params else torch.device("cpu")
+        key = (device, self.channels_last, self.precision, self.compile_mode,
+               sum(t._version for t in params), tuple(t.data_ptr() for t in params[:1]))
+        built = self.__dict__.get("_compiled")
+        if built is None or built[0] != key:
+            backend = "inductor" if self.compile_mode is True else self.compile_mode
+            if "isolate_recompiles" not in inspect.signature(torch.compile).parameters:
+                raise RuntimeError(f"compile={self.compile_mode!r} needs a torch whose torch.compile has "
+                                   f"`isolate_recompiles` (2.14 has; this is {torch.__version__})")
+            # Its own cache region: a rebuild recompiles (fresh frozen weights), and one network's
+            # shapes never use up another's recompile limit (every network shares `encode`'s code).
+            fn = torch.compile(self.encode, backend=backend, dynamic=False, isolate_recompiles=True)
+            built = (key, fn)
+            self.__dict__["_compiled"] = built
+        fn, frozen = built[1], self.compile_mode is True
+        if not frozen:
+            return fn
+
+        def call(images: Tensor) -> list[Tensor]:
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(freezing=True):  # weights as constants (gradient-free only)
+                return fn(images)
+
+        return call
+
+    def __getstate__(self) -> dict:  # noqa: D105 - the compiled form is rebuilt, never copied
+        state = self.__dict__.copy()
+        state.pop("_compiled", None)
+        return state
 
     def minimum_size(self) -> int:
         """The smallest image side (pixels) this encoder accepts.

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_dfd.encoders.base import PRECISIONS, FeatureDistanceNetwork
+from lightning_dfd.encoders.base import PRECISIONS, CompileArg, FeatureDistanceNetwork
 from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.preprocess import (
     NAN_STRATEGIES,
@@ -148,11 +148,13 @@ class EncodedBatch:
 
 
 def pass_key(network: FeatureDistanceNetwork, normalization: str, nan_strategy: str,
-             max_batch: int | None, precision: str, channels_last: bool) -> tuple:
+             max_batch: int | None, precision: str, channels_last: bool,
+             compile: CompileArg = False) -> tuple:
     """What a pass's features and checks depend on: passes with equal keys are interchangeable."""
     namespace = (f"{network.features_identity or network.identity}|"
                  f"{weights_digest(network, network.head_prefixes)}|"
-                 f"{normalization}|cl={channels_last}|p={precision}")
+                 f"{normalization}|cl={channels_last}|p={precision}"
+                 + (f"|compile={compile}" if compile else ""))  # compiled rounding differs
     return (namespace, nan_strategy, max_batch)
 
 
@@ -171,6 +173,7 @@ class EncoderPass(nn.Module):
             that pass ``sample_ids``; None: off.
         precision: ``"fp32"`` or ``"bf16"`` (encoder under bf16 autocast; distances in fp32).
         channels_last: run the encoder in channels-last layout.
+        compile: ``torch.compile`` the encoder (see :meth:`FeatureDistanceNetwork.compiled_encode`).
     """
 
     def __init__(
@@ -183,6 +186,7 @@ class EncoderPass(nn.Module):
         feature_cache: FeatureCacheArg = None,
         precision: str = "fp32",
         channels_last: bool = False,
+        compile: CompileArg = False,
     ) -> None:
         super().__init__()
         check_choice("normalization", normalization, NORMALIZATIONS)
@@ -192,9 +196,10 @@ class EncoderPass(nn.Module):
                                       or max_batch < 1):
             raise ValueError(f"Argument `max_batch` must be a positive integer or None, got {max_batch}")
         self.network = network
-        network.set_options(channels_last=channels_last, precision=precision)
+        network.set_options(channels_last=channels_last, precision=precision, compile=compile)
         self.normalization, self.nan_strategy, self.max_batch = normalization, nan_strategy, max_batch
         self.precision, self.channels_last = precision, channels_last
+        self.compile_mode = network.compile_mode
         self.feature_cache = make_feature_cache(feature_cache)
         self._key: tuple | None = None
         self._memo: dict | None = None
@@ -204,7 +209,7 @@ class EncoderPass(nn.Module):
         """``(cache namespace, nan_strategy, max_batch)``: see :func:`pass_key` (computed once)."""
         if self._key is None:
             self._key = pass_key(self.network, self.normalization, self.nan_strategy, self.max_batch,
-                                 self.precision, self.channels_last)
+                                 self.precision, self.channels_last, self.compile_mode)
         return self._key
 
     @property
@@ -313,7 +318,8 @@ class EncoderPass(nn.Module):
     def extra_repr(self) -> str:  # noqa: D102
         return (f"normalization={self.normalization!r}, nan_strategy={self.nan_strategy!r}, "
                 f"max_batch={self.max_batch}, precision={self.precision!r}, "
-                f"cache={'on' if self.feature_cache is not None else 'off'}")
+                + (f"compile={self.compile_mode!r}, " if self.compile_mode else "")
+                + f"cache={'on' if self.feature_cache is not None else 'off'}")
 
 
 def _pass_of(metric: nn.Module) -> EncoderPass | None:
