@@ -51,6 +51,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.base import (  # noqa: F401 - layer_maps, masked_layer_means: re-exported
+    FeatureDistanceNetwork,
+    layer_maps,
+    masked_layer_means,
+    require_layer_maps,
+)
 from lightning_dfd.functional.pixel import masked_ssim_per_image
 from lightning_dfd.preprocess import (
     NORMALIZATIONS,
@@ -71,23 +77,6 @@ from lightning_dfd.preprocess import (
 )
 
 
-def layer_maps(network: FeatureDistanceNetwork, feats_preds: list[Tensor],
-               feats_target: list[Tensor]) -> list[Tensor]:
-    """Per-layer, per-position contributions ``(M, 1, h_l, w_l)`` of ``network``'s distance.
-
-    Raises:
-        NotImplementedError: the network has no per-position form (DISTS, VAEFD).
-    """
-    method = getattr(network, "layer_maps", None)
-    if method is None:
-        name = getattr(network, "identity", "") or type(network).__name__
-        raise NotImplementedError(
-            f"{type(network).__name__} ({name}) has no per-position distance (no `layer_maps`): "
-            "spatial DFD maps and masks work for LPIPS, ResNetFD, SSFD and TimmFD"
-        )
-    return method(feats_preds, feats_target)
-
-
 def _device_of(network: FeatureDistanceNetwork) -> torch.device:
     for tensor in (*network.parameters(), *network.buffers()):
         return tensor.device
@@ -98,12 +87,12 @@ def _check_nan_strategy(nan_strategy: str) -> None:
     check_choice("nan_strategy", nan_strategy, ("error", "propagate"))
 
 
-def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
-                       max_batch: int | None = None) -> list[list[Tensor]]:
-    """Layer maps of validated ``(M, 1, H, W)`` batches, ``max_batch`` pairs per encoder pass.
+def encoded_chunks(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
+                   max_batch: int | None = None) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """Features ``(feats_preds, feats_target)`` of validated ``(M, 1, H, W)`` batches, chunk by chunk.
 
-    Returns:
-        One list of ``(m, 1, h_l, w_l)`` maps per chunk of at most ``max_batch`` images.
+    At most ``max_batch`` image pairs per encoder pass; predictions that require grad keep their
+    graph (a map or a masked value as a loss), targets never get one.
     """
     check_choice("normalization", normalization, NORMALIZATIONS)
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
@@ -113,19 +102,30 @@ def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, no
     m = p01.shape[0]
     step = max_batch or m
     needs_grad = torch.is_grad_enabled() and p01.requires_grad
-    out = []
     for start in range(0, m, step):
         pc, tc = p01[start:start + step], t01[start:start + step]
-        if needs_grad:  # predictions keep their graph (a map as a loss), targets never get one
+        if needs_grad:
             with torch.no_grad():
                 ft = network(tc)
-            fp = network(pc)
+            yield network(pc), ft
         else:  # one batched encoder pass
             with torch.no_grad():
                 both = network(torch.cat([pc, tc]))
-            fp, ft = [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
-        out.append(layer_maps(network, fp, ft))
-    return out
+            yield [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
+
+
+def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
+                       max_batch: int | None = None) -> list[list[Tensor]]:
+    """Layer maps of validated ``(M, 1, H, W)`` batches, ``max_batch`` pairs per encoder pass.
+
+    Returns:
+        One list of ``(m, 1, h_l, w_l)`` maps per chunk of at most ``max_batch`` images.
+
+    Raises:
+        NotImplementedError: the network has no ``layer_maps`` (DISTS), before any encoder pass.
+    """
+    maps_of = require_layer_maps(network)
+    return [maps_of(fp, ft) for fp, ft in encoded_chunks(network, p, t, normalization, max_batch)]
 
 
 def upsample_maps(maps: list[Tensor], size: tuple[int, int]) -> Tensor:
@@ -201,31 +201,20 @@ def validated_mask(mask: Tensor, preds: Tensor) -> Tensor:
     return mask.float()
 
 
-def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:
-    """Sum over layers of each map's mean weighted by ``mask`` area-resized to the layer: ``(m,)``.
-
-    Area downsampling covers every input pixel, so a non-empty mask never vanishes at a layer.
-    """
-    total = None
-    for m in maps:
-        w = F.adaptive_avg_pool2d(mask.to(m.dtype), m.shape[-2:])
-        v = (m * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
-        total = v if total is None else total + v
-    return total
-
-
 def masked_feature_distances(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, mask: Tensor,
                              normalization: str, max_batch: int | None = None) -> Tensor:
     """Masked DFDs ``(M,)`` of validated ``(M, 1, H, W)`` images and an ``(M, 1, H, W)`` float mask.
 
     The metric-side entry point (``update(..., mask=...)``): images already flattened by
-    :func:`~lightning_dfd.functional.dfd.validated_images`, mask by :func:`validated_mask`.
+    :func:`~lightning_dfd.functional.dfd.validated_images`, mask by :func:`validated_mask`. Each
+    chunk goes through ``network.masked_distance`` (layer maps averaged over the resized mask;
+    DISTS: mask-weighted statistics).
     """
     step = max_batch or max(p.shape[0], 1)
     device = _device_of(network)
-    chunks = feature_layer_maps(network, p, t, normalization, max_batch)
-    return torch.cat([masked_layer_means(maps, mask[k * step:(k + 1) * step].to(device))
-                      for k, maps in enumerate(chunks)])
+    values = [network.masked_distance(fp, ft, mask[k * step:(k + 1) * step].to(device))
+              for k, (fp, ft) in enumerate(encoded_chunks(network, p, t, normalization, max_batch))]
+    return torch.cat(values) if values else torch.zeros(0, device=device)
 
 
 def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor, mask: Tensor,
