@@ -1,13 +1,16 @@
 """Where a deep feature distance comes from: per-pixel DFD maps and region-of-interest masks.
 
-Every DFD here is a sum over layers of a spatial mean of per-position contributions. A network
+Most DFDs here are a sum over layers of a spatial mean of per-position contributions. A network
 exposes them through ``layer_maps(feats_preds, feats_target) -> [(M, 1, h_l, w_l), ...]`` with
 ``distance(fp, ft) == sum_l layer_maps_l.mean((-2, -1))``:
 
 * LPIPS: the (linearly weighted) squared difference of unit-normalised features summed over
   channels, i.e. the ``lpips`` package's maps before ``spatial_average``;
-* ResNetFD, SSFD, TimmFD ``"mse"`` / ``"mae"``: the squared / absolute feature difference
-  averaged over channels; TimmFD ``"unit"``: as LPIPS without linear layers.
+* ResNetFD, SSFD, TimmFD ``"mse"`` / ``"mae"``, VAEFD: the squared / absolute feature (VAEFD:
+  latent) difference averaged over channels; TimmFD ``"unit"``: as LPIPS without linear layers.
+
+DISTS has none: its texture and structure terms compare global means, variances and
+covariances of each channel, so :func:`distance_map` raises :class:`NotImplementedError` for it.
 
 :func:`distance_map` upsamples each layer map to the input size (bilinear,
 ``align_corners=False``, exactly as ``lpips.LPIPS(spatial=True)``) and sums over layers: a
@@ -16,21 +19,34 @@ since bilinear upsampling by a non-integer factor does not preserve the mean exa
 transformers built with ``dynamic_img_pad`` see the input padded (right/bottom) to a multiple of
 the patch size; their maps are stretched over the unpadded image, misplaced by less than a patch.
 
-:func:`masked_distances` averages each layer map over the mask resized to that layer (area
-downsampling of the float mask, so a partly covered feature position gets a fractional weight)
-instead of over all positions. What this means per DFD:
+:func:`masked_distances` (and every DFD metric's ``update(..., mask=...)``) works for every DFD,
+through one hook, ``network.masked_distance(feats_preds, feats_target, mask)``. The mask is
+area-resized to each layer (the float mask averaged over each feature position's input cell, so a
+partly covered position gets a fractional weight) and
+
+* networks with ``layer_maps`` (the default
+  :meth:`~lightning_dfd.encoders.base.FeatureDistanceNetwork.masked_distance`) average each layer
+  map over the resized mask instead of over all positions;
+* DISTS computes every channel's mean, variance and covariance as mask-weighted statistics in
+  each stage (stage 0 is the input image at full resolution) and combines them as usual: the
+  texture and structure of the region, still as global statistics of it.
+
+A full mask gives the unmasked value (DISTS: to float rounding, ~1e-7). What masking means:
 
 * a feature position sees a receptive field (LPIPS-VGG's deepest tap: ~200 pixels; ResNetFD's
-  ``layer3``: ~400; SSFD's ``block4``: ~100; ViTs: the whole image through attention), so a
-  masked DFD is **not** blind to changes outside the mask: a corruption just outside the edge
-  changes feature positions inside it. It down-weights the background, it does not cut it out;
-  far-away changes matter much less (``tests/test_spatial.py`` measures the ratio);
+  ``layer3``: ~400; SSFD's ``block4``: ~100; DISTS' last stage: ~200; ViTs: the whole image
+  through attention), so a masked DFD is **not** blind to changes outside the mask: a corruption
+  just outside the edge changes feature positions inside it. It down-weights the background, it
+  does not cut it out; far-away changes matter much less (``tests/test_spatial.py`` and
+  ``tests/test_masks_dists_vaefd.py`` measure the ratio);
+* VAEFD's encoder normalises with GroupNorm (statistics over the whole image) and attends over
+  all positions in its middle block, so every latent position depends on the whole image: an
+  outside corruption moves the masked VAEFD 0.03-0.6x as much as the unmasked one (random
+  weights), against < 0.1x for DISTS and < 0.2x for the CNN DFDs, though still > 35x less than
+  the same corruption inside the mask;
 * min-max normalisation (``normalization="minmax"``) uses the whole image, so a bright artefact
   outside the mask rescales the inside too: use ``normalization="target"`` when that matters;
-* SSFD z-scores each whole image before the encoder, with the same caveat;
-* DISTS has no per-position form (its structure and texture terms compare global means and
-  variances of each channel) and raises :class:`NotImplementedError`; so do networks (VAEFD)
-  that define no ``layer_maps``.
+* SSFD z-scores each whole image before the encoder, with the same caveat.
 
 Pixel metrics (:func:`masked_psnr`, :func:`masked_nmse`, :func:`masked_ssim`) use only the
 masked pixels (SSIM: the mean of the SSIM map over the window centres inside the mask).
@@ -146,12 +162,16 @@ def distance_map(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor,
     magnitude, each channel an independent image; ``(N, H, W)`` gives ``C = 1``).
 
     Args:
-        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD).
+        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD, VAEFD; not DISTS).
         preds: predictions.
         target: targets, same shape.
         normalization: ``"minmax"``, ``"target"`` or ``"none"``, as the metrics.
         max_batch: at most this many image pairs per encoder pass (None: all at once).
         nan_strategy: ``"error"`` or ``"propagate"`` (a non-finite prediction gives a NaN map).
+
+    Raises:
+        NotImplementedError: DISTS (global channel statistics, no per-pixel form); its masked
+            values work (:func:`masked_distances`).
 
     Example:
         >>> import torch
@@ -223,10 +243,10 @@ def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Ten
     """Per-image DFDs ``(N * C,)`` with every layer averaged over the ROI ``mask`` only.
 
     A full mask gives the unmasked distance. See the module docstring for what masking means
-    (receptive fields reach past the mask edge).
+    (receptive fields reach past the mask edge; DISTS: mask-weighted channel statistics).
 
     Args:
-        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD).
+        network: any DFD network (its ``masked_distance``).
         preds: predictions, ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
         target: targets, same shape.
         mask: boolean ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``; True = score here.
