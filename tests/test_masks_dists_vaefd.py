@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchmetrics import MetricCollection
 
-from lightning_dfd import DISTS, VAEFD, DFDCollection
+from lightning_dfd import DISTS, VAEFD, DFDCollection, ResNetFD
 from lightning_dfd import functional as F
 from lightning_dfd.encoders.dists import DISTSNetwork
 from lightning_dfd.encoders.medvae import MedVAEConfig, MedVAEEncoder
@@ -302,6 +302,34 @@ def test_masked_dists_in_a_collection_and_a_clone_give_the_same_value():
     unmasked.reset()
     unmasked.update(preds, target)
     assert (unmasked.compute() - value).abs() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["dists", "vaefd", "resnet"])
+def test_a_masked_batch_of_only_skipped_images_is_skipped(name):
+    """Old code: ``torch.cat(): expected a non-empty list`` when nan_strategy='ignore' dropped every image."""
+    make = {**METRICS, "resnet": lambda **kw: ResNetFD(weights="random", **kw)}[name]
+    metric = make(nan_strategy="ignore")
+    target, preds, _ = pair_with_corruption()
+    full = torch.ones(2, H, W, dtype=torch.bool)
+    metric.update(torch.full_like(target, float("nan")), target, mask=full)
+    assert int(metric.skipped) == 2 and int(metric.total) == 0
+    metric.update(preds, target, mask=full)
+    assert int(metric.skipped) == 2 and int(metric.total) == 2 and metric.compute() > 0
+
+
+def test_masked_update_runs_at_the_metrics_precision():
+    """README / ``update`` say so: a bf16 metric's masked values come from its bf16 encoder."""
+    target, preds, _ = pair_with_corruption()
+    mask = roi_mask()
+    values = {}
+    for precision in ("fp32", "bf16"):
+        metric = random_dists(precision=precision, reduction="none")
+        metric.update(preds, target, mask=mask)
+        values[precision] = metric.compute()
+        assert metric.network.precision == precision
+        torch.testing.assert_close(values[precision], masked_distances(metric.network, preds, target, mask))
+    assert (values["bf16"] - values["fp32"]).abs().max() > 1e-6  # bf16 really ran
+    torch.testing.assert_close(values["bf16"], values["fp32"], rtol=5e-2, atol=0)
 
 
 # --------------------------------------------------------------------------- evaluate --mask foreground

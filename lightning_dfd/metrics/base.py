@@ -275,7 +275,7 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             mask: optional boolean ROI mask ``(N, H, W)`` or ``(N, C, H, W)``: each layer's
                 feature-distance map is averaged over the mask resized to that layer (DISTS:
                 mask-weighted channel statistics; :mod:`lightning_dfd.spatial`; the feature
-                cache and shared passes are not used, and the encoder runs in fp32).
+                cache and shared passes are not used; the encoder runs at ``precision``).
         """
         self._ensure_fingerprint()
         if mask is None:
