@@ -1,13 +1,16 @@
 """Where a deep feature distance comes from: per-pixel DFD maps and region-of-interest masks.
 
-Every DFD here is a sum over layers of a spatial mean of per-position contributions. A network
+Most DFDs here are a sum over layers of a spatial mean of per-position contributions. A network
 exposes them through ``layer_maps(feats_preds, feats_target) -> [(M, 1, h_l, w_l), ...]`` with
 ``distance(fp, ft) == sum_l layer_maps_l.mean((-2, -1))``:
 
 * LPIPS: the (linearly weighted) squared difference of unit-normalised features summed over
   channels, i.e. the ``lpips`` package's maps before ``spatial_average``;
-* ResNetFD, SSFD, TimmFD ``"mse"`` / ``"mae"``: the squared / absolute feature difference
-  averaged over channels; TimmFD ``"unit"``: as LPIPS without linear layers.
+* ResNetFD, SSFD, TimmFD ``"mse"`` / ``"mae"``, VAEFD: the squared / absolute feature (VAEFD:
+  latent) difference averaged over channels; TimmFD ``"unit"``: as LPIPS without linear layers.
+
+DISTS has none: its texture and structure terms compare global means, variances and
+covariances of each channel, so :func:`distance_map` raises :class:`NotImplementedError` for it.
 
 :func:`distance_map` upsamples each layer map to the input size (bilinear,
 ``align_corners=False``, exactly as ``lpips.LPIPS(spatial=True)``) and sums over layers: a
@@ -16,21 +19,34 @@ since bilinear upsampling by a non-integer factor does not preserve the mean exa
 transformers built with ``dynamic_img_pad`` see the input padded (right/bottom) to a multiple of
 the patch size; their maps are stretched over the unpadded image, misplaced by less than a patch.
 
-:func:`masked_distances` averages each layer map over the mask resized to that layer (area
-downsampling of the float mask, so a partly covered feature position gets a fractional weight)
-instead of over all positions. What this means per DFD:
+:func:`masked_distances` (and every DFD metric's ``update(..., mask=...)``) works for every DFD,
+through one hook, ``network.masked_distance(feats_preds, feats_target, mask)``. The mask is
+area-resized to each layer (the float mask averaged over each feature position's input cell, so a
+partly covered position gets a fractional weight) and
+
+* networks with ``layer_maps`` (the default
+  :meth:`~lightning_dfd.encoders.base.FeatureDistanceNetwork.masked_distance`) average each layer
+  map over the resized mask instead of over all positions;
+* DISTS computes every channel's mean, variance and covariance as mask-weighted statistics in
+  each stage (stage 0 is the input image at full resolution) and combines them as usual: the
+  texture and structure of the region, still as global statistics of it.
+
+A full mask gives the unmasked value (DISTS: to float rounding, ~1e-7). What masking means:
 
 * a feature position sees a receptive field (LPIPS-VGG's deepest tap: ~200 pixels; ResNetFD's
-  ``layer3``: ~400; SSFD's ``block4``: ~100; ViTs: the whole image through attention), so a
-  masked DFD is **not** blind to changes outside the mask: a corruption just outside the edge
-  changes feature positions inside it. It down-weights the background, it does not cut it out;
-  far-away changes matter much less (``tests/test_spatial.py`` measures the ratio);
+  ``layer3``: ~400; SSFD's ``block4``: ~100; DISTS' last stage: ~200; ViTs: the whole image
+  through attention), so a masked DFD is **not** blind to changes outside the mask: a corruption
+  just outside the edge changes feature positions inside it. It down-weights the background, it
+  does not cut it out; far-away changes matter much less (``tests/test_spatial.py`` and
+  ``tests/test_masks_dists_vaefd.py`` measure the ratio);
+* VAEFD's encoder normalises with GroupNorm (statistics over the whole image) and attends over
+  all positions in its middle block, so every latent position depends on the whole image: an
+  outside corruption moves the masked VAEFD 0.03-0.6x as much as the unmasked one (random
+  weights), against < 0.1x for DISTS and < 0.2x for the CNN DFDs, though still > 35x less than
+  the same corruption inside the mask;
 * min-max normalisation (``normalization="minmax"``) uses the whole image, so a bright artefact
   outside the mask rescales the inside too: use ``normalization="target"`` when that matters;
-* SSFD z-scores each whole image before the encoder, with the same caveat;
-* DISTS has no per-position form (its structure and texture terms compare global means and
-  variances of each channel) and raises :class:`NotImplementedError`; so do networks (VAEFD)
-  that define no ``layer_maps``.
+* SSFD z-scores each whole image before the encoder, with the same caveat.
 
 Pixel metrics (:func:`masked_psnr`, :func:`masked_nmse`, :func:`masked_ssim`) use only the
 masked pixels (SSIM: the mean of the SSIM map over the window centres inside the mask).
@@ -51,6 +67,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,7 +75,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.base import (  # noqa: F401 - layer_maps, masked_layer_means: re-exported
+    FeatureDistanceNetwork,
+    layer_maps,
+    masked_layer_means,
+    require_layer_maps,
+)
 from lightning_dfd.functional.pixel import masked_ssim_per_image
 from lightning_dfd.preprocess import (
     NORMALIZATIONS,
@@ -71,23 +93,6 @@ from lightning_dfd.preprocess import (
 )
 
 
-def layer_maps(network: FeatureDistanceNetwork, feats_preds: list[Tensor],
-               feats_target: list[Tensor]) -> list[Tensor]:
-    """Per-layer, per-position contributions ``(M, 1, h_l, w_l)`` of ``network``'s distance.
-
-    Raises:
-        NotImplementedError: the network has no per-position form (DISTS, VAEFD).
-    """
-    method = getattr(network, "layer_maps", None)
-    if method is None:
-        name = getattr(network, "identity", "") or type(network).__name__
-        raise NotImplementedError(
-            f"{type(network).__name__} ({name}) has no per-position distance (no `layer_maps`): "
-            "spatial DFD maps and masks work for LPIPS, ResNetFD, SSFD and TimmFD"
-        )
-    return method(feats_preds, feats_target)
-
-
 def _device_of(network: FeatureDistanceNetwork) -> torch.device:
     for tensor in (*network.parameters(), *network.buffers()):
         return tensor.device
@@ -98,12 +103,12 @@ def _check_nan_strategy(nan_strategy: str) -> None:
     check_choice("nan_strategy", nan_strategy, ("error", "propagate"))
 
 
-def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
-                       max_batch: int | None = None) -> list[list[Tensor]]:
-    """Layer maps of validated ``(M, 1, H, W)`` batches, ``max_batch`` pairs per encoder pass.
+def encoded_chunks(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
+                   max_batch: int | None = None) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """Features ``(feats_preds, feats_target)`` of validated ``(M, 1, H, W)`` batches, chunk by chunk.
 
-    Returns:
-        One list of ``(m, 1, h_l, w_l)`` maps per chunk of at most ``max_batch`` images.
+    At most ``max_batch`` image pairs per encoder pass; predictions that require grad keep their
+    graph (a map or a masked value as a loss), targets never get one.
     """
     check_choice("normalization", normalization, NORMALIZATIONS)
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
@@ -113,19 +118,30 @@ def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, no
     m = p01.shape[0]
     step = max_batch or m
     needs_grad = torch.is_grad_enabled() and p01.requires_grad
-    out = []
     for start in range(0, m, step):
         pc, tc = p01[start:start + step], t01[start:start + step]
-        if needs_grad:  # predictions keep their graph (a map as a loss), targets never get one
+        if needs_grad:
             with torch.no_grad():
                 ft = network(tc)
-            fp = network(pc)
+            yield network(pc), ft
         else:  # one batched encoder pass
             with torch.no_grad():
                 both = network(torch.cat([pc, tc]))
-            fp, ft = [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
-        out.append(layer_maps(network, fp, ft))
-    return out
+            yield [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
+
+
+def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
+                       max_batch: int | None = None) -> list[list[Tensor]]:
+    """Layer maps of validated ``(M, 1, H, W)`` batches, ``max_batch`` pairs per encoder pass.
+
+    Returns:
+        One list of ``(m, 1, h_l, w_l)`` maps per chunk of at most ``max_batch`` images.
+
+    Raises:
+        NotImplementedError: the network has no ``layer_maps`` (DISTS), before any encoder pass.
+    """
+    maps_of = require_layer_maps(network)
+    return [maps_of(fp, ft) for fp, ft in encoded_chunks(network, p, t, normalization, max_batch)]
 
 
 def upsample_maps(maps: list[Tensor], size: tuple[int, int]) -> Tensor:
@@ -146,12 +162,16 @@ def distance_map(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor,
     magnitude, each channel an independent image; ``(N, H, W)`` gives ``C = 1``).
 
     Args:
-        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD).
+        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD, VAEFD; not DISTS).
         preds: predictions.
         target: targets, same shape.
         normalization: ``"minmax"``, ``"target"`` or ``"none"``, as the metrics.
         max_batch: at most this many image pairs per encoder pass (None: all at once).
         nan_strategy: ``"error"`` or ``"propagate"`` (a non-finite prediction gives a NaN map).
+
+    Raises:
+        NotImplementedError: DISTS (global channel statistics, no per-pixel form); its masked
+            values work (:func:`masked_distances`).
 
     Example:
         >>> import torch
@@ -201,31 +221,20 @@ def validated_mask(mask: Tensor, preds: Tensor) -> Tensor:
     return mask.float()
 
 
-def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:
-    """Sum over layers of each map's mean weighted by ``mask`` area-resized to the layer: ``(m,)``.
-
-    Area downsampling covers every input pixel, so a non-empty mask never vanishes at a layer.
-    """
-    total = None
-    for m in maps:
-        w = F.adaptive_avg_pool2d(mask.to(m.dtype), m.shape[-2:])
-        v = (m * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
-        total = v if total is None else total + v
-    return total
-
-
 def masked_feature_distances(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, mask: Tensor,
                              normalization: str, max_batch: int | None = None) -> Tensor:
     """Masked DFDs ``(M,)`` of validated ``(M, 1, H, W)`` images and an ``(M, 1, H, W)`` float mask.
 
     The metric-side entry point (``update(..., mask=...)``): images already flattened by
-    :func:`~lightning_dfd.functional.dfd.validated_images`, mask by :func:`validated_mask`.
+    :func:`~lightning_dfd.functional.dfd.validated_images`, mask by :func:`validated_mask`. Each
+    chunk goes through ``network.masked_distance`` (layer maps averaged over the resized mask;
+    DISTS: mask-weighted statistics).
     """
     step = max_batch or max(p.shape[0], 1)
     device = _device_of(network)
-    chunks = feature_layer_maps(network, p, t, normalization, max_batch)
-    return torch.cat([masked_layer_means(maps, mask[k * step:(k + 1) * step].to(device))
-                      for k, maps in enumerate(chunks)])
+    values = [network.masked_distance(fp, ft, mask[k * step:(k + 1) * step].to(device))
+              for k, (fp, ft) in enumerate(encoded_chunks(network, p, t, normalization, max_batch))]
+    return torch.cat(values) if values else torch.zeros(0, device=device)
 
 
 def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor, mask: Tensor,
@@ -234,10 +243,10 @@ def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Ten
     """Per-image DFDs ``(N * C,)`` with every layer averaged over the ROI ``mask`` only.
 
     A full mask gives the unmasked distance. See the module docstring for what masking means
-    (receptive fields reach past the mask edge).
+    (receptive fields reach past the mask edge; DISTS: mask-weighted channel statistics).
 
     Args:
-        network: a network with ``layer_maps`` (LPIPS, ResNetFD, SSFD, TimmFD).
+        network: any DFD network (its ``masked_distance``).
         preds: predictions, ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
         target: targets, same shape.
         mask: boolean ``(N, H, W)``, ``(N, 1, H, W)`` or ``(N, C, H, W)``; True = score here.

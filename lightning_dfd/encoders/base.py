@@ -4,6 +4,11 @@ A network turns grayscale images scaled to [0, 1] (``(M, 1, H, W)``) into its ow
 (:meth:`prepare`: range, channels), a list of feature maps (:meth:`features`), and compares two
 lists of features image by image (:meth:`distance` -> ``(M,)``). Metrics and functional forms only
 talk to this interface, so a new DFD is one subclass.
+
+A network whose distance is a sum over layers of spatial means also defines
+``layer_maps(feats_preds, feats_target) -> [(M, 1, h_l, w_l), ...]`` (spatial DFD maps, and ROI
+masks through the default :meth:`FeatureDistanceNetwork.masked_distance`); one without a
+per-position form (DISTS) overrides :meth:`~FeatureDistanceNetwork.masked_distance` instead.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -148,6 +154,93 @@ def mean_absolute_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tens
     return total
 
 
+def difference_maps(feats_a: list[Tensor], feats_b: list[Tensor], absolute: bool = False) -> list[Tensor]:
+    """Squared (or absolute) feature differences averaged over channels: ``(M, 1, h_l, w_l)`` per layer.
+
+    The per-position form of :func:`mean_squared_distance` (:func:`mean_absolute_distance` with
+    ``absolute=True``): the sum over layers of the maps' spatial means is that distance.
+
+    Example:
+        >>> import torch
+        >>> a, b = [torch.rand(2, 4, 6, 5)], [torch.rand(2, 4, 6, 5)]
+        >>> maps = difference_maps(a, b)
+        >>> maps[0].shape, bool(torch.allclose(maps[0].mean((-2, -1)).flatten(),
+        ...                                    mean_squared_distance(a, b)))
+        (torch.Size([2, 1, 6, 5]), True)
+    """
+    return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
+            for a, b in zip(feats_a, feats_b, strict=True)]
+
+
+def resized_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """An ``(M, 1, H, W)`` float mask area-resized to ``like``'s positions: ``(M, 1, h, w)``.
+
+    Each feature position gets the fraction of its input cell the mask covers
+    (``F.adaptive_avg_pool2d``), so a non-empty mask never vanishes at a layer and a full mask
+    stays exactly 1.
+
+    Example:
+        >>> import torch
+        >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :1] = 1
+        >>> resized_mask(mask, torch.zeros(1, 8, 2, 2)).flatten().tolist()
+        [0.5, 0.0, 0.0, 0.0]
+    """
+    return F.adaptive_avg_pool2d(mask.to(like.dtype), like.shape[-2:])
+
+
+def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:
+    """Sum over layers of each map's mean weighted by ``mask`` area-resized to the layer: ``(m,)``.
+
+    A full mask gives each map's plain spatial mean (the unmasked distance).
+
+    Example:
+        >>> import torch
+        >>> maps = [torch.arange(4.0).view(1, 1, 2, 2)]
+        >>> left = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+        >>> masked_layer_means(maps, left).tolist(), masked_layer_means(maps, torch.ones(1, 1, 2, 2)).tolist()
+        ([1.0], [1.5])
+    """
+    total = None
+    for m in maps:
+        w = resized_mask(mask, m)
+        v = (m * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
+        total = v if total is None else total + v
+    return total
+
+
+def _network_name(network: nn.Module) -> str:
+    name = getattr(network, "identity", "") or type(network).__name__
+    return f"{type(network).__name__} ({name})"
+
+
+def require_layer_maps(network: nn.Module) -> Callable[[list[Tensor], list[Tensor]], list[Tensor]]:
+    """``network.layer_maps``, or a clear :class:`NotImplementedError` when it has none.
+
+    Raises:
+        NotImplementedError: the network has no per-position form (DISTS).
+    """
+    method = getattr(network, "layer_maps", None)
+    if method is None:
+        masks = ("; ROI masks still work (`update(..., mask=...)`: mask-weighted statistics)"
+                 if type(network).masked_distance is not FeatureDistanceNetwork.masked_distance else "")
+        raise NotImplementedError(
+            f"{_network_name(network)} has no per-position distance (no `layer_maps`), so no spatial "
+            f"DFD map: maps work for LPIPS, ResNetFD, SSFD, TimmFD and VAEFD{masks}"
+        )
+    return method
+
+
+def layer_maps(network: nn.Module, feats_preds: list[Tensor], feats_target: list[Tensor]) -> list[Tensor]:
+    """Per-layer, per-position contributions ``(M, 1, h_l, w_l)`` of ``network``'s distance.
+
+    ``network.distance(fp, ft) == sum_l layer_maps_l.mean((-2, -1))``.
+
+    Raises:
+        NotImplementedError: the network has no per-position form (DISTS).
+    """
+    return require_layer_maps(network)(feats_preds, feats_target)
+
+
 class FeatureDistanceNetwork(nn.Module, ABC):
     """A frozen encoder plus the distance computed on its features."""
 
@@ -183,6 +276,30 @@ class FeatureDistanceNetwork(nn.Module, ABC):
     @abstractmethod
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
         """Per-image distance ``(M,)`` between two feature lists."""
+
+    def masked_distance(self, feats_preds: list[Tensor], feats_target: list[Tensor], mask: Tensor) -> Tensor:
+        """Per-image distance ``(M,)`` over a region of interest.
+
+        The default averages each of ``layer_maps`` over ``mask`` area-resized to that layer
+        (:func:`masked_layer_means`); a network without a per-position form overrides this
+        (DISTS: mask-weighted channel statistics). A full mask gives :meth:`distance`.
+
+        Args:
+            feats_preds: features of the predictions.
+            feats_target: features of the targets.
+            mask: ``(M, 1, H, W)`` float weights in [0, 1] at the input images' resolution, each
+                image's mask non-empty.
+
+        Raises:
+            NotImplementedError: the network defines neither ``layer_maps`` nor its own
+                ``masked_distance``.
+        """
+        if getattr(self, "layer_maps", None) is None:
+            raise NotImplementedError(
+                f"{_network_name(self)} cannot be masked: it defines neither `layer_maps` "
+                "(per-position contributions) nor its own `masked_distance`"
+            )
+        return masked_layer_means(self.layer_maps(feats_preds, feats_target), mask)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """Features of ``(M, 1, H, W)`` images: :meth:`prepare` then :meth:`features`.

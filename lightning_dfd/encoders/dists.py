@@ -1,5 +1,11 @@
 """DISTS network: VGG-16 with L2 pooling and the `DISTS_pytorch` package's alpha/beta weights.
 
+DISTS compares global statistics of each channel (means: texture; variances and covariance:
+structure), so it has no per-position form and no spatial map. Over a region of interest
+(:meth:`DISTSNetwork.masked_distance`) the same statistics are weighted by the mask,
+area-resized to each stage (stage 0 is the input image at full resolution); a full mask gives
+the unmasked DISTS.
+
 Example:
     >>> import torch
     >>> net = DISTSNetwork(weights="random")
@@ -20,7 +26,7 @@ from DISTS_pytorch.DISTS_pt import L2pooling
 from torch import Tensor, nn
 
 from lightning_dfd.encoders.backbones import WeightsArg, freeze, resolve_alias, vgg16_features
-from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.base import FeatureDistanceNetwork, resized_mask
 from lightning_dfd.preprocess import to_rgb
 
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
@@ -75,19 +81,55 @@ class DISTSNetwork(FeatureDistanceNetwork):
 
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
         """``1 - sum_k (alpha_k * S1_k + beta_k * S2_k)`` with SSIM-like texture/structure terms."""
+        return self._dists(feats_preds, feats_target, None)
+
+    def masked_distance(self, feats_preds: list[Tensor], feats_target: list[Tensor], mask: Tensor) -> Tensor:
+        """DISTS with every channel mean, variance and covariance weighted by ``mask``: ``(M,)``.
+
+        Args:
+            feats_preds: features of the predictions (:meth:`features`).
+            feats_target: features of the targets.
+            mask: ``(M, 1, H, W)`` float weights at the input resolution, area-resized to each
+                stage (:func:`~lightning_dfd.encoders.base.resized_mask`).
+
+        Example:
+            >>> import torch
+            >>> net = DISTSNetwork(weights="random")
+            >>> x, y = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+            >>> fx, fy = net(x), net(y)
+            >>> full = torch.ones(2, 1, 32, 32)
+            >>> bool(torch.allclose(net.masked_distance(fx, fy, full), net.distance(fx, fy), atol=1e-6))
+            True
+        """
+        return self._dists(feats_preds, feats_target, mask)
+
+    def _dists(self, feats_preds: list[Tensor], feats_target: list[Tensor], mask: Tensor | None) -> Tensor:
         c1 = c2 = 1e-6
         w_sum = self.alpha.sum() + self.beta.sum()
         alpha = torch.split(self.alpha / w_sum, DISTS_CHANNELS, dim=1)
         beta = torch.split(self.beta / w_sum, DISTS_CHANNELS, dim=1)
         dist1 = dist2 = 0
         for k, (x, y) in enumerate(zip(feats_preds, feats_target, strict=True)):
-            x_mean = x.mean([2, 3], keepdim=True)
-            y_mean = y.mean([2, 3], keepdim=True)
+            weights = None if mask is None else _normalized(resized_mask(mask, x))
+            x_mean = _spatial_mean(x, weights)
+            y_mean = _spatial_mean(y, weights)
             s1 = (2 * x_mean * y_mean + c1) / (x_mean**2 + y_mean**2 + c1)
             dist1 = dist1 + (alpha[k] * s1).sum(1, keepdim=True)
-            x_var = ((x - x_mean) ** 2).mean([2, 3], keepdim=True)
-            y_var = ((y - y_mean) ** 2).mean([2, 3], keepdim=True)
-            xy_cov = (x * y).mean([2, 3], keepdim=True) - x_mean * y_mean
+            x_var = _spatial_mean((x - x_mean) ** 2, weights)
+            y_var = _spatial_mean((y - y_mean) ** 2, weights)
+            xy_cov = _spatial_mean(x * y, weights) - x_mean * y_mean
             s2 = (2 * xy_cov + c2) / (x_var + y_var + c2)
             dist2 = dist2 + (beta[k] * s2).sum(1, keepdim=True)
         return (1 - (dist1 + dist2)).flatten()
+
+
+def _normalized(weights: Tensor) -> Tensor:
+    """``(M, 1, h, w)`` weights scaled to sum to 1 per image."""
+    return weights / weights.sum([2, 3], keepdim=True)
+
+
+def _spatial_mean(x: Tensor, weights: Tensor | None) -> Tensor:
+    """Per-channel mean over positions ``(M, C, 1, 1)``, weighted by normalised ``(M, 1, h, w)`` weights."""
+    if weights is None:
+        return x.mean([2, 3], keepdim=True)
+    return (x * weights).sum([2, 3], keepdim=True)

@@ -12,7 +12,9 @@ encoder here is the plain latent-diffusion encoder (``encoder.*``, ``quant_conv.
 architecture (widths, levels, attention) is read from the checkpoint itself.
 
 Input: magnitude in [0, 1], replicated to the checkpoint's input channels (3 for Med-VAE), then
-normalised with mean 0.5 / std 0.5 (to [-1, 1]). Distance: MSE.
+normalised with mean 0.5 / std 0.5 (to [-1, 1]). Distance: MSE over latent channels and
+positions; its per-position form (:meth:`MedVAENetwork.layer_maps`, the squared difference
+averaged over the latent channels at 1/8 resolution) gives spatial maps and ROI masks.
 
 Example:
     >>> import torch
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_dfd import weights as W
-from lightning_dfd.encoders.base import FeatureDistanceNetwork, mean_squared_distance
+from lightning_dfd.encoders.base import FeatureDistanceNetwork, difference_maps, mean_squared_distance
 
 #: Registry name of the published Med-VAE 8x / 4-channel 2-D checkpoint.
 MEDVAE_WEIGHTS = "medvae-8x4c-2d"
@@ -390,3 +392,11 @@ class MedVAENetwork(FeatureDistanceNetwork):
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
         """Mean squared difference over latent channels and positions: ``(M,)``."""
         return mean_squared_distance(feats_preds, feats_target)
+
+    def layer_maps(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> list[Tensor]:
+        """Per-position contributions ``[(M, 1, h, w)]``: squared latent differences, channel mean.
+
+        ``distance`` is the spatial mean of this map
+        (:func:`~lightning_dfd.encoders.base.difference_maps`).
+        """
+        return difference_maps(feats_preds, feats_target)

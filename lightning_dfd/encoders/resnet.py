@@ -20,6 +20,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from lightning_dfd.encoders.backbones import WeightsArg, freeze, resnet50, resolve_alias
 from lightning_dfd.encoders.base import (
     FeatureDistanceNetwork,
+    difference_maps,
     mean_absolute_distance,
     mean_squared_distance,
     parse_layers,
@@ -81,6 +82,4 @@ class ResNetFDNetwork(FeatureDistanceNetwork):
 
         The squared (MSE) or absolute (MAE) feature difference averaged over channels.
         """
-        absolute = self._distance is mean_absolute_distance
-        return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
-                for a, b in zip(feats_preds, feats_target, strict=True)]
+        return difference_maps(feats_preds, feats_target, absolute=self._distance is mean_absolute_distance)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from lightning_dfd import weights as W
 from lightning_dfd.encoders.base import (
     FeatureDistanceNetwork,
+    difference_maps,
     mean_absolute_distance,
     mean_squared_distance,
     parse_layers,
@@ -282,6 +283,4 @@ class SSFDNetwork(FeatureDistanceNetwork):
 
         The squared (MSE) or absolute (MAE) feature difference averaged over channels.
         """
-        absolute = self._distance is mean_absolute_distance
-        return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
-                for a, b in zip(feats_preds, feats_target, strict=True)]
+        return difference_maps(feats_preds, feats_target, absolute=self._distance is mean_absolute_distance)

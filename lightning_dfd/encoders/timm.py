@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from lightning_dfd import weights as W
 from lightning_dfd.encoders.base import (
     FeatureDistanceNetwork,
+    difference_maps,
     mean_absolute_distance,
     mean_squared_distance,
 )
@@ -256,11 +257,7 @@ class TimmFDNetwork(FeatureDistanceNetwork):
         MSE / MAE: the squared / absolute difference averaged over channels; ``"unit"``: the
         squared difference of the channel-unit-normalised maps summed over channels (LPIPS-style).
         """
-        maps = []
-        for a, b in zip(feats_preds, feats_target, strict=True):
-            if self.distance_name == "unit":
-                maps.append((unit_normalize(a) - unit_normalize(b)).pow(2).sum(dim=1, keepdim=True))
-            else:
-                diff = (a - b).abs() if self.distance_name == "mae" else (a - b).pow(2)
-                maps.append(diff.mean(dim=1, keepdim=True))
-        return maps
+        if self.distance_name != "unit":
+            return difference_maps(feats_preds, feats_target, absolute=self.distance_name == "mae")
+        return [(unit_normalize(a) - unit_normalize(b)).pow(2).sum(dim=1, keepdim=True)
+                for a, b in zip(feats_preds, feats_target, strict=True)]

@@ -280,9 +280,9 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"`` (and the
                 keys of the feature cache).
             mask: optional boolean ROI mask ``(N, H, W)`` or ``(N, C, H, W)``: each layer's
-                feature-distance map is averaged over the mask resized to that layer
-                (:mod:`lightning_dfd.spatial`; the feature cache and shared passes are not used,
-                and the encoder runs in fp32).
+                feature-distance map is averaged over the mask resized to that layer (DISTS:
+                mask-weighted channel statistics; :mod:`lightning_dfd.spatial`; the feature
+                cache and shared passes are not used; the encoder runs at ``precision``).
         """
         self._ensure_fingerprint()
         if mask is None:

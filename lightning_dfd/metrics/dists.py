@@ -13,7 +13,9 @@ class DISTS(DeepFeatureDistance):
     """Deep Image Structure and Texture Similarity on magnitude MR images.
 
     Images are scaled to [0, 1] (after ``normalization``) and replicated to pseudo-RGB; alpha and
-    beta are the weights shipped with ``DISTS_pytorch``.
+    beta are the weights shipped with ``DISTS_pytorch``. ``update(..., mask=...)`` weights every
+    channel's mean, variance and covariance by the ROI mask (area-resized to each stage); DISTS
+    has no per-pixel form, so :meth:`distance_map` raises :class:`NotImplementedError`.
 
     Args:
         weights: VGG-16 weights: ``"imagenet"``, a file path, or ``"random"``.
@@ -27,6 +29,11 @@ class DISTS(DeepFeatureDistance):
         >>> metric.update(x, x)
         >>> metric.compute().abs().max() < 1e-5
         tensor(True)
+        >>> roi = torch.zeros(2, 64, 64, dtype=torch.bool)
+        >>> roi[:, 16:48, 16:48] = True
+        >>> metric.update(x, torch.rand(2, 1, 64, 64), mask=roi)  # DISTS of the region's statistics
+        >>> metric.compute().shape
+        torch.Size([4])
     """
 
     plot_upper_bound = 1.0

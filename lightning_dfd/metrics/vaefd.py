@@ -14,7 +14,10 @@ class VAEFD(DeepFeatureDistance):
 
     Each image is scaled to [0, 1] (``normalization``), replicated to the checkpoint's input
     channels (3), normalised with mean 0.5 / std 0.5 and encoded; the feature is the posterior
-    mean. The checkpoint's LoRA adapters are merged into the weights on load.
+    mean. The checkpoint's LoRA adapters are merged into the weights on load. Spatial maps
+    (:meth:`distance_map`) and ROI masks (``update(..., mask=...)``) use the squared latent
+    difference averaged over channels at 1/8 resolution; GroupNorm and the middle attention make
+    every latent position depend on the whole image (see :mod:`lightning_dfd.spatial`).
 
     Args:
         weights: ``"medvae-8x4c-2d"`` (``vae_8x_4c_2D.ckpt``, via the weights registry), a

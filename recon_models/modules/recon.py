@@ -212,14 +212,14 @@ class ReconModule(ImageQualityModule):
         self.log_image_grid("val/images", images, scale=scale)
 
     def _dfd_map(self, recon: Tensor, target: Tensor) -> tuple[str, Tensor] | None:
-        """``(name, (H, W) map)`` of the first DFD with a spatial map (LPIPS, ResNetFD, SSFD, TimmFD)."""
+        """``(name, (H, W) map)`` of the first DFD with a spatial map (every DFD but DISTS)."""
         for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
             if not is_dfd(metric):
                 continue
             try:
                 with torch.no_grad():
                     return name, metric.distance_map(recon[None], target[None])[0, 0]
-            except (NotImplementedError, ValueError):  # no map (DISTS, VAEFD) or image too small
+            except (NotImplementedError, ValueError):  # no map (DISTS) or image too small
                 continue
         return None
 

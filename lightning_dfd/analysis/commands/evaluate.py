@@ -176,8 +176,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--mask",
         choices=("none", "foreground"),
         default="none",
-        help="score only the foreground of each reference slice (Otsu threshold, holes filled; "
-        "DISTS and VAEFD have no spatial maps and cannot be masked)",
+        help="score every metric over the foreground of each reference slice only (Otsu threshold, "
+        "holes filled, largest component); DFD feature maps averaged over the mask resized to each "
+        "layer, DISTS with mask-weighted channel statistics; receptive fields still reach past the edge",
     )
     parser.add_argument(
         "--strategy",
