@@ -20,7 +20,10 @@ GROUPS = ("LPIPS-VGG", "DISTS", "ResNetFD", "SSFD")
 VALUE_REFERENCE = {"LPIPS-VGG": "lpips package", "DISTS": "DISTS_pytorch",
                    "ResNetFD": "torchvision by hand", "SSFD": "SSFD encoder by hand"}
 #: bf16 rows (``precision="bf16"``: bf16 autocast around the encoder) -> their fp32 twin
-BF16_CASES = {"ours bf16 uncached": "ours uncached", "ours bf16 cached": "ours cached"}
+BF16_CASES = {"ours bf16 uncached": "ours uncached", "ours bf16 cached": "ours cached",
+              "ours bf16 compiled uncached": "ours uncached"}
+#: rows with ``compile=True`` (inductor, frozen weights): compiled during the warm-up call
+COMPILED_CASES = {"ours bf16 compiled uncached"}
 #: a cache large enough for every target of the largest configuration (no eviction while timing)
 CACHE_BYTES = 8 << 30
 #: LPIPS-VGG with and without linear layers, updated together through a DFDCollection
@@ -71,12 +74,12 @@ def _floor(group: str, name: str, module: nn.Module, scale: Callable[[Tensor], T
 
 def _ours(group: str, name: str, factory: Callable[..., nn.Module], device: torch.device, *,
           cached: bool, channels_last: bool, max_batch: int | None = 8,
-          precision: str = "fp32") -> Case:
+          precision: str = "fp32", compile: bool = False) -> Case:
     from lightning_dfd.feature_cache import TargetFeatureCache
 
     cache = TargetFeatureCache(max_bytes=CACHE_BYTES) if cached else None
     metric = factory(reduction="none", channels_last=channels_last, feature_cache=cache,
-                     max_batch=max_batch, precision=precision).to(device)
+                     max_batch=max_batch, precision=precision, compile=compile).to(device)
 
     def run(preds: Tensor, target: Tensor) -> Tensor:
         ids = torch.arange(preds.shape[0], device=device) if cached else None
@@ -171,7 +174,7 @@ def build_case(group: str, name: str, device: torch.device) -> Case:
     }
     if name in BF16_CASES:
         return _ours(group, name, factories[group], device, cached=name == "ours bf16 cached",
-                     channels_last=True, precision="bf16")
+                     channels_last=True, precision="bf16", compile=name in COMPILED_CASES)
     if name == "ours uncached":
         return _ours(group, name, factories[group], device, cached=False, channels_last=True)
     if name == "ours cached":

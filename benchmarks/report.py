@@ -24,6 +24,7 @@ BF16_TARGETS = (
     ("LPIPS-VGG", "ours bf16 uncached", "speedup_vs_package", 3.0, "the lpips package"),
     ("LPIPS-VGG", "ours bf16 cached", "speedup_vs_package", 6.0, "the lpips package"),
     ("DISTS", "ours bf16 uncached", "speedup_vs_package", 3.0, "DISTS_pytorch"),
+    ("DISTS", "ours bf16 compiled uncached", "speedup_vs_package", 3.0, "DISTS_pytorch"),
     ("ResNetFD", "ours bf16 uncached", "speedup_vs_fp32", 2.0, "its fp32"),
 )
 
