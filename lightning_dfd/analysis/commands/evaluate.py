@@ -356,7 +356,7 @@ def run(args: argparse.Namespace) -> int:
         if args.maps is not None:
             _maps_notes(args, result, problems)
         for problem in problems:
-            _note(f"skipped {problem} [{problem.stage}]")
+            _note(f"{'scored' if problem.stage == 'maps' else 'skipped'} {problem} [{problem.stage}]")
         errors = pd.DataFrame([p.as_row() for p in problems], columns=["file", "stage", "error"])
         outputs.write_atomically(
             {
@@ -375,10 +375,12 @@ def run(args: argparse.Namespace) -> int:
         table.loc["mean"] = table.mean(numeric_only=True)
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     scored = len(result.volumes)
+    no_maps = sum(problem.stage == "maps" for problem in problems)
     _note(
         f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
         f"{volumes_path(args.out).name}, {errors_path(args.out).name} and "
         f"{columns_path(args.out).name}"
-        + (f"; {len(problems)} file(s) not scored (see above)" if problems else "")
+        + (f"; {len(problems) - no_maps} file(s) not scored (see above)" if len(problems) > no_maps else "")
+        + (f"; the maps of {no_maps} file(s) not written (see above)" if no_maps else "")
     )
     return EXIT_PARTIAL if problems else EXIT_OK
