@@ -19,6 +19,8 @@ collected as :class:`FileProblem` and the other files are still scored.
 
 :func:`evaluate` runs as a Lightning prediction loop (:mod:`lightning_dfd.analysis.engine`):
 one process per device with ``strategy="ddp"``, whole files per process, rows gathered.
+With ``maps_dir`` every scored volume's per-pixel DFD maps are written too
+(:mod:`lightning_dfd.analysis.maps`).
 
 Example:
     >>> import tempfile, h5py, numpy as np
