@@ -360,3 +360,57 @@ def test_one_loader_keeps_plain_names_and_the_test_loop_logs_test_names(tmp_path
         module, dataloaders=TwoLoaders().test_dataloader(), verbose=False) == [{}]
     with pytest.raises(ValueError, match="Argument `stages` must name stages among"):
         DFDCallback(["psnr"], stages=("train",))
+
+
+class UnevenLoaders(LightningDataModule):
+    """Two validation loaders without padding; the second holds one slice, so one rank has none."""
+
+    def train_dataloader(self):
+        return DataLoader(Slices(4, seed=1), batch_size=2)
+
+    def val_dataloader(self):
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        # every slice on exactly one rank, an empty shard allowed (UnrepeatedDistributedSampler refuses it)
+        return [DataLoader(data, batch_size=2, sampler=list(range(len(data)))[rank::world])
+                for data in (Slices(7, seed=0), Slices(1, seed=7))]
+
+
+class DumpKeys(Callback):
+    def __init__(self, folder: str) -> None:
+        self.folder, self.epochs = folder, []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items() if "loss" not in k})
+        (Path(self.folder) / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"epochs": self.epochs, "world_size": trainer.world_size}))
+
+
+def _run_loaders(tmp_path: Path, devices: int) -> dict:
+    seed_everything(0)
+    folder = tmp_path / f"loaders{devices}"
+    folder.mkdir()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}, "psnr": {}})
+    trainer = Trainer(accelerator="cpu", devices=devices, max_epochs=2, logger=False,
+                      strategy="ddp_spawn" if devices > 1 else "auto", use_distributed_sampler=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      callbacks=[cb, DumpKeys(str(folder))], default_root_dir=str(tmp_path))
+    module = TwoLoaderDenoiser()
+    module.allow_zero_length_dataloader_with_multiple_devices = True  # Lightning's opt-in for an empty shard
+    trainer.fit(module, datamodule=UnevenLoaders())
+    return {r: json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)}
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_with_two_loaders_equal_one_even_when_a_rank_has_no_batch(tmp_path):
+    torch.set_num_threads(1)
+    single = _run_loaders(tmp_path, 1)[0]
+    assert sorted(single["epochs"][0]) == sorted(f"val/{n}/dataloader_idx_{k}" for n in ("lpips_vgg", "psnr")
+                                                 for k in (0, 1))  # fmt: skip
+    ranks = _run_loaders(tmp_path, 2)  # rank 1 sees no batch of the second loader, and still syncs
+    assert [r["world_size"] for r in ranks.values()] == [2, 2], "DDP did not really run"
+    for result in ranks.values():
+        for got, expected in zip(result["epochs"], single["epochs"], strict=True):
+            assert got == pytest.approx(expected, rel=TOL, abs=TOL)
