@@ -234,6 +234,30 @@ def test_a_failing_map_write_leaves_no_file_and_keeps_the_scores(tmp_path, alexn
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 2 * SHAPE[0]  # scores kept
 
 
+def test_a_failing_map_computation_is_a_maps_problem_and_keeps_the_scores(tmp_path, alexnet_random,
+                                                                         monkeypatch):
+    from lightning_dfd.metrics import LPIPS as LPIPSClass
+
+    _dataset(tmp_path)
+    real = LPIPSClass.distance_map
+
+    def out_of_memory_on_file1(self, preds, target):
+        if float(target.mean()) == pytest.approx(float(torch.from_numpy(target_1).mean()), rel=1e-6):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self, preds, target)
+
+    with h5py.File(tmp_path / "ref" / "file1.h5", "r") as handle:
+        target_1 = handle["reconstruction_rss"][()]
+    monkeypatch.setattr(LPIPSClass, "distance_map", out_of_memory_on_file1)
+    code = main(_argv(tmp_path, "--metrics", "lpips_alex", "--weights", str(alexnet_random)))
+    assert code == 1
+    errors = pd.read_csv(tmp_path / "out" / "results_errors.csv")
+    assert errors.values.tolist() == [["file1.h5", "maps",
+                                       "maps not computed: RuntimeError: CUDA out of memory (simulated)"]]
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["file0", "file0.h5"]
+    assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 2 * SHAPE[0]
+
+
 def test_maps_format_h5_only_and_bf16_maps(tmp_path, alexnet_random):
     volumes = _dataset(tmp_path, n_volumes=1)
     common = ["--metrics", "lpips_alex", "--weights", str(alexnet_random), "--maps-format", "h5"]

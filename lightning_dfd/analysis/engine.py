@@ -283,8 +283,11 @@ class EvaluationModule(LightningModule):
             ids = torch.zeros(n, dtype=torch.long, device=preds.device)
             with torch.no_grad():
                 self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids, **masked)
-        if self.map_writer is not None:
-            state["maps"].append(self._maps(preds, target, masked.get("mask")))
+        if self.map_writer is not None and "maps_error" not in state:
+            try:
+                state["maps"].append(self._maps(preds, target, masked.get("mask")))
+            except Exception as err:  # the scores stand; the file's maps are reported missing
+                state["maps_error"] = f"maps not computed: {describe_error(err)}"
             if "mask" in masked:
                 state["masks"].append(masked["mask"].cpu().numpy())
         volume = self.dataset.entries[batch["file"]].pair.volume
@@ -298,7 +301,8 @@ class EvaluationModule(LightningModule):
         """``(n, H, W)`` float32 maps of every DFD with a per-position form (0 outside ``mask``).
 
         A DFD whose ``distance_map`` raises :class:`NotImplementedError` is skipped from then on
-        (:attr:`maps_skipped`); any other error fails the file.
+        (:attr:`maps_skipped`); any other error leaves the file without maps (a problem at stage
+        ``maps``; its scores are kept).
         """
         maps = {}
         for name in self.config.metrics:
@@ -321,6 +325,9 @@ class EvaluationModule(LightningModule):
         from lightning_dfd import __version__
 
         names = [n for n in self.config.metrics if n not in self.maps_skipped]
+        if "maps_error" in state:
+            self.problems.append(FileProblem(entry.pair.name, state["maps_error"], "maps"))
+            return
         if not names:
             return
         config = self.config
