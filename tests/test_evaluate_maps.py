@@ -170,21 +170,29 @@ def test_mask_foreground_zeroes_the_maps_outside_the_object(tmp_path, alexnet_ra
         float(np.percentile(maps[mask].astype(np.float64), 99)))
 
 
-def test_a_dfd_without_maps_is_skipped_with_one_note_and_the_run_succeeds(tmp_path, alexnet_random, capsys):
+def test_a_dfd_without_maps_is_skipped_with_one_note_and_the_run_succeeds(tmp_path, alexnet_random,
+                                                                        resnet_random, capsys, monkeypatch):
+    from lightning_dfd.spatial import layer_maps
+
+    # A DFD without a per-position form: ResNetFD made to answer as a network without `layer_maps`
+    # does (which DFDs have maps changes as encoders gain them; the mechanism must not).
+    monkeypatch.setattr(ResNetFD, "distance_map", lambda self, preds, target: layer_maps(torch.nn.Identity(),
+                                                                                          [], []))
     _dataset(tmp_path)
-    code = main(_argv(tmp_path, "--metrics", "lpips_alex,dists,ssim", "--batch-size", "2",
-                      "--weights", f"lpips_alex={alexnet_random},dists=random"))  # fmt: skip
+    code = main(_argv(tmp_path, "--metrics", "lpips_alex,resnet_fd,ssim", "--batch-size", "2",
+                      "--weights", f"lpips_alex={alexnet_random},resnet_fd={resnet_random}"))  # fmt: skip
     assert code == 0
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "--maps: no map for" in line]
-    assert len(notes) == 1 and "dists" in notes[0] and "ssim" in notes[0], err
-    assert "lpips_alex" not in notes[0].split("(")[0]
+    assert len(notes) == 1, err
+    assert notes[0].split(" (")[0].endswith("no map for resnet_fd, ssim")
+    assert "resnet_fd: Identity (Identity) has no per-position distance (no `layer_maps`)" in notes[0]
     stored = _read(tmp_path / "maps" / "file0.h5")
-    assert "dists" not in stored and "lpips_alex" in stored
+    assert "resnet_fd" not in stored and "lpips_alex" in stored
     assert list(stored["attrs"]["metrics"]) == ["lpips_alex"]
     assert sorted(p.name for p in (tmp_path / "maps" / "file0").iterdir())[0].startswith("lpips_alex_")
     results = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert results["dists"].notna().all()  # the score itself is kept
+    assert results["resnet_fd"].notna().all()  # the score itself is kept
 
 
 def test_a_failing_file_gets_no_maps_an_error_row_and_loses_its_earlier_maps(tmp_path, alexnet_random):

@@ -377,6 +377,7 @@ class EvaluationModule(LightningModule):
         skipped: dict[str, str] = {}
         for part in everyone:
             skipped.update(part[3][0])
+        skipped = {name: skipped[name] for name in self.config.metrics if name in skipped}  # --metrics order
         self.gathered_maps = (skipped, sum(part[3][1] for part in everyone))
 
 
