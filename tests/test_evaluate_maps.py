@@ -172,12 +172,12 @@ def test_mask_foreground_zeroes_the_maps_outside_the_object(tmp_path, alexnet_ra
 
 def test_a_dfd_without_maps_is_skipped_with_one_note_and_the_run_succeeds(tmp_path, alexnet_random,
                                                                         resnet_random, capsys, monkeypatch):
-    from lightning_dfd.spatial import layer_maps
+    # A DFD without a per-position form: ResNetFD made to raise as DISTS does (which DFDs have maps
+    # changes as encoders gain them; the mechanism must not).
+    def no_map(self, preds, target):
+        raise NotImplementedError("ResNetFDNetwork (test) has no per-position distance (no `layer_maps`)")
 
-    # A DFD without a per-position form: ResNetFD made to answer as a network without `layer_maps`
-    # does (which DFDs have maps changes as encoders gain them; the mechanism must not).
-    monkeypatch.setattr(ResNetFD, "distance_map", lambda self, preds, target: layer_maps(torch.nn.Identity(),
-                                                                                          [], []))
+    monkeypatch.setattr(ResNetFD, "distance_map", no_map)
     _dataset(tmp_path)
     code = main(_argv(tmp_path, "--metrics", "lpips_alex,resnet_fd,ssim", "--batch-size", "2",
                       "--weights", f"lpips_alex={alexnet_random},resnet_fd={resnet_random}"))  # fmt: skip
@@ -186,7 +186,7 @@ def test_a_dfd_without_maps_is_skipped_with_one_note_and_the_run_succeeds(tmp_pa
     notes = [line for line in err.splitlines() if "--maps: no map for" in line]
     assert len(notes) == 1, err
     assert notes[0].split(" (")[0].endswith("no map for resnet_fd, ssim")
-    assert "resnet_fd: Identity (Identity) has no per-position distance (no `layer_maps`)" in notes[0]
+    assert "resnet_fd: ResNetFDNetwork (test) has no per-position distance (no `layer_maps`)" in notes[0]
     stored = _read(tmp_path / "maps" / "file0.h5")
     assert "resnet_fd" not in stored and "lpips_alex" in stored
     assert list(stored["attrs"]["metrics"]) == ["lpips_alex"]
