@@ -2,7 +2,9 @@
 
 :class:`DFDCallback` scores what any LightningModule's ``validation_step`` returns with deep
 feature distances (and pixel metrics), without a change to the module, and logs them as
-``val/<name>`` once per validation epoch, where ``EarlyStopping`` / ``ModelCheckpoint`` see them.
+``val/<name>`` once per validation epoch (``val/<name>/dataloader_idx_<k>`` per loader with several
+validation dataloaders, as Lightning's ``self.log`` names them), where ``EarlyStopping`` /
+``ModelCheckpoint`` see them; optionally the test loop too (``test/<name>``).
 
 :class:`DFDEarlyStopping` and :class:`DFDModelCheckpoint` are Lightning's ``EarlyStopping`` and
 ``ModelCheckpoint`` whose ``mode`` defaults to ``None``: then it is read from the monitored
@@ -25,6 +27,7 @@ it: ``lightning_dfd.DFDCallback`` is then a stand-in that raises an ImportError 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -144,6 +147,22 @@ DEFAULT_KEYS: dict[str, str] = {"output": "output", "target": "target", "fname":
 #: Positions in a ``validation_step`` tuple/list by default.
 DEFAULT_POSITIONS: dict[str, int] = {"output": 0, "target": 1}
 ROLES = tuple(DEFAULT_KEYS)
+#: The loops :class:`DFDCallback` can score.
+STAGES = ("validate", "test")
+
+
+def _num_dataloaders(trainer: Any, stage: str) -> int | None:
+    """How many dataloaders the running loop has (as Lightning counts them), None if unknown."""
+    try:
+        if stage == "test":
+            batches = trainer.num_test_batches
+        elif trainer.sanity_checking:
+            batches = trainer.num_sanity_val_batches
+        else:
+            batches = trainer.num_val_batches
+        return len(batches)
+    except Exception:  # a trainer stand-in, or a loop Lightning has not set up
+        return None
 
 
 def stable_id(*parts: Any) -> int:
@@ -171,14 +190,15 @@ def _as_list(value: Any, n: int, role: str) -> list:
     return value
 
 
-def padding_sampler_problem(trainer: Any) -> str | None:
+def padding_sampler_problem(trainer: Any, stage: str = "validate") -> str | None:
     """Why validation would count some samples twice (or drop some) across processes, or None.
 
     Lightning's default ``DistributedSampler`` pads each shard with repeated samples when the
     dataset size is not a multiple of the world size (or drops samples with ``drop_last``).
+    ``stage="test"`` looks at the test dataloaders.
     """
     world = int(getattr(trainer, "world_size", 1) or 1)
-    loaders = getattr(trainer, "val_dataloaders", None)
+    loaders = getattr(trainer, "test_dataloaders" if stage == "test" else "val_dataloaders", None)
     if world <= 1 or loaders is None:
         return None
     for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
@@ -190,7 +210,8 @@ def padding_sampler_problem(trainer: Any) -> str | None:
             effect = "drops" if sampler.drop_last else "repeats"
             rest = size % sampler.num_replicas
             extra = rest if sampler.drop_last else sampler.num_replicas - rest
-            return (f"the validation sampler is a padding DistributedSampler: {size} samples on "
+            loop = "test" if stage == "test" else "validation"
+            return (f"the {loop} sampler is a padding DistributedSampler: {size} samples on "
                     f"{sampler.num_replicas} processes, so it {effect} {extra} sample(s) and every DFD "
                     "is biased. Shard without padding: Trainer(use_distributed_sampler=False) and a "
                     "sampler that gives each sample to exactly one process, e.g. DataLoader(..., "
@@ -222,7 +243,15 @@ class DFDCallback(Callback):
       size; this callback warns when it sees that. Use ``Trainer(use_distributed_sampler=False)``
       and a sampler without padding (``UnrepeatedDistributedSampler``, or a volume-wise shard
       sampler); shards of unequal length are fine, as nothing here synchronises per step.
-    * Several validation dataloaders are scored together.
+    * Several validation dataloaders: one metric suite per ``dataloader_idx`` (the first suite is
+      :attr:`metrics`, the others are copies made when their loader is first seen, sharing its
+      encoders and feature cache), logged as ``<prefix><name>/dataloader_idx_<k>`` exactly as
+      Lightning's ``self.log`` names values logged with several dataloaders (one dataloader:
+      ``<prefix><name>``, no suffix). Cache keys of loader ``k > 0`` include ``k``, so equal
+      (``fname``, ``slice_num``) in two loaders never share a cached target feature.
+    * ``stages=("validate", "test")`` also scores the test loop (``test_step``'s return value,
+      read the same way) and logs ``<test_prefix><name>`` (per loader as above) at the end of
+      ``trainer.test``; each stage has its own suites.
 
     Args:
         metrics: names from :data:`lightning_dfd.metrics.METRICS` (each built with
@@ -232,8 +261,11 @@ class DFDCallback(Callback):
         keys: role -> dict key, merged over :data:`DEFAULT_KEYS` (roles: ``output``, ``target``,
             ``fname``, ``slice_num``, ``max_value``).
         positions: role -> index for tuple/list outputs, default ``{"output": 0, "target": 1}``.
-        prefix: prepended to every logged name.
+        prefix: prepended to every logged name of the validation loop.
         feature_cache: default ``feature_cache`` of the DFDs built by name.
+        stages: the loops scored: ``("validate",)`` (default; validation in ``fit`` and
+            ``validate``) and/or ``"test"``.
+        test_prefix: prepended to every logged name of the test loop.
 
     Example:
         >>> cb = DFDCallback({"lpips_alex": {"weights": "random"}, "psnr": {}})
@@ -250,8 +282,16 @@ class DFDCallback(Callback):
         positions: Mapping[str, int] | None = None,
         prefix: str = "val/",
         feature_cache: bool | dict = True,
+        stages: Sequence[str] = ("validate",),
+        test_prefix: str = "test/",
     ) -> None:
         super().__init__()
+        if isinstance(stages, str):
+            stages = (stages,)
+        if not stages or any(stage not in STAGES for stage in stages):
+            raise ValueError(f"Argument `stages` must name stages among {STAGES}, but got {list(stages)}")
+        self.stages = tuple(dict.fromkeys(stages))
+        self.test_prefix = test_prefix
         if isinstance(metrics, str):
             raise TypeError("Argument `metrics` must be a list of names or a mapping, not a string")
         if not isinstance(metrics, Mapping):
@@ -285,7 +325,10 @@ class DFDCallback(Callback):
             raise ValueError("Argument `positions` must give the `output` and `target` positions")
         self.prefix = prefix
         self.metrics = DFDCollection(built, prefix=prefix)
-        self._checked_sampler = False
+        # (stage, dataloader_idx) -> suite; ("validate", 0) is `self.metrics`
+        self._suites: dict[tuple[str, int], DFDCollection] = {("validate", 0): self.metrics}
+        self._multi: dict[str, bool] = {}  # stage -> a hook was given a dataloader_idx
+        self._checked_sampler: set[str] = set()
 
     # -- what validation_step returned -------------------------------------------------------
 
@@ -313,8 +356,42 @@ class DFDCallback(Callback):
                                 f"{type(found[role]).__name__}")
         return found
 
-    def update(self, outputs: Any, device: torch.device | None = None) -> None:
-        """Score one batch of ``validation_step`` outputs (what the Lightning hook calls)."""
+    def suite(self, dataloader_idx: int = 0, stage: str = "validate") -> DFDCollection:
+        """The metric suite of one dataloader of one stage (made on first use).
+
+        A new suite is a copy of :attr:`metrics` (reset) that shares its encoders, networks and
+        feature caches: no second copy of any weight.
+
+        Example:
+            >>> cb = DFDCallback({"lpips_alex": {"weights": "random"}})
+            >>> second = cb.suite(1)
+            >>> second is cb.metrics, second["lpips_alex"].network is cb.metrics["lpips_alex"].network
+            (False, True)
+        """
+        if stage not in STAGES:
+            raise ValueError(f"Argument `stage` must be one of {STAGES}, but got {stage!r}")
+        key = (stage, int(dataloader_idx))
+        if key not in self._suites:
+            shared: dict[int, Any] = {}
+            for metric in self.metrics.values(copy_state=False):
+                for child in metric.modules():
+                    if child is not metric and not isinstance(child, Metric):
+                        shared[id(child)] = child  # encoders, networks: shared, not copied
+                cache = getattr(metric, "feature_cache", None)
+                if cache is not None:
+                    shared[id(cache)] = cache
+            clone = copy.deepcopy(self.metrics, memo=shared)
+            clone.reset()
+            self._suites[key] = clone
+        return self._suites[key]
+
+    def update(self, outputs: Any, device: torch.device | None = None, dataloader_idx: int = 0,
+               stage: str = "validate") -> None:
+        """Score one batch of ``validation_step`` (``test_step``) outputs (what the Lightning hook calls).
+
+        ``dataloader_idx`` picks the suite (:meth:`suite`) and tags the cache keys of loaders > 0.
+        """
+        suite = self.suite(dataloader_idx, stage)
         found = self.read_outputs(outputs)
         preds, target = found["output"].detach(), found["target"].detach()
         if device is not None:
@@ -324,11 +401,13 @@ class DFDCallback(Callback):
         if found.get("fname") is not None:
             fnames = _as_list(found["fname"], n, "fname")
             slices = found.get("slice_num")
+            own = (stage, dataloader_idx) != ("validate", 0)
+            tag = (f"{stage}/dataloader_idx_{dataloader_idx}",) if own else ()
             if slices is not None:
                 slices = _as_list(slices, n, "slice_num")
-                ids = [stable_id(f, s) for f, s in zip(fnames, slices, strict=True)]
+                ids = [stable_id(f, s, *tag) for f, s in zip(fnames, slices, strict=True)]
             else:
-                ids = [stable_id(f) for f in fnames]
+                ids = [stable_id(f, *tag) for f in fnames]
             if slices is None and len(set(ids)) < n:
                 ids = None  # one file, several images and no slice numbers: no cache key
             if ids is not None:
@@ -339,36 +418,90 @@ class DFDCallback(Callback):
             data_range = torch.as_tensor(found["max_value"], device=preds.device).reshape(-1)
             extra["data_range"] = data_range.expand(n) if data_range.numel() == 1 else data_range
         with torch.no_grad():
-            self.metrics.update(preds, target, **extra)
+            suite.update(preds, target, **extra)
 
     # -- Lightning hooks ---------------------------------------------------------------------
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:  # noqa: D102
-        self.metrics.to(pl_module.device)
+        for suite in self._suites.values():
+            suite.to(pl_module.device)
+
+    def _epoch_start(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._multi[stage] = False
+        for (suite_stage, _), suite in self._suites.items():
+            if suite_stage == stage:
+                suite.to(pl_module.device)
+                suite.reset()
+        if stage not in self._checked_sampler:
+            self._checked_sampler.add(stage)
+            problem = padding_sampler_problem(trainer, stage)
+            if problem and trainer.is_global_zero:
+                warnings.warn(f"DFDCallback: {problem}", UserWarning, stacklevel=3)
+
+    def _batch_end(self, pl_module: LightningModule, outputs: Any, dataloader_idx: int | None,
+                   stage: str) -> None:
+        if dataloader_idx is not None:  # Lightning passes it only with several dataloaders
+            self._multi[stage] = True
+        self.update(outputs, device=pl_module.device, dataloader_idx=dataloader_idx or 0, stage=stage)
+
+    def _epoch_end(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        count = _num_dataloaders(trainer, stage)
+        indices = sorted({k for s, k in self._suites if s == stage} | set(range(count or 0)))
+        multi = self._multi.get(stage, False) or (count or 0) > 1
+        if stage == "validate":
+            indices = indices or [0]
+        # Which suites saw a batch on some process: every process computes (syncs) the same ones.
+        def updated(k: int) -> float:
+            suite = self._suites.get((stage, k))
+            return float(suite is not None and any(m.update_called for m in suite.values(copy_state=False)))
+
+        seen = torch.tensor([updated(k) for k in indices], device=pl_module.device)
+        if trainer.world_size > 1:
+            seen = trainer.strategy.reduce(seen, reduce_op="sum")
+        prefix = self.prefix if stage == "validate" else self.test_prefix
+        for k, anywhere in zip(indices, seen.tolist(), strict=True):
+            if not anywhere:
+                continue
+            suite = self.suite(k, stage)
+            suite.to(pl_module.device)
+            with warnings.catch_warnings():  # a process without batches of this loader still syncs
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                values = suite.compute()  # synced over every process by torchmetrics
+            suite.reset()
+            suffix = f"/dataloader_idx_{k}" if multi else ""
+            for name, value in values.items():
+                base = name.removeprefix(self.prefix) if self.prefix else name
+                # Equal on every rank already: "max" keeps that value exactly (a mean of equal values
+                # may round) and Lightning's advice to sync epoch-level values is satisfied. The
+                # suffix is written here (the epoch-end hook has no dataloader of its own).
+                pl_module.log(f"{prefix}{base}{suffix}", value.float(), on_step=False, on_epoch=True,
+                              sync_dist=True, reduce_fx="max", add_dataloader_idx=False)
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        self.metrics.to(pl_module.device)
-        self.metrics.reset()
-        if not self._checked_sampler:
-            self._checked_sampler = True
-            problem = padding_sampler_problem(trainer)
-            if problem and trainer.is_global_zero:
-                warnings.warn(f"DFDCallback: {problem}", UserWarning, stacklevel=2)
+        if "validate" in self.stages:
+            self._epoch_start(trainer, pl_module, "validate")
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,  # noqa: D102
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.update(outputs, device=pl_module.device)
+                                batch: Any, batch_idx: int, dataloader_idx: int | None = None) -> None:
+        if "validate" in self.stages:
+            self._batch_end(pl_module, outputs, dataloader_idx, "validate")
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        if not any(m.update_called for m in self.metrics.values(copy_state=False)):
-            return
-        values = self.metrics.compute()  # synced over every process by torchmetrics
-        self.metrics.reset()
-        for name, value in values.items():
-            # Equal on every rank already: "max" keeps that value exactly (a mean of equal values
-            # may round) and Lightning's advice to sync epoch-level values is satisfied.
-            pl_module.log(name, value.float(), on_step=False, on_epoch=True, sync_dist=True,
-                          reduce_fx="max")
+        if "validate" in self.stages:
+            self._epoch_end(trainer, pl_module, "validate")
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if "test" in self.stages:
+            self._epoch_start(trainer, pl_module, "test")
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,  # noqa: D102
+                          batch: Any, batch_idx: int, dataloader_idx: int | None = None) -> None:
+        if "test" in self.stages:
+            self._batch_end(pl_module, outputs, dataloader_idx, "test")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if "test" in self.stages:
+            self._epoch_end(trainer, pl_module, "test")
 
     def state_dict(self) -> dict[str, Any]:
         """Nothing: metrics are rebuilt from their arguments, encoders never enter checkpoints."""

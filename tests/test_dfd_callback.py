@@ -259,3 +259,158 @@ def test_two_processes_equal_one(tmp_path):
     padded = _run(tmp_path, 2, padded=True)[0]
     assert padded["epochs"][0]["val/lpips_vgg"] != pytest.approx(single["epochs"][0]["val/lpips_vgg"],
                                                                  rel=1e-4)
+
+
+# ---- several validation dataloaders, and the test loop -------------------------------------
+
+class TwoLoaderDenoiser(PlainDenoiser):
+    """The user's module with several val loaders: ``dataloader_idx`` in its steps, as Lightning asks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_loader: list[dict[int, list[dict]]] = []
+        self.tested: list[dict] = []
+
+    def on_validation_epoch_start(self) -> None:
+        self.by_loader.append({})
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        image, target, artifact, fname, slice_num, max_value = batch
+        output = self.net(image.unsqueeze(1)).squeeze(1) + self.schedule[self.current_epoch] * artifact
+        self.by_loader[-1].setdefault(dataloader_idx, []).append(
+            {"output": output.detach().cpu().clone(), "target": target.cpu(), "fname": list(fname),
+             "slice_num": slice_num.cpu(), "max_value": max_value.cpu()})
+        loss = nn.functional.mse_loss(output, target)
+        self.log("val/loss", loss)  # Lightning names it val/loss/dataloader_idx_<k>
+        return {"output": output, "target": target, "fname": fname, "slice_num": slice_num,
+                "max_value": max_value}
+
+    def test_step(self, batch, batch_idx):
+        image, target, _, fname, slice_num, max_value = batch
+        output = self.net(image.unsqueeze(1)).squeeze(1)
+        self.tested.append({"output": output.detach().cpu().clone(), "target": target.cpu(),
+                            "fname": list(fname), "slice_num": slice_num.cpu(), "max_value": max_value.cpu()})
+        return {"output": output, "target": target, "fname": fname, "slice_num": slice_num,
+                "max_value": max_value}
+
+
+class TwoLoaders(SlicesData):
+    """Two validation sets with the same file names and slice numbers but different images."""
+
+    def val_dataloader(self):
+        return [DataLoader(Slices(6, seed=0), batch_size=2), DataLoader(Slices(4, seed=7), batch_size=3)]
+
+    def test_dataloader(self):
+        return DataLoader(Slices(5, seed=3), batch_size=2)
+
+
+class Keys(Callback):
+    """The ``callback_metrics`` after every validation epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def test_two_val_dataloaders_log_one_set_per_loader_named_as_lightning_does(tmp_path):
+    seed_everything(0)
+    module = TwoLoaderDenoiser()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}, "psnr": {}})
+    keys = Keys()
+    _trainer(tmp_path, [cb, keys], max_epochs=2).fit(module, datamodule=TwoLoaders())
+    assert len(keys.epochs) == 2
+    for epoch, logged in enumerate(keys.epochs):
+        names = ("loss", "lpips_vgg", "psnr")  # val/loss: Lightning's own naming, for comparison
+        assert sorted(logged) == sorted(f"val/{name}/dataloader_idx_{k}" for name in names for k in (0, 1))
+        for k in (0, 1):
+            expected = _direct(cb, module.by_loader[epoch][k])
+            got = {name: logged[f"{name}/dataloader_idx_{k}"] for name in ("val/lpips_vgg", "val/psnr")}
+            assert got == pytest.approx(expected, rel=TOL, abs=TOL), (epoch, k)
+        # the two loaders really differ (a single pooled set would give one value)
+        first, second = logged["val/lpips_vgg/dataloader_idx_0"], logged["val/lpips_vgg/dataloader_idx_1"]
+        assert first != pytest.approx(second)
+    # one cache for both suites, keys per loader: 6 + 4 targets, all hits in the second epoch
+    cache = cb.metrics["lpips_vgg"].feature_cache
+    assert cb.suite(1)["lpips_vgg"].feature_cache is cache
+    assert cb.suite(1)["lpips_vgg"].network is cb.metrics["lpips_vgg"].network  # no second VGG
+    assert len(cache) == 10 and cache.stats.misses == 10 and cache.stats.hits == 10
+
+
+def test_one_loader_keeps_plain_names_and_the_test_loop_logs_test_names(tmp_path):
+    seed_everything(0)
+    module = TwoLoaderDenoiser()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}, "psnr": {}}, stages=("validate", "test"))
+    keys = Keys()
+    data = SlicesData()  # one validation loader
+    trainer = _trainer(tmp_path, [cb, keys], max_epochs=1)
+    trainer.fit(module, datamodule=data)
+    assert sorted(keys.epochs[0]) == ["val/loss", "val/lpips_vgg", "val/psnr"]
+    direct = _direct(cb, module.by_loader[0][0])
+    assert keys.epochs[0]["val/lpips_vgg"] == pytest.approx(direct["val/lpips_vgg"], rel=TOL)
+    results = trainer.test(module, dataloaders=TwoLoaders().test_dataloader(), verbose=False)
+    expected = {f"test/{k.removeprefix('val/')}": v for k, v in _direct(cb, module.tested).items()}
+    assert results[0] == pytest.approx(expected, rel=TOL, abs=TOL)
+    assert trainer.callback_metrics["test/lpips_vgg"] == pytest.approx(expected["test/lpips_vgg"], rel=TOL)
+    # validation only by default: the test loop is left alone
+    plain = DFDCallback({"psnr": {}})
+    assert _trainer(tmp_path, [plain], max_epochs=1).test(
+        module, dataloaders=TwoLoaders().test_dataloader(), verbose=False) == [{}]
+    with pytest.raises(ValueError, match="Argument `stages` must name stages among"):
+        DFDCallback(["psnr"], stages=("train",))
+
+
+class UnevenLoaders(LightningDataModule):
+    """Two validation loaders without padding; the second holds one slice, so one rank has none."""
+
+    def train_dataloader(self):
+        return DataLoader(Slices(4, seed=1), batch_size=2)
+
+    def val_dataloader(self):
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        # every slice on exactly one rank, an empty shard allowed (UnrepeatedDistributedSampler refuses it)
+        return [DataLoader(data, batch_size=2, sampler=list(range(len(data)))[rank::world])
+                for data in (Slices(7, seed=0), Slices(1, seed=7))]
+
+
+class DumpKeys(Callback):
+    def __init__(self, folder: str) -> None:
+        self.folder, self.epochs = folder, []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self.epochs.append({k: float(v) for k, v in trainer.callback_metrics.items() if "loss" not in k})
+        (Path(self.folder) / f"rank{trainer.global_rank}.json").write_text(
+            json.dumps({"epochs": self.epochs, "world_size": trainer.world_size}))
+
+
+def _run_loaders(tmp_path: Path, devices: int) -> dict:
+    seed_everything(0)
+    folder = tmp_path / f"loaders{devices}"
+    folder.mkdir()
+    cb = DFDCallback({"lpips_vgg": {"weights": "random"}, "psnr": {}})
+    trainer = Trainer(accelerator="cpu", devices=devices, max_epochs=2, logger=False,
+                      strategy="ddp_spawn" if devices > 1 else "auto", use_distributed_sampler=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      callbacks=[cb, DumpKeys(str(folder))], default_root_dir=str(tmp_path))
+    module = TwoLoaderDenoiser()
+    module.allow_zero_length_dataloader_with_multiple_devices = True  # Lightning's opt-in for an empty shard
+    trainer.fit(module, datamodule=UnevenLoaders())
+    return {r: json.loads((folder / f"rank{r}.json").read_text()) for r in range(devices)}
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_with_two_loaders_equal_one_even_when_a_rank_has_no_batch(tmp_path):
+    torch.set_num_threads(1)
+    single = _run_loaders(tmp_path, 1)[0]
+    assert sorted(single["epochs"][0]) == sorted(f"val/{n}/dataloader_idx_{k}" for n in ("lpips_vgg", "psnr")
+                                                 for k in (0, 1))  # fmt: skip
+    ranks = _run_loaders(tmp_path, 2)  # rank 1 sees no batch of the second loader, and still syncs
+    assert [r["world_size"] for r in ranks.values()] == [2, 2], "DDP did not really run"
+    for result in ranks.values():
+        for got, expected in zip(result["epochs"], single["epochs"], strict=True):
+            assert got == pytest.approx(expected, rel=TOL, abs=TOL)

@@ -10,7 +10,11 @@
   ``reduction="none"``, DFDs sharing encoder passes, as ``ReconModule``'s validation) on one batch;
   a failing batch marks its file as not scored (stage ``score``) and the file's rows are dropped.
   At the end of the loop the rows, volume summaries and problems of every process are gathered
-  with ``all_gather_object``.
+  with ``all_gather_object``. With ``config.maps_dir`` it also computes each DFD's
+  ``distance_map`` of the same batch (one more encoder pass per DFD and batch) and writes each
+  volume's maps (:class:`~lightning_dfd.analysis.maps.MapWriter`) when its last batch is scored:
+  in DDP each process writes the maps of its own files (disjoint files, so no two processes
+  write the same path).
 
 Only imported when ``evaluate`` runs (it needs ``lightning``, from the ``[analysis]`` extra).
 """
@@ -22,6 +26,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -208,6 +213,21 @@ class EvaluationModule(LightningModule):
             {n.removesuffix("@volume"): m for n, m in metrics.items() if n.endswith("@volume")}
         )
         self._pending: dict[int, dict[str, Any]] = {}
+        self.map_writer = None
+        self.maps_skipped: dict[str, str] = {}  # metric -> why it has no map
+        self.maps_written = 0
+        if config.maps_dir is not None:
+            from lightning_dfd.analysis.maps import MapWriter
+            from lightning_dfd.metrics import is_dfd
+
+            self.map_writer = MapWriter(config.maps_dir, config.maps_format)
+            for name in config.metrics:
+                metric = self.image_metrics[name]
+                if not is_dfd(metric):
+                    self.maps_skipped[name] = "a pixel metric (maps are written for DFDs)"
+                elif getattr(metric, "distance_map", None) is None:
+                    self.maps_skipped[name] = f"{type(metric).__name__} has no distance_map"
+        self.gathered_maps: tuple[dict[str, str], int] = ({}, 0)
         self.rows: list[dict[str, Any]] = []
         self.summaries: list[dict[str, Any]] = []
         self.problems: list[FileProblem] = []
@@ -224,7 +244,8 @@ class EvaluationModule(LightningModule):
         if not batch:
             return
         file = batch["file"]
-        state = self._pending.setdefault(file, {"failed": False, "rows": [], "values": {}})
+        state = self._pending.setdefault(file, {"failed": False, "rows": [], "values": {}, "maps": [],
+                                                "masks": []})
         if state["failed"]:
             return
         if "error" in batch:
@@ -238,6 +259,8 @@ class EvaluationModule(LightningModule):
         entry = self.dataset.entries[file]
         if len(state["rows"]) == len(entry.slices):
             self._finish(entry, state)
+            if self.map_writer is not None:
+                self._write_maps(entry, state)
 
     def _score(self, batch: dict[str, Any], state: dict[str, Any]) -> None:
         preds, target, data_range = batch["preds"], batch["target"], batch["data_range"]
@@ -260,11 +283,74 @@ class EvaluationModule(LightningModule):
             ids = torch.zeros(n, dtype=torch.long, device=preds.device)
             with torch.no_grad():
                 self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids, **masked)
+        if self.map_writer is not None and "maps_error" not in state:
+            try:
+                state["maps"].append(self._maps(preds, target, masked.get("mask")))
+            except Exception as err:  # the scores stand; the file's maps are reported missing
+                state["maps_error"] = f"maps not computed: {describe_error(err)}"
+            if "mask" in masked:
+                state["masks"].append(masked["mask"].cpu().numpy())
         volume = self.dataset.entries[batch["file"]].pair.volume
         state["rows"] += [
             {"volume": volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
             for i, s in enumerate(batch["slices"])
         ]
+
+    def _maps(self, preds: torch.Tensor, target: torch.Tensor,
+              mask: torch.Tensor | None) -> dict[str, np.ndarray]:
+        """``(n, H, W)`` float32 maps of every DFD with a per-position form (0 outside ``mask``).
+
+        A DFD whose ``distance_map`` raises :class:`NotImplementedError` is skipped from then on
+        (:attr:`maps_skipped`); any other error leaves the file without maps (a problem at stage
+        ``maps``; its scores are kept).
+        """
+        maps = {}
+        for name in self.config.metrics:
+            if name in self.maps_skipped:
+                continue
+            try:
+                with torch.no_grad():
+                    value = self.image_metrics[name].distance_map(preds, target)
+            except NotImplementedError as err:
+                self.maps_skipped[name] = describe_error(err).removeprefix("NotImplementedError: ")
+                continue
+            value = value.float()[:, 0]  # magnitude images: C = 1
+            if mask is not None:
+                value = value * mask.to(value.device, value.dtype)
+            maps[name] = value.cpu().numpy()
+        return maps
+
+    def _write_maps(self, entry: VolumeEntry, state: dict[str, Any]) -> None:
+        """Write one scored volume's maps; a failure is a problem at stage ``maps`` (rows kept)."""
+        from lightning_dfd import __version__
+
+        names = [n for n in self.config.metrics if n not in self.maps_skipped]
+        if "maps_error" in state:
+            self.problems.append(FileProblem(entry.pair.name, state["maps_error"], "maps"))
+            return
+        if not names:
+            return
+        config = self.config
+        try:
+            maps = {n: np.concatenate([part[n] for part in state["maps"]]) for n in names}
+            mask = np.concatenate(state["masks"]) if state["masks"] else None
+            attrs = {"lightning_dfd_version": __version__, "protocol": config.protocol or "custom",
+                     "slices": config.slices, "data_range": config.data_range, "scale": config.scale,
+                     "mask": config.mask, "precision": config.precision,
+                     "prediction": str(entry.pair.prediction), "target": str(entry.pair.target),
+                     "prediction_key": config.prediction_key, "target_key": config.target_key}
+            metric_attrs = {n: {"normalization": getattr(self.image_metrics[n], "normalization", ""),
+                                "weights": str(config.weights_for(n) or "default")} for n in names}
+            self.map_writer.write(entry.pair.volume, maps, [r["slice"] for r in state["rows"]], mask,
+                                  attrs, metric_attrs)
+        except Exception as err:  # a full disk, ...: the scores stand, the maps are missing
+            self.problems.append(FileProblem(entry.pair.name, f"maps not written: {describe_error(err)}",
+                                             "maps"))
+            return
+        finally:
+            state.pop("maps", None)
+            state.pop("masks", None)
+        self.maps_written += 1
 
     def _finish(self, entry: VolumeEntry, state: dict[str, Any]) -> None:
         summary: dict[str, Any] = {"volume": entry.pair.volume, "n_slices": len(entry.slices)}
@@ -281,13 +367,18 @@ class EvaluationModule(LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         """Gather every process's rows, summaries and problems (``all_gather_object``)."""
-        local = (self.rows, self.summaries, self.problems)
+        local = (self.rows, self.summaries, self.problems, (self.maps_skipped, self.maps_written))
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             everyone: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(everyone, local)
         else:
             everyone = [local]
         self.gathered = tuple([item for part in everyone for item in part[k]] for k in range(3))  # type: ignore[assignment]
+        skipped: dict[str, str] = {}
+        for part in everyone:
+            skipped.update(part[3][0])
+        skipped = {name: skipped[name] for name in self.config.metrics if name in skipped}  # --metrics order
+        self.gathered_maps = (skipped, sum(part[3][1] for part in everyone))
 
 
 class _NoTips(logging.Filter):
@@ -335,11 +426,13 @@ def run_evaluation(
     strategy: str = "auto",
     accelerator: str | None = None,
     progress: bool = True,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[FileProblem], bool]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[FileProblem], bool, tuple[dict[str, str], int]]:
     """Score every pair in a Lightning prediction loop.
 
     Returns:
-        ``(rows, summaries, problems, is_global_zero)``; every process gets every row.
+        ``(rows, summaries, problems, is_global_zero, (maps_skipped, maps_written))``; every
+        process gets every row. With ``config.maps_dir``, process 0 removes the maps an earlier
+        run left for the files not scored now.
 
     Raises:
         ValueError: A strategy whose workers cannot hand the rows back (``ddp_spawn`` ...).
@@ -368,4 +461,9 @@ def _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, pr
     if module.gathered is None:
         raise RuntimeError("the evaluation loop did not finish on this process")
     rows, summaries, scored_problems = module.gathered
-    return rows, summaries, problems + scored_problems, trainer.is_global_zero
+    problems = problems + scored_problems
+    if module.map_writer is not None and trainer.is_global_zero:
+        for problem in problems:
+            if problem.stage != "maps":
+                module.map_writer.discard(Path(problem.file).stem)
+    return rows, summaries, problems, trainer.is_global_zero, module.gathered_maps

@@ -19,6 +19,8 @@ collected as :class:`FileProblem` and the other files are still scored.
 
 :func:`evaluate` runs as a Lightning prediction loop (:mod:`lightning_dfd.analysis.engine`):
 one process per device with ``strategy="ddp"``, whole files per process, rows gathered.
+With ``maps_dir`` every scored volume's per-pixel DFD maps are written too
+(:mod:`lightning_dfd.analysis.maps`).
 
 Example:
     >>> import tempfile, h5py, numpy as np
@@ -105,7 +107,7 @@ class FilePair:
 
 
 #: Stages a file can fail at (the ``stage`` column of the errors CSV).
-STAGES = ("pair", "read", "score")
+STAGES = ("pair", "read", "score", "maps")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,8 @@ class FileProblem:
         message: What went wrong, naming the dataset, shape or error.
         stage: ``"pair"`` (no partner file), ``"read"`` (opening the files, datasets, shapes)
             or ``"score"`` (a metric failed on it: non-finite values, an image too small for an
-            encoder, ...).
+            encoder, ...) or ``"maps"`` (scored, its rows are in the tables, but its ``--maps``
+            could not be computed or written).
     """
 
     file: str
@@ -155,6 +158,11 @@ class EvaluationConfig:
             fp32); pixel metrics are always computed in full precision.
         mask: ``"none"`` or ``"foreground"``: every metric over the foreground of each reference
             slice only (:func:`lightning_dfd.spatial.foreground_mask`, largest component).
+        maps_dir: Write per-pixel DFD maps of every scored volume into this folder
+            (:mod:`lightning_dfd.analysis.maps`); None (default): no maps.
+        maps_format: Any of ``("png", "h5")`` (default both).
+        protocol: The ``--protocol`` name the other fields came from (written into the map files;
+            informational, None: not from a preset).
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -169,6 +177,9 @@ class EvaluationConfig:
     scale: str = "none"
     precision: str = "fp32"
     mask: str = "none"
+    maps_dir: Path | None = None
+    maps_format: tuple[str, ...] = ("png", "h5")
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
@@ -194,6 +205,12 @@ class EvaluationConfig:
             raise ValueError(f"Argument `slices` must be one of {SLICE_MODES}, got {self.slices!r}")
         if self.data_range not in DATA_RANGES:
             raise ValueError(f"Argument `data_range` must be one of {DATA_RANGES}, got {self.data_range!r}")
+        from lightning_dfd.analysis.maps import MAP_FORMATS
+
+        formats = tuple(self.maps_format)
+        if not formats or any(f not in MAP_FORMATS for f in formats):
+            raise ValueError(f"Argument `maps_format` must name formats among {MAP_FORMATS}, but got "
+                             f"{list(formats)}")
         if self.batch_size < 1:
             raise ValueError(f"Argument `batch_size` must be >= 1, got {self.batch_size}")
         if isinstance(self.weights, Mapping):
@@ -210,12 +227,18 @@ class EvaluationConfig:
 
 @dataclass
 class EvaluationResult:
-    """Per-image rows, per-volume summary and the files that were not scored."""
+    """Per-image rows, per-volume summary and the files that were not scored.
+
+    ``maps_skipped`` (with ``maps_dir``): metric name -> why it has no map (a pixel metric, a DFD
+    without a per-position form); ``maps_written``: volumes whose maps were written (all ranks).
+    """
 
     images: pd.DataFrame
     volumes: pd.DataFrame
     problems: list[FileProblem] = field(default_factory=list)
     is_global_zero: bool = True
+    maps_skipped: dict[str, str] = field(default_factory=dict)
+    maps_written: int = 0
 
     @property
     def ok(self) -> bool:
@@ -493,12 +516,13 @@ def evaluate(
     """
     from lightning_dfd.analysis.engine import run_evaluation  # lightning only when scoring
 
-    rows, summaries, problems, is_zero = run_evaluation(
+    rows, summaries, problems, is_zero, maps = run_evaluation(
         pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy,
         accelerator=accelerator, progress=progress,
     )  # fmt: skip
     result = _collect(rows, summaries, problems, config)
     result.is_global_zero = is_zero
+    result.maps_skipped, result.maps_written = maps
     return result
 
 

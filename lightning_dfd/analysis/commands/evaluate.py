@@ -4,11 +4,13 @@ Writes (default ``runs/evaluate/``, git-ignored) one row per image (``results.cs
 slice, <metric>...``, the input of ``lightning-dfd correlate``), a per-volume summary
 (``results_volumes.csv``), the files not scored (``results_errors.csv``: ``file, stage, error``)
 and what each column holds (``results_columns.csv``: ``column, convention``), and prints the
-summary.
+summary. ``--maps DIR`` also writes per-pixel DFD maps of every scored volume (``DIR/<volume>.h5``
+and ``DIR/<volume>/<metric>_slice<NNN>.png``, see :mod:`lightning_dfd.analysis.maps`).
 
 Example:
     lightning-dfd evaluate --target ref/ --predictions recon/ \
-        --metrics psnr,ssim,lpips_vgg,dists --protocol paper --out runs/evaluate/results.csv
+        --metrics psnr,ssim,lpips_vgg,dists --protocol paper --out runs/evaluate/results.csv \
+        --maps runs/evaluate/maps
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -64,6 +66,17 @@ def _devices(text: str) -> int | list[int] | str:
     except ValueError as err:
         message = f"--devices: expected a count, ids 0,1 or auto, got {text!r}"
         raise argparse.ArgumentTypeError(message) from err
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    """``--maps-format``: ``png,h5`` -> ``("png", "h5")``."""
+    from lightning_dfd.analysis.maps import MAP_FORMATS
+
+    formats = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not formats or any(item not in MAP_FORMATS for item in formats):
+        raise argparse.ArgumentTypeError(f"--maps-format: expected some of {','.join(MAP_FORMATS)}, "
+                                         f"got {text!r}")
+    return formats
 
 
 def launched_rank(devices: int | list[int] | str = 1) -> int:
@@ -192,6 +205,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_OUT,
         help=f"per-image CSV; the other outputs go next to it (default: {DEFAULT_OUT})",
     )
+    parser.add_argument(
+        "--maps",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write per-pixel DFD maps (metric.distance_map of the scored images, 0 outside "
+        "--mask) of every scored volume: DIR/<volume>.h5 (one float32 (slices, H, W) dataset per "
+        "DFD, slice_num, attributes) and DIR/<volume>/<metric>_slice<NNN>.png (magma colour map, "
+        "0 to the volume's 99th percentile). Costs one more encoder pass per DFD and batch. DFDs "
+        "without a per-position form (e.g. DISTS) and pixel metrics are skipped with a note; each "
+        "DDP process writes the maps of its own files",
+    )
+    parser.add_argument(
+        "--maps-format",
+        type=_formats,
+        default=("png", "h5"),
+        help="what --maps writes: png, h5 or png,h5 (default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -246,6 +277,9 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
         scale=scale,
         precision=args.precision,
         mask=args.mask,
+        maps_dir=args.maps,
+        maps_format=args.maps_format,
+        protocol=args.protocol,
     )
 
 
@@ -258,6 +292,20 @@ def _run_worker(args: argparse.Namespace) -> int:
     ev.evaluate(pairs, config, devices=args.devices, progress=False, num_nodes=args.num_nodes,
                 strategy=args.strategy, accelerator=args.accelerator)  # fmt: skip
     return EXIT_OK
+
+
+def _maps_notes(args: argparse.Namespace, result: Any, problems: list) -> None:
+    """Say which metrics have no map; remove earlier maps of files not scored now."""
+    from lightning_dfd.analysis.maps import MapWriter
+
+    writer = MapWriter(args.maps, args.maps_format)
+    for problem in problems:
+        if problem.stage == "pair":
+            writer.discard(Path(problem.file).stem)
+    if result.maps_skipped:
+        reasons = "; ".join(f"{name}: {why}" for name, why in result.maps_skipped.items())
+        _note(f"--maps: no map for {', '.join(result.maps_skipped)} ({reasons})")
+    _note(f"--maps: wrote the maps of {result.maps_written} volume(s) to {args.maps}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,6 +328,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for path in paths:
             outputs.check_output_file(path)
+        if args.maps is not None:
+            outputs.check_output_dir(args.maps, "--maps")
         pairs, problems = ev.pair_files(args.predictions, args.target)
         if not pairs:
             raise ValueError(
@@ -304,8 +354,10 @@ def run(args: argparse.Namespace) -> int:
             accelerator=args.accelerator,
         )
         problems = sorted(problems + result.problems, key=lambda p: p.file)
+        if args.maps is not None:
+            _maps_notes(args, result, problems)
         for problem in problems:
-            _note(f"skipped {problem} [{problem.stage}]")
+            _note(f"{'scored' if problem.stage == 'maps' else 'skipped'} {problem} [{problem.stage}]")
         errors = pd.DataFrame([p.as_row() for p in problems], columns=["file", "stage", "error"])
         outputs.write_atomically(
             {
@@ -324,10 +376,12 @@ def run(args: argparse.Namespace) -> int:
         table.loc["mean"] = table.mean(numeric_only=True)
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     scored = len(result.volumes)
+    no_maps = sum(problem.stage == "maps" for problem in problems)
     _note(
         f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
         f"{volumes_path(args.out).name}, {errors_path(args.out).name} and "
         f"{columns_path(args.out).name}"
-        + (f"; {len(problems)} file(s) not scored (see above)" if problems else "")
+        + (f"; {len(problems) - no_maps} file(s) not scored (see above)" if len(problems) > no_maps else "")
+        + (f"; the maps of {no_maps} file(s) not written (see above)" if no_maps else "")
     )
     return EXIT_PARTIAL if problems else EXIT_OK
