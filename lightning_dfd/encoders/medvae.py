@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from lightning_dfd import weights as W
 from lightning_dfd.encoders.base import FeatureDistanceNetwork, difference_maps, mean_squared_distance
+from lightning_dfd.encoders.layers import GroupNorm
 
 #: Registry name of the published Med-VAE 8x / 4-channel 2-D checkpoint.
 MEDVAE_WEIGHTS = "medvae-8x4c-2d"
@@ -77,7 +78,7 @@ class MedVAEConfig:
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):

@@ -37,6 +37,7 @@ from lightning_dfd.encoders.base import (
     mean_squared_distance,
     parse_layers,
 )
+from lightning_dfd.encoders.layers import GroupNorm
 from lightning_dfd.preprocess import is_constant
 
 #: Output channels of ``firstblock``, ``encoder1`` .. ``encoder4``.
@@ -96,7 +97,7 @@ class DoubleConv(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.conv2 = WSConv2d(out_channels, out_channels, kernel_size=3, padding=1)
-        self.GN = nn.GroupNorm(num_groups=10, num_channels=out_channels)
+        self.GN = GroupNorm(num_groups=10, num_channels=out_channels)
         self.relu = nn.ReLU()
         self.droupout = nn.Dropout(p=0.1)
 
