@@ -20,10 +20,11 @@ GROUPS = ("LPIPS-VGG", "DISTS", "ResNetFD", "SSFD")
 VALUE_REFERENCE = {"LPIPS-VGG": "lpips package", "DISTS": "DISTS_pytorch",
                    "ResNetFD": "torchvision by hand", "SSFD": "SSFD encoder by hand"}
 #: bf16 rows (``precision="bf16"``: bf16 autocast around the encoder) -> their fp32 twin
-BF16_CASES = {"ours bf16 uncached": "ours uncached", "ours bf16 cached": "ours cached",
-              "ours bf16 compiled uncached": "ours uncached"}
-#: rows with ``compile=True`` (inductor, frozen weights): compiled during the warm-up call
-COMPILED_CASES = {"ours bf16 compiled uncached"}
+BF16_CASES = {"ours bf16 uncached": "ours uncached", "ours bf16 cached": "ours cached"}
+#: bf16 rows with ``compile=True`` (inductor, frozen weights; compiled during the warm-up call,
+#: 1-2 min per shape on 2 cores, so only where a target needs it: DISTS) -> their fp32 twin
+COMPILED_CASES = {"ours bf16 compiled uncached": "ours uncached"}
+TWINS = {**BF16_CASES, **COMPILED_CASES}
 #: a cache large enough for every target of the largest configuration (no eviction while timing)
 CACHE_BYTES = 8 << 30
 #: LPIPS-VGG with and without linear layers, updated together through a DFDCollection
@@ -149,7 +150,8 @@ def case_names(group: str) -> list[str]:
                       "ours uncached, max_batch=4", SHARED_CASE, "lpips package",
                       "torchmetrics LPIPS"],
         "DISTS": ["floor: bare DISTS VGG-16, channels_last", "ours uncached", "ours cached",
-                  *BF16_CASES, "ours uncached, library defaults", "ours uncached, max_batch=4",
+                  *BF16_CASES, *COMPILED_CASES, "ours uncached, library defaults",
+                  "ours uncached, max_batch=4",
                   "DISTS_pytorch", "torchmetrics DISTS (network built once)",
                   "torchmetrics DISTS (metric class)"],
         "ResNetFD": ["floor: bare ResNet-50 to layer3.3.conv3, channels_last", "ours uncached",
@@ -172,7 +174,7 @@ def build_case(group: str, name: str, device: torch.device) -> Case:
         "ResNetFD": lambda **kw: ResNetFD(weights=resnet, **kw),
         "SSFD": lambda **kw: SSFD(weights=ssfd, **kw),
     }
-    if name in BF16_CASES:
+    if name in TWINS:
         return _ours(group, name, factories[group], device, cached=name == "ours bf16 cached",
                      channels_last=True, precision="bf16", compile=name in COMPILED_CASES)
     if name == "ours uncached":

@@ -158,7 +158,7 @@ def bench_group(
         for case in active:
             t, tw = times[case.name], wall[case.name]
             diff, rel = _diff(values[case.name], reference) if case.kind != "floor" else (None, None)
-            twin = C.BF16_CASES.get(case.name)  # a bf16 row: per-round ratio to its fp32 twin
+            twin = C.TWINS.get(case.name)  # a bf16 row: per-round ratio to its fp32 twin
             twin = twin if twin in times else None
             rows.append(Row(
                 group=group, case=case.name, kind=case.kind, device=device.type,

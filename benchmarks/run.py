@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epoch-volumes", type=int, default=3, help="validation volumes (default 3)")
     p.add_argument("--epoch-slices", type=int, default=30, help="slices per volume (default 30)")
     p.add_argument("--epoch-rounds", type=int, default=2, help="timed epochs per variant (default 2)")
+    p.add_argument("--epoch-variants", default=None,
+                   help="comma list of variant numbers (benchmarks.epoch.VARIANTS, 1-based after the "
+                        "baseline, which always runs; default all)")
     p.add_argument("--skip-metrics", action="store_true")
     p.add_argument("--skip-epoch", action="store_true")
     p.add_argument("--skip-ddp", action="store_true")
@@ -330,7 +333,8 @@ def _epoch(args, device: torch.device, tmp: Path) -> list[dict]:
     volumes, slices = (2, 2) if args.quick else (args.epoch_volumes, args.epoch_slices)
     _log(f"UNet validation epoch: {volumes} volumes x {slices} slices")
     return E.bench_epoch(tmp / "data", device, volumes=volumes, slices=slices, coils=4, batch_size=1,
-                       rounds=1 if args.quick else args.epoch_rounds, log=_log)
+                       rounds=1 if args.quick else args.epoch_rounds, log=_log,
+                       variants=[int(v) for v in (args.epoch_variants or "").split(",") if v] or None)
 
 
 def _ddp(args, tmp: Path) -> list[dict]:
