@@ -156,3 +156,30 @@ def test_center_slice_protocol_under_ddp_equals_one_process(tmp_path, monkeypatc
     assert {"val/lpips_vgg", "val/psnr", "val/ssim", "val/nmse"} <= set(single.dropna().index)
     for column in single.dropna().index:
         assert two[column] == pytest.approx(single[column], rel=1e-6, abs=1e-6), column
+
+
+@pytest.mark.parametrize("failure", ["validate", "update"])
+def test_centre_slice_protocol_update_is_all_or_nothing(failure, monkeypatch):
+    """A DFD that rejects (or fails on) the centre rows leaves PSNR/SSIM/NMSE as they were."""
+    module = _module(dfd_slices="center")
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 32, 32, generator=g)
+    preds = (target + 0.05 * torch.randn(target.shape, generator=g)).clamp(0, 1)
+    args = dict(data_range=target.flatten(1).amax(1), volume_ids=torch.tensor([0, 0, 0]),
+                sample_ids=torch.tensor([1, 2, 3]), slice_num=torch.tensor([0, 1, 2]),
+                num_slices=torch.tensor([3, 3, 3]))
+    module.update_val_metrics(preds, target, **args)
+    before = {k: v.detach().clone() for k, v in module.val_metrics.compute().items()}
+    metric = module.val_metrics["lpips_vgg"]
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("encoder failed")
+
+    monkeypatch.setattr(metric, failure, broken)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        module.update_val_metrics(preds.flip(0), target, **{**args, "sample_ids": torch.tensor([4, 5, 6])})
+    monkeypatch.undo()
+    after = module.val_metrics.compute()
+    assert set(after) == set(before)
+    for name, value in before.items():  # the rejected batch reached no metric
+        torch.testing.assert_close(after[name], value, msg=name)

@@ -23,6 +23,7 @@ from torchvision.utils import make_grid
 
 from lightning_dfd.encoders.base import resolve_precision
 from lightning_dfd.metrics import PIXEL_METRICS, DFDCollection, build_metric, is_dfd
+from lightning_dfd.metrics.collection import restore, snapshot
 from lightning_dfd.metrics.encoder_pass import sharing
 from recon_models.data.sample import SAMPLE_ID_STRIDE
 
@@ -306,21 +307,31 @@ class ImageQualityModule(LightningModule):
             if self.dfd_slices == "all" and due:
                 self.val_metrics.update(preds.detach(), target, **kwargs)
                 return
-            metrics = self.val_metrics.items(keep_base=True, copy_state=False)
-            dfds = [m for _, m in metrics if is_dfd(m)]
-            for _, metric in self.val_metrics.items(keep_base=True, copy_state=False):
-                if not is_dfd(metric):
-                    metric.update(preds.detach(), target, **metric._filter_kwargs(**kwargs))
-            if not due or not dfds:
-                return
-            rows = dfd_slice_rows(self.dfd_slices, slice_num, num_slices)
-            if not bool(rows.any()):
-                return
-            sub_preds, sub_target = preds.detach()[rows], target[rows]
-            sub_kwargs = {k: v[rows] for k, v in kwargs.items()}
-            with sharing(self.val_metrics._shared_passes()):
-                for metric in dfds:
-                    metric.update(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
+            members = [m for _, m in self.val_metrics.items(keep_base=True, copy_state=False)]
+            dfds = [m for m in members if is_dfd(m)] if due else []
+            rows = dfd_slice_rows(self.dfd_slices, slice_num, num_slices) if dfds else None
+            if rows is not None and not bool(rows.any()):
+                dfds = []
+            sub_preds = sub_target = None
+            sub_kwargs: dict[str, Tensor] = {}
+            if dfds:
+                sub_preds, sub_target = preds.detach()[rows], target[rows]
+                sub_kwargs = {k: v[rows] for k, v in kwargs.items()}
+                for metric in dfds:  # every DFD check before any metric changes
+                    metric.validate(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
+            # All or nothing across pixel metrics and DFDs, as DFDCollection.update for "all".
+            saved = [snapshot(metric) for metric in members]
+            try:
+                for metric in members:
+                    if not is_dfd(metric):
+                        metric.update(preds.detach(), target, **metric._filter_kwargs(**kwargs))
+                with sharing(self.val_metrics._shared_passes()):
+                    for metric in dfds:
+                        metric.update(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
+            except BaseException:
+                for metric, state in zip(members, saved, strict=True):
+                    restore(metric, state)
+                raise
 
     def on_validation_epoch_start(self) -> None:
         """On rank 0: each DFD's precision (first validation) and its feature-cache budget line.
