@@ -33,6 +33,18 @@ def write_random_checkpoint(arch: str, folder: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="session")
+def alexnet_random(tmp_path_factory) -> Path:
+    """A seeded random AlexNet checkpoint, so a test and the command it runs use the same weights."""
+    return write_random_checkpoint("alexnet", tmp_path_factory.mktemp("alexnet_random"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def resnet_random(tmp_path_factory) -> Path:
+    """A seeded random ResNet-50 checkpoint (see :func:`alexnet_random`)."""
+    return write_random_checkpoint("resnet50", tmp_path_factory.mktemp("resnet_random"), seed=1)
+
+
+@pytest.fixture(scope="session")
 def hub_dir(tmp_path_factory) -> Path:
     """A torch-hub home whose checkpoints/ folder the torchvision checkpoints are written to."""
     return tmp_path_factory.mktemp("torch_home")

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 from fastmri import evaluate as fastmri_evaluate
 
 from lightning_dfd.analysis.commands.evaluate import volumes_path
@@ -45,15 +44,6 @@ def _make_dataset(root: Path, n_volumes: int = 2) -> dict[str, tuple[np.ndarray,
         _write(root / "rec" / f"{name}.h5", "reconstruction", preds)
         volumes[name] = (preds, target)
     return volumes
-
-
-@pytest.fixture(scope="module")
-def alexnet_random(tmp_path_factory) -> Path:
-    """A random AlexNet checkpoint, so the test and the command use the very same weights."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "alexnet_random.pth"
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
-    return path
 
 
 def _argv(root: Path, *extra: str) -> list[str]:

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 
 from lightning_dfd.cli import main
 from lightning_dfd.metrics import LPIPS, ResNetFD
@@ -40,22 +39,6 @@ def _dataset(root: Path, n_volumes: int = 2, noise: float = 0.05) -> dict[str, t
         _write(root / "rec" / f"file{v}.h5", "reconstruction", preds)
         volumes[f"file{v}"] = (preds, target)
     return volumes
-
-
-@pytest.fixture(scope="module")
-def alexnet_random(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "alexnet_random.pth"
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def resnet_random(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("weights") / "resnet50_random.pth"
-    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
-    return path
 
 
 def _argv(root: Path, *extra: str) -> list[str]:
