@@ -173,17 +173,18 @@ def bench_epoch(root: Path, device: torch.device, volumes: int, slices: int, coi
     flops = flop_rows(folder)
     data = datamodule(folder, batch_size)
     data.prepare_data()
-    modules = {}
-    for name, make in ((n, VARIANTS[n]) for n in chosen):
-        dfds, module_kwargs = make()
+    modules, options = {}, {}
+    for name in chosen:
+        dfds, module_kwargs = VARIANTS[name]()
         modules[name] = build_module(dfds, **module_kwargs)
+        options[name] = list(dfds.values())
     base = next(iter(VARIANTS))
     wall: dict[str, list[float]] = {name: [] for name in chosen}
     cpu: dict[str, list[float]] = {name: [] for name in chosen}
     first: dict[str, tuple[float, float]] = {}
     for rnd in range(rounds + 1):  # round 0: warm-up; a full epoch where a cache must be filled
         for name, module in modules.items():
-            dfds = VARIANTS[name]()[0].values()
+            dfds = options[name]
             cached = any(m.get("feature_cache") for m in dfds)
             # a compiled encoder meets a new shape in epoch 2 (predictions only: targets cached)
             warmups = 2 if any(m.get("compile") for m in dfds) and not rnd else 1
