@@ -22,6 +22,7 @@ from lightning_dfd.metrics import (
     ResNetFD,
     TimmFD,
     build_metric,
+    build_suite,
     is_dfd,
 )
 
@@ -40,4 +41,4 @@ except ModuleNotFoundError as _err:
 
 __version__ = "0.1.0"
 __all__ = ["DFDCallback", "DFDCollection", "DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
-           "DeepFeatureDistance", "ResNetFD", "TimmFD", "build_metric", "is_dfd"]
+           "DeepFeatureDistance", "ResNetFD", "TimmFD", "build_metric", "build_suite", "is_dfd"]

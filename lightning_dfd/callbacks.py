@@ -9,7 +9,7 @@ validation dataloaders, as Lightning's ``self.log`` names them), where ``EarlySt
 :class:`DFDEarlyStopping` and :class:`DFDModelCheckpoint` are Lightning's ``EarlyStopping`` and
 ``ModelCheckpoint`` whose ``mode`` defaults to ``None``: then it is read from the monitored
 metric's ``higher_is_better`` (``val/lpips_vgg`` -> ``"min"``, ``val/psnr`` -> ``"max"``), by name
-from :data:`lightning_dfd.metrics.METRICS`, when the callback is built. A name ending in ``loss``
+from :data:`lightning_dfd.catalog.CATALOG`, when the callback is built. A name ending in ``loss``
 is minimised; any other name needs an explicit ``mode``.
 
 **DFDs not computed at every validation** (e.g. ``ReconModule(dfd_every_n_epochs=2)``): a module
@@ -41,8 +41,9 @@ from torch import Tensor
 from torch.utils.data.distributed import DistributedSampler
 from torchmetrics import Metric
 
-from lightning_dfd.metrics import METRICS, build_metric, is_dfd, metric_class
+from lightning_dfd.catalog import CATALOG
 from lightning_dfd.metrics.collection import DFDCollection
+from lightning_dfd.metrics.suite import build_suite
 
 
 def metric_mode(monitor: str) -> str:
@@ -53,13 +54,13 @@ def metric_mode(monitor: str) -> str:
         ('min', 'max', 'min')
     """
     name = monitor.rsplit("/", 1)[-1]
-    if name in METRICS:
-        return "max" if metric_class(name).higher_is_better else "min"
+    if name in CATALOG:
+        return CATALOG[name].mode
     if name.endswith("loss"):
         return "min"
     raise ValueError(
         f"Cannot tell whether higher is better for `monitor={monitor!r}`: its last part is not "
-        f"one of {tuple(METRICS)} nor a loss; give `mode` ('min' or 'max') explicitly"
+        f"one of {tuple(CATALOG)} nor a loss; give `mode` ('min' or 'max') explicitly"
     )
 
 
@@ -254,7 +255,7 @@ class DFDCallback(Callback):
       ``trainer.test``; each stage has its own suites.
 
     Args:
-        metrics: names from :data:`lightning_dfd.metrics.METRICS` (each built with
+        metrics: names from :data:`lightning_dfd.catalog.CATALOG` (each built with
             ``weights`` left to its default), or a mapping name -> keyword arguments of
             :func:`~lightning_dfd.metrics.build_metric` (``{"lpips_vgg": {"weights": "random"}}``,
             YAML-friendly) or name -> a ready ``torchmetrics.Metric``.
@@ -292,27 +293,6 @@ class DFDCallback(Callback):
             raise ValueError(f"Argument `stages` must name stages among {STAGES}, but got {list(stages)}")
         self.stages = tuple(dict.fromkeys(stages))
         self.test_prefix = test_prefix
-        if isinstance(metrics, str):
-            raise TypeError("Argument `metrics` must be a list of names or a mapping, not a string")
-        if not isinstance(metrics, Mapping):
-            metrics = {name: None for name in metrics}
-        if not metrics:
-            raise ValueError("Argument `metrics` names no metric")
-        built: dict[str, Metric] = {}
-        for name, spec in metrics.items():
-            if isinstance(spec, Metric):
-                built[name] = spec
-                continue
-            if name not in METRICS:
-                raise ValueError(f"Argument `metrics` has an unknown metric {name!r}: use one of "
-                                 f"{tuple(METRICS)} or pass a torchmetrics Metric instance")
-            if spec is not None and not isinstance(spec, Mapping):
-                raise TypeError(f"Argument `metrics[{name!r}]` must be a Metric, a mapping of "
-                                f"keyword arguments or None, but got {type(spec).__name__}")
-            kwargs = dict(spec or {})
-            if is_dfd(name):
-                kwargs.setdefault("feature_cache", feature_cache)
-            built[name] = build_metric(name, **kwargs)
         for role in keys or {}:
             if role not in ROLES:
                 raise ValueError(f"Argument `keys` must map roles from {ROLES}, but got {role!r}")
@@ -324,7 +304,7 @@ class DFDCallback(Callback):
         if not {"output", "target"} <= set(self.positions):
             raise ValueError("Argument `positions` must give the `output` and `target` positions")
         self.prefix = prefix
-        self.metrics = DFDCollection(built, prefix=prefix)
+        self.metrics = build_suite(metrics, prefix=prefix, dfd_options={"feature_cache": feature_cache})
         # (stage, dataloader_idx) -> suite; ("validate", 0) is `self.metrics`
         self._suites: dict[tuple[str, int], DFDCollection] = {("validate", 0): self.metrics}
         self._multi: dict[str, bool] = {}  # stage -> a hook was given a dataloader_idx

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -169,6 +169,26 @@ def to_signed_unit(x01: Tensor) -> Tensor:
 def to_rgb(x: Tensor) -> Tensor:
     """Replicate a ``(M, 1, H, W)`` grayscale batch to 3 channels (a view, no copy)."""
     return x.expand(-1, 3, -1, -1)
+
+
+Array = TypeVar("Array")
+
+
+def center_crop(image: Array, size: tuple[int, int] | list[int] | Tensor) -> Array:
+    """Crop the last two dimensions of a tensor or numpy array around the centre (fastMRI's).
+
+    A crop larger than the image keeps the image's own extent in that dimension, as fastMRI's
+    evaluation does for ``reconSpace`` wider than the k-space.
+
+    Example:
+        >>> center_crop(torch.arange(16.0).reshape(4, 4), (2, 2))
+        tensor([[ 5.,  6.],
+                [ 9., 10.]])
+    """
+    height, width = image.shape[-2:]  # type: ignore[attr-defined]
+    crop_h, crop_w = min(int(size[0]), height), min(int(size[1]), width)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return image[..., top : top + crop_h, left : left + crop_w]  # type: ignore[index]
 
 
 def complex_from_real_pair(x: Tensor) -> Tensor:

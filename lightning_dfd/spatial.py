@@ -12,6 +12,12 @@ exposes them through ``layer_maps(feats_preds, feats_target) -> [(M, 1, h_l, w_l
 DISTS has none: its texture and structure terms compare global means, variances and
 covariances of each channel, so :func:`distance_map` raises :class:`NotImplementedError` for it.
 
+Maps and masked values come from the features of the one encoder pass
+(:class:`~lightning_dfd.encoders.encoder_pass.EncoderPass`) that scores: a metric's
+:meth:`~SpatialDFDMixin.distance_map` of a batch it has just scored inside
+:meth:`lightning_dfd.metrics.DFDCollection.one_pass` encodes nothing again, and masked updates
+use the target-feature cache like unmasked ones.
+
 :func:`distance_map` upsamples each layer map to the input size (bilinear,
 ``align_corners=False``, exactly as ``lpips.LPIPS(spatial=True)``) and sums over layers: a
 non-negative ``(N, C, H, W)`` map whose pixel mean is close to (not exactly) the scalar DFD,
@@ -48,8 +54,10 @@ A full mask gives the unmasked value (DISTS: to float rounding, ~1e-7). What mas
   outside the mask rescales the inside too: use ``normalization="target"`` when that matters;
 * SSFD z-scores each whole image before the encoder, with the same caveat.
 
-Pixel metrics (:func:`masked_psnr`, :func:`masked_nmse`, :func:`masked_ssim`) use only the
-masked pixels (SSIM: the mean of the SSIM map over the window centres inside the mask).
+Pixel metrics over a mask (:func:`~lightning_dfd.functional.pixel.masked_psnr`,
+:func:`~lightning_dfd.functional.pixel.masked_nmse`, :func:`~lightning_dfd.functional.pixel.masked_ssim`,
+re-exported here) use only the masked pixels (SSIM: the mean of the SSIM map over the window
+centres inside the mask).
 :func:`foreground_mask` finds the object in a magnitude image (Otsu threshold, hole filling,
 optionally the largest connected component), e.g. to keep background noise out of a score.
 
@@ -67,12 +75,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dfd.encoders.base import (  # noqa: F401 - layer_maps, masked_layer_means: re-exported
@@ -81,76 +87,30 @@ from lightning_dfd.encoders.base import (  # noqa: F401 - layer_maps, masked_lay
     masked_layer_means,
     require_layer_maps,
 )
-from lightning_dfd.functional.pixel import masked_ssim_per_image
-from lightning_dfd.preprocess import (
-    NORMALIZATIONS,
-    REDUCTIONS,
-    channels_per_image,
-    check_choice,
-    magnitude,
-    normalize_pair,
-    validated_images,
+from lightning_dfd.encoders.encoder_pass import (  # noqa: F401 - upsample_maps: re-exported
+    EncodedBatch,
+    EncoderPass,
+    upsample_maps,
+    validated_mask,
 )
+from lightning_dfd.functional.pixel import masked_nmse, masked_psnr, masked_ssim  # noqa: F401 - re-exported
+from lightning_dfd.preprocess import channels_per_image, check_choice, magnitude
 
 
-def _device_of(network: FeatureDistanceNetwork) -> torch.device:
-    for tensor in (*network.parameters(), *network.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _check_nan_strategy(nan_strategy: str) -> None:
+def _functional_pass(network: FeatureDistanceNetwork, normalization: str, max_batch: int | None,
+                     nan_strategy: str) -> EncoderPass:
     check_choice("nan_strategy", nan_strategy, ("error", "propagate"))
+    return EncoderPass(network, normalization=normalization, max_batch=max_batch, nan_strategy=nan_strategy)
 
 
-def encoded_chunks(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
-                   max_batch: int | None = None) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
-    """Features ``(feats_preds, feats_target)`` of validated ``(M, 1, H, W)`` batches, chunk by chunk.
-
-    At most ``max_batch`` image pairs per encoder pass; predictions that require grad keep their
-    graph (a map or a masked value as a loss), targets never get one.
-    """
-    check_choice("normalization", normalization, NORMALIZATIONS)
-    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"Argument `max_batch` must be a positive integer or None, got {max_batch}")
-    device = _device_of(network)
-    p01, t01 = normalize_pair(p.to(device), t.to(device), normalization)
-    m = p01.shape[0]
-    step = max_batch or m
-    needs_grad = torch.is_grad_enabled() and p01.requires_grad
-    for start in range(0, m, step):
-        pc, tc = p01[start:start + step], t01[start:start + step]
-        if needs_grad:
-            with torch.no_grad():
-                ft = network(tc)
-            yield network(pc), ft
-        else:  # one batched encoder pass
-            with torch.no_grad():
-                both = network(torch.cat([pc, tc]))
-            yield [f[:pc.shape[0]] for f in both], [f[pc.shape[0]:] for f in both]
-
-
-def feature_layer_maps(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, normalization: str,
-                       max_batch: int | None = None) -> list[list[Tensor]]:
-    """Layer maps of validated ``(M, 1, H, W)`` batches, ``max_batch`` pairs per encoder pass.
-
-    Returns:
-        One list of ``(m, 1, h_l, w_l)`` maps per chunk of at most ``max_batch`` images.
+def batch_maps(batch: EncodedBatch, head: FeatureDistanceNetwork, preds: Tensor) -> Tensor:
+    """``head``'s per-pixel maps of an encoded batch of ``preds``: ``(N, C, H, W)`` (NaN for dropped images).
 
     Raises:
-        NotImplementedError: the network has no ``layer_maps`` (DISTS), before any encoder pass.
+        NotImplementedError: ``head`` has no per-position form (DISTS).
     """
-    maps_of = require_layer_maps(network)
-    return [maps_of(fp, ft) for fp, ft in encoded_chunks(network, p, t, normalization, max_batch)]
-
-
-def upsample_maps(maps: list[Tensor], size: tuple[int, int]) -> Tensor:
-    """Sum over layers of the maps upsampled to ``size`` (bilinear, as ``lpips`` spatial=True)."""
-    total = None
-    for m in maps:
-        up = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        total = up if total is None else total + up
-    return total
+    maps = batch.scatter(batch.maps(head))
+    return maps.reshape(preds.shape[0], channels_per_image(preds), *batch.size)
 
 
 def distance_map(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor,
@@ -182,59 +142,9 @@ def distance_map(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor,
         >>> m.shape, float(m.abs().max())
         (torch.Size([2, 3, 48, 40]), 0.0)
     """
-    _check_nan_strategy(nan_strategy)
-    p, t, _ = validated_images(preds, target, nan_strategy)
-    size = tuple(p.shape[-2:])
-    chunks = [upsample_maps(maps, size) for maps in feature_layer_maps(network, p, t, normalization,
-                                                                       max_batch)]
-    n, c = preds.shape[0], channels_per_image(preds)
-    return torch.cat(chunks).reshape(n, c, *size)
-
-
-def validated_mask(mask: Tensor, preds: Tensor) -> Tensor:
-    """Check a ROI mask against ``preds`` and flatten it to ``(M, 1, H, W)`` float, as the images.
-
-    Accepts a boolean ``(N, H, W)`` mask (every channel), ``(N, 1, H, W)`` (every channel) or
-    ``(N, C, H, W)`` (per channel) for ``(N, [C,] H, W)`` images.
-
-    Raises:
-        TypeError: a non-tensor or non-boolean mask.
-        ValueError: a wrong shape, or an image whose mask is empty.
-    """
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"`mask` must be a boolean torch.Tensor, but got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"`mask` must have dtype torch.bool, but got {mask.dtype} (use `mask > 0.5`)")
-    n, c = preds.shape[0], channels_per_image(preds)
-    h, w = preds.shape[-2:]
-    if mask.shape == (n, h, w):
-        mask = mask[:, None]
-    if mask.ndim != 4 or mask.shape[0] != n or mask.shape[1] not in (1, c) or mask.shape[2:] != (h, w):
-        raise ValueError(f"`mask` must have shape ({n}, {h}, {w}), ({n}, 1, {h}, {w}) or "
-                         f"({n}, {c}, {h}, {w}) for images of shape {tuple(preds.shape)}, but got "
-                         f"{tuple(mask.shape)}")
-    mask = mask.expand(n, c, h, w).reshape(n * c, 1, h, w)
-    empty = ~mask.flatten(1).any(dim=1)
-    if empty.any():
-        raise ValueError(f"`mask` is empty (all False) for images {empty.nonzero().flatten().tolist()} "
-                         f"(of {n * c}, counted over batch x channels): nothing to score there")
-    return mask.float()
-
-
-def masked_feature_distances(network: FeatureDistanceNetwork, p: Tensor, t: Tensor, mask: Tensor,
-                             normalization: str, max_batch: int | None = None) -> Tensor:
-    """Masked DFDs ``(M,)`` of validated ``(M, 1, H, W)`` images and an ``(M, 1, H, W)`` float mask.
-
-    The metric-side entry point (``update(..., mask=...)``): images already flattened by
-    :func:`~lightning_dfd.functional.dfd.validated_images`, mask by :func:`validated_mask`. Each
-    chunk goes through ``network.masked_distance`` (layer maps averaged over the resized mask;
-    DISTS: mask-weighted statistics).
-    """
-    step = max_batch or max(p.shape[0], 1)
-    device = _device_of(network)
-    values = [network.masked_distance(fp, ft, mask[k * step:(k + 1) * step].to(device))
-              for k, (fp, ft) in enumerate(encoded_chunks(network, p, t, normalization, max_batch))]
-    return torch.cat(values) if values else torch.zeros(0, device=device)
+    encoder = _functional_pass(network, normalization, max_batch, nan_strategy)
+    require_layer_maps(network)  # before any encoder work
+    return batch_maps(encoder(preds, target), network, preds)
 
 
 def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Tensor, mask: Tensor,
@@ -264,10 +174,9 @@ def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Ten
         ...                net.distance(net(preds[:, None]), net(target[:, None])), rtol=1e-5)
         True
     """
-    _check_nan_strategy(nan_strategy)
-    p, t, _ = validated_images(preds, target, nan_strategy)
-    return masked_feature_distances(network, p, t, validated_mask(mask, preds), normalization,
-                                    max_batch)
+    encoder = _functional_pass(network, normalization, max_batch, nan_strategy)
+    weights = validated_mask(mask, preds)
+    return encoder(preds, target).distances(network, weights)
 
 
 # ----------------------------------------------------------------------------- foreground mask
@@ -350,116 +259,35 @@ def foreground_mask(target: Tensor, threshold: float | None = None, fill_holes: 
     return torch.from_numpy(out).to(target.device)
 
 
-# ------------------------------------------------------------------------------ pixel metrics
-
-
-def _masked_pixels(preds: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    p, t, _ = validated_images(preds, target, "error")
-    return p.double(), t.double(), validated_mask(mask.to(p.device), preds).double()
-
-
-def _data_range(t: Tensor, data_range: Tensor | float | None, n: int, c: int) -> Tensor:
-    if data_range is None:
-        return t.flatten(1).amax(dim=1)
-    dr = torch.as_tensor(data_range, dtype=torch.float64, device=t.device)
-    dr = dr.expand(t.shape[0]) if dr.ndim == 0 else dr.repeat_interleave(c) if dr.shape == (n,) else None
-    if dr is None:
-        raise ValueError(f"`data_range` must be a scalar or have shape ({n},), got {tuple(data_range.shape)}")
-    if not torch.isfinite(dr).all() or (dr <= 0).any():
-        raise ValueError(f"`data_range` must be finite and positive, got {dr.tolist()}")
-    return dr
-
-
-def _reduce(values: Tensor, reduction: str) -> Tensor:
-    return values.mean() if reduction == "mean" else values
-
-
-def masked_psnr(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
-                reduction: str = "mean") -> Tensor:
-    """PSNR (dB) over the masked pixels of each image; ``data_range`` default: the target's max.
-
-    Example:
-        >>> import torch
-        >>> t = torch.rand(2, 16, 16)
-        >>> full = torch.ones(2, 16, 16, dtype=torch.bool)
-        >>> from lightning_dfd.functional import psnr
-        >>> bool(torch.allclose(masked_psnr(t + 0.1, t, full, reduction="none"),
-        ...                     psnr(t + 0.1, t, reduction="none").double()))
-        True
-    """
-    check_choice("reduction", reduction, REDUCTIONS)
-    p, t, w = _masked_pixels(preds, target, mask)
-    dr = _data_range(t, data_range, preds.shape[0], channels_per_image(preds))
-    mse = ((p - t).pow(2) * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
-    return _reduce(10 * torch.log10(dr**2 / mse), reduction)
-
-
-def masked_nmse(preds: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean") -> Tensor:
-    """``||(target - preds) * mask||^2 / ||target * mask||^2`` per image.
-
-    Example:
-        >>> import torch
-        >>> t = torch.ones(1, 8, 8)
-        >>> p = t.clone(); p[0, :4] = 0  # wrong only in the top half
-        >>> bottom = torch.zeros(1, 8, 8, dtype=torch.bool); bottom[0, 4:] = True
-        >>> float(masked_nmse(p, t, bottom)), float(masked_nmse(p, t, ~bottom))
-        (0.0, 1.0)
-    """
-    check_choice("reduction", reduction, REDUCTIONS)
-    p, t, w = _masked_pixels(preds, target, mask)
-    return _reduce(((p - t).pow(2) * w).flatten(1).sum(dim=1) / (t.pow(2) * w).flatten(1).sum(dim=1),
-                   reduction)
-
-
-def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
-                reduction: str = "mean") -> Tensor:
-    """Mean of the SSIM map over the window centres inside the mask (borders excluded as skimage).
-
-    Raises:
-        ValueError: a mask with no pixel in the valid (border-free) region of some image.
-
-    Example:
-        >>> import torch
-        >>> t = torch.rand(2, 16, 16)
-        >>> full = torch.ones(2, 16, 16, dtype=torch.bool)
-        >>> float(masked_ssim(t, t, full))
-        1.0
-    """
-    check_choice("reduction", reduction, REDUCTIONS)
-    p, t, w = _masked_pixels(preds, target, mask)
-    dr = _data_range(t, data_range, preds.shape[0], channels_per_image(preds))
-    return _reduce(masked_ssim_per_image(p, t, dr, w), reduction)  # fastMRI's 7x7 uniform window
-
-
 # ------------------------------------------------------------------------------------ the mixin
 
 
 class SpatialDFDMixin:
     """Adds :meth:`distance_map` and :meth:`masked_distances` to a DFD metric class.
 
-    Uses the metric's ``network``, ``normalization`` and ``max_batch``; touches no metric state.
-
-    Example:
-        >>> import torch
-        >>> from lightning_dfd.encoders.resnet import ResNetFDNetwork
-        >>> class Probe(SpatialDFDMixin):
-        ...     network, normalization, max_batch = ResNetFDNetwork(weights="random"), "minmax", 4
-        >>> Probe().distance_map(torch.rand(1, 32, 32), torch.rand(1, 32, 32)).shape
-        torch.Size([1, 1, 32, 32])
+    Both run on the metric's own encoder pass (``_encode``), so inside a shared-batch scope
+    (:meth:`lightning_dfd.metrics.DFDCollection.one_pass`) the features of a batch just scored are
+    reused, never encoded again; they touch no metric state.
     """
 
     network: FeatureDistanceNetwork
-    normalization: str
-
-    def _spatial_options(self) -> dict[str, Any]:
-        nan = getattr(self, "nan_strategy", "error")
-        return {"normalization": self.normalization, "max_batch": getattr(self, "max_batch", None),
-                "nan_strategy": "propagate" if nan in ("ignore", "propagate") else "error"}
+    _encode: Any
 
     def distance_map(self, preds: Tensor, target: Tensor) -> Tensor:
-        """Per-pixel contributions ``(N, C, H, W)`` (see :func:`lightning_dfd.spatial.distance_map`)."""
-        return distance_map(self.network, preds, target, **self._spatial_options())
+        """Per-pixel contributions ``(N, C, H, W)`` (see :func:`lightning_dfd.spatial.distance_map`).
+
+        Example:
+            >>> import torch
+            >>> from lightning_dfd import ResNetFD
+            >>> ResNetFD(weights="random").distance_map(torch.rand(1, 32, 32), torch.rand(1, 32, 32)).shape
+            torch.Size([1, 1, 32, 32])
+        """
+        require_layer_maps(self.network)  # before any encoder work
+        return batch_maps(self._encode(preds, target, None), self.network, preds)
 
     def masked_distances(self, preds: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         """Per-image masked values ``(N * C,)`` (see :func:`lightning_dfd.spatial.masked_distances`)."""
-        return masked_distances(self.network, preds, target, mask, **self._spatial_options())
+        weights = validated_mask(mask, preds)
+        batch = self._encode(preds, target, None)
+        keep = batch.keep.to(weights.device)
+        return batch.scatter(batch.distances(self.network, weights[keep]))

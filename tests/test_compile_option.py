@@ -42,7 +42,7 @@ def test_inductor_equals_eager_and_follows_weight_changes():
     eager, compiled = _twins(ResNetFD, True)
     torch.testing.assert_close(_score(compiled, preds, target), _score(eager, preds, target),
                                rtol=1e-5, atol=1e-7)
-    assert compiled.network.__dict__["_compiled"] is not None  # it really ran compiled
+    assert compiled.encoder.__dict__["_compiled"] is not None  # it really ran compiled
     # Inductor freezes the weights into the graph: an in-place change must rebuild it.
     with torch.no_grad():
         for net in (eager.network, compiled.network):
@@ -57,8 +57,8 @@ def test_compiled_metric_equals_eager(cls):
     eager, compiled = _twins(cls, "aot_eager")
     torch.testing.assert_close(_score(compiled, preds, target), _score(eager, preds, target),
                                rtol=1e-6, atol=1e-8)
-    key = compiled.network.__dict__["_compiled"][0]
-    assert key[3] == "aot_eager"
+    key = compiled.encoder.__dict__["_compiled"][0]
+    assert key[0][3] == "aot_eager"  # (options key, live weights token)
 
 
 def test_compile_holds_no_state_and_copies_compile_their_own():
@@ -68,9 +68,9 @@ def test_compile_holds_no_state_and_copies_compile_their_own():
     _score(compiled, preds, target)
     assert set(compiled.state_dict()) == set(eager.state_dict())
     for copied in (compiled.clone(), copy.deepcopy(compiled), pickle.loads(pickle.dumps(compiled))):
-        assert "_compiled" not in copied.network.__dict__
+        assert "_compiled" not in copied.encoder.__dict__
         torch.testing.assert_close(_score(copied, preds, target), expected, rtol=1e-6, atol=1e-8)
-        assert copied.network.__dict__["_compiled"] is not None
+        assert copied.encoder.__dict__["_compiled"] is not None
 
 
 def test_gradients_run_eager_and_flow():
@@ -79,7 +79,7 @@ def test_gradients_run_eager_and_flow():
     x = preds[:, None].clone().requires_grad_(True)
     distance = compiled.network.distance(compiled.network(x), eager.network(target[:, None]))
     distance.sum().backward()
-    assert "_compiled" not in compiled.network.__dict__  # never compiled with gradients on
+    assert "_compiled" not in compiled.encoder.__dict__  # never compiled with gradients on
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
@@ -91,7 +91,7 @@ def test_compiled_and_eager_never_share_a_cache_namespace():
 
 def test_build_metric_passes_compile_and_bad_values_are_named():
     metric = build_metric("resnet_fd", weights="random", compile="aot_eager")
-    assert metric.network.compile_mode == "aot_eager" and "compile='aot_eager'" in repr(metric.encoder)
+    assert metric.options.compile == "aot_eager" and "compile='aot_eager'" in repr(metric.encoder)
     for bad in ("no_such_backend", 1, ""):
         with pytest.raises(ValueError, match="compile"):
             ResNetFD(weights="random", compile=bad)

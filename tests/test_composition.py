@@ -287,7 +287,8 @@ def test_precision_argument_checks_and_old_autocast_name():
         ResNetFD(weights="random", precision="fp16")
     with pytest.warns(DeprecationWarning, match="precision='bf16'"):
         metric = LPIPS(net="alex", weights="random", autocast=True)
-    assert metric.precision == "bf16" and metric.network.precision == "bf16"
+    assert metric.precision == "bf16" and metric.options.precision_in_use == "bf16"
+    assert not hasattr(metric.network, "precision")  # options live in the pass, not the network
 
 
 # ------------------------------------------------------------------------- bug 6: extreme inputs

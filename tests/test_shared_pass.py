@@ -9,7 +9,7 @@ from lightning_dfd import DISTS, LPIPS, PSNR, ResNetFD
 from lightning_dfd.analysis.evaluation import build_metrics
 from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.metrics import DFDCollection
-from lightning_dfd.metrics.encoder_pass import share_encoders
+from lightning_dfd.encoders.encoder_pass import sharing
 from tests.metric_fixtures import mr_like_pair
 
 
@@ -121,8 +121,12 @@ def test_bad_batch_leaves_every_member_untouched(vgg_file):
 def test_linked_metric_alone_computes_for_itself(vgg_file):
     preds, target = mr_like_pair(n=2, h=32, w=32, seed=5)
     lin, nolin = _lpips_pair(vgg_file)
-    share_encoders([lin, nolin])
-    lin.update(preds, target)  # outside a collection update: no pending values, no leak
+    counter = PassCounter(lin.network)
+    with sharing([lin.encoder_pass, nolin.encoder_pass]):
+        lin.update(preds, target)
+        nolin.update(preds, target)  # the features of lin's pass
+    assert counter.calls == 1 and PassCounter(nolin.network).calls == 0
+    lin.update(preds, target)  # outside a scope: no pending values, no leak
     nolin.update(preds, target)
     ref = _lpips_pair(vgg_file)
     for metric, other in zip((lin, nolin), ref, strict=True):
@@ -146,5 +150,6 @@ def test_evaluate_links_lpips_variants(vgg_file, tmp_path):
 
     config = EvaluationConfig(metrics=("lpips_vgg", "lpips_vgg_nolin", "psnr"),
                               weights={"lpips_vgg": str(vgg_file), "lpips_vgg_nolin": str(vgg_file)})
-    metrics = build_metrics(config)
-    assert metrics["lpips_vgg"].encoder is metrics["lpips_vgg_nolin"].encoder
+    per_image, per_volume = build_metrics(config)
+    assert per_image.shared_groups() == [["lpips_vgg", "lpips_vgg_nolin"]]
+    assert list(per_volume.keys()) == ["psnr"]

@@ -6,12 +6,13 @@
   slice count, no padding, no file twice) and batches that never cross a file; a process left
   without files gets one empty batch, so that every process runs the loop's hooks.
 * :class:`EvaluationModule`: its ``predict_step`` updates the metric suite of
-  :func:`~lightning_dfd.analysis.evaluation.build_metrics` (``build_metric`` with
-  ``reduction="none"``, DFDs sharing encoder passes, as ``ReconModule``'s validation) on one batch;
+  :func:`~lightning_dfd.analysis.evaluation.build_metrics` (:func:`lightning_dfd.build_suite` with
+  ``reduction="none"``, one encoder pass per batch, as ``ReconModule``'s validation) on one batch;
   a failing batch marks its file as not scored (stage ``score``) and the file's rows are dropped.
   At the end of the loop the rows, volume summaries and problems of every process are gathered
   with ``all_gather_object``. With ``config.maps_dir`` it also computes each DFD's
-  ``distance_map`` of the same batch (one more encoder pass per DFD and batch) and writes each
+  ``distance_map`` of the same batch from the features it scored (no second encoder pass: the
+  update and the maps run in one :meth:`~lightning_dfd.metrics.DFDCollection.one_pass`) and writes each
   volume's maps (:class:`~lightning_dfd.analysis.maps.MapWriter`) when its last batch is scored:
   in DDP each process writes the maps of its own files (disjoint files, so no two processes
   write the same path).
@@ -30,13 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_dfd.analysis.evaluation import (
+    KEY_COLUMNS,
     EvaluationConfig,
+    EvaluationResult,
     FilePair,
     FileProblem,
     build_metrics,
@@ -52,6 +56,7 @@ __all__ = [
     "FileShardSampler",
     "SlicePairDataset",
     "VolumeEntry",
+    "evaluate",
     "index_files",
     "run_evaluation",
     "shard_files",
@@ -203,15 +208,10 @@ class EvaluationModule(LightningModule):
         super().__init__()
         self.config = config
         self.dataset = dataset
-        from lightning_dfd.metrics import DFDCollection
-
-        metrics = build_metrics(replace(config, device="cpu"), sync_on_compute=False)
         # The suite of ReconModule's validation: per-image values, and fastMRI's per-volume pixel
-        # metrics (fed the file's volume id), each a DFDCollection (shared encoder passes).
-        self.image_metrics = DFDCollection({n: m for n, m in metrics.items() if "@" not in n})
-        self.volume_metrics = DFDCollection(
-            {n.removesuffix("@volume"): m for n, m in metrics.items() if n.endswith("@volume")}
-        )
+        # metrics (fed the file's volume id); each a DFDCollection (one encoder pass per batch).
+        self.image_metrics, self.volume_metrics = build_metrics(replace(config, device="cpu"),
+                                                                sync_on_compute=False)
         self._pending: dict[int, dict[str, Any]] = {}
         self.map_writer = None
         self.maps_skipped: dict[str, str] = {}  # metric -> why it has no map
@@ -237,7 +237,8 @@ class EvaluationModule(LightningModule):
         entry = self.dataset.entries[file]
         self._pending[file] = {"failed": True}
         self.problems.append(FileProblem(entry.pair.name, message, stage))
-        self.volume_metrics.reset()  # the file's partial per-volume statistics
+        if self.volume_metrics is not None:
+            self.volume_metrics.reset()  # the file's partial per-volume statistics
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Score one batch (slices of one file); a failure drops the file, never the run."""
@@ -271,25 +272,25 @@ class EvaluationModule(LightningModule):
 
             masked["mask"] = foreground_mask(target, largest_component=True)
         self.image_metrics.reset()
-        with torch.no_grad():
+        with torch.no_grad(), self.image_metrics.one_pass():  # maps reuse the scored features
             self.image_metrics.update(preds, target, data_range=data_range, **masked)
             computed = self.image_metrics.compute()
+            if self.map_writer is not None and "maps_error" not in state:
+                try:
+                    state["maps"].append(self._maps(preds, target, masked.get("mask")))
+                except Exception as err:  # the scores stand; the file's maps are reported missing
+                    state["maps_error"] = f"maps not computed: {describe_error(err)}"
+                if "mask" in masked:
+                    state["masks"].append(masked["mask"].cpu().numpy())
         values: dict[str, np.ndarray] = {}
         for name in self.config.metrics:
             values[name] = computed[name].detach().double().cpu().numpy().reshape(-1)
             if values[name].shape[0] != n:
                 raise ValueError(f"metric {name!r} gave {values[name].shape[0]} values for {n} slices")
-        if len(self.volume_metrics):
+        if self.volume_metrics is not None:
             ids = torch.zeros(n, dtype=torch.long, device=preds.device)
             with torch.no_grad():
                 self.volume_metrics.update(preds, target, data_range=data_range, volume_ids=ids, **masked)
-        if self.map_writer is not None and "maps_error" not in state:
-            try:
-                state["maps"].append(self._maps(preds, target, masked.get("mask")))
-            except Exception as err:  # the scores stand; the file's maps are reported missing
-                state["maps_error"] = f"maps not computed: {describe_error(err)}"
-            if "mask" in masked:
-                state["masks"].append(masked["mask"].cpu().numpy())
         volume = self.dataset.entries[batch["file"]].pair.volume
         state["rows"] += [
             {"volume": volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
@@ -354,8 +355,10 @@ class EvaluationModule(LightningModule):
 
     def _finish(self, entry: VolumeEntry, state: dict[str, Any]) -> None:
         summary: dict[str, Any] = {"volume": entry.pair.volume, "n_slices": len(entry.slices)}
-        per_volume = self.volume_metrics.compute() if len(self.volume_metrics) else {}
-        self.volume_metrics.reset()
+        per_volume = {}
+        if self.volume_metrics is not None:
+            per_volume = self.volume_metrics.compute()
+            self.volume_metrics.reset()
         for name in self.config.metrics:
             if name in per_volume:  # fastMRI: pooled over the volume's scored slices
                 summary[name] = float(per_volume[name].double().cpu().reshape(-1)[0])
@@ -467,3 +470,64 @@ def _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, pr
             if problem.stage != "maps":
                 module.map_writer.discard(Path(problem.file).stem)
     return rows, summaries, problems, trainer.is_global_zero, module.gathered_maps
+
+
+def evaluate(
+    pairs: Sequence[FilePair],
+    config: EvaluationConfig,
+    devices: int | str | list[int] = 1,
+    progress: bool = True,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
+) -> EvaluationResult:
+    """Score every pair in a Lightning prediction loop; per-file problems are collected, not raised.
+
+    Args:
+        pairs: From :func:`~lightning_dfd.analysis.evaluation.pair_files`.
+        config: What to compute.
+        devices: Lightning's ``devices`` (processes per node with ``strategy="ddp"``).
+        progress: Show Lightning's progress bar (stderr).
+        num_nodes: Lightning's ``num_nodes``.
+        strategy: Lightning's ``strategy`` (``"auto"``, ``"ddp"``; spawn-based ones are refused).
+        accelerator: Lightning's ``accelerator``; None derives it from ``config.device``.
+
+    Returns:
+        An :class:`EvaluationResult` with rows sorted by volume and slice, on every process
+        (:attr:`EvaluationResult.is_global_zero` says which one should write).
+
+    Example:
+        >>> import tempfile, h5py, numpy as np
+        >>> from lightning_dfd.analysis.evaluation import EvaluationConfig, pair_files
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "ref").mkdir(); (root / "rec").mkdir()
+        >>> x = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
+        >>> with h5py.File(root / "ref" / "file1.h5", "w") as f:
+        ...     _ = f.create_dataset("reconstruction_rss", data=x)
+        >>> with h5py.File(root / "rec" / "file1.h5", "w") as f:
+        ...     _ = f.create_dataset("reconstruction", data=x * 0.9)
+        >>> config = EvaluationConfig(metrics=("psnr", "nmse"), slices="center")
+        >>> result = evaluate(pair_files(root / "rec", root / "ref")[0], config, progress=False)
+        >>> result.images[["volume", "slice"]].values.tolist(), round(float(result.images["nmse"][0]), 4)
+        ([['file1', 1]], 0.01)
+
+    Raises:
+        Errors of metric construction (unknown weights, missing checkpoint) before any file is
+        read.
+    """
+    rows, summaries, problems, is_zero, maps = run_evaluation(
+        pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        accelerator=accelerator, progress=progress,
+    )  # fmt: skip
+    result = _collect(rows, summaries, problems, config)
+    result.is_global_zero = is_zero
+    result.maps_skipped, result.maps_written = maps
+    return result
+
+
+def _collect(rows, summaries, problems, config: EvaluationConfig) -> EvaluationResult:
+    columns = [*KEY_COLUMNS, *config.metrics]
+    problems = sorted(problems, key=lambda p: p.file)
+    images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
+    volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
+    return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)

@@ -17,29 +17,21 @@ Problems with one file (no partner, unreadable file, missing dataset, zero slice
 mismatch, non-finite values, an image too small for an encoder, any error of a metric) are
 collected as :class:`FileProblem` and the other files are still scored.
 
-:func:`evaluate` runs as a Lightning prediction loop (:mod:`lightning_dfd.analysis.engine`):
-one process per device with ``strategy="ddp"``, whole files per process, rows gathered.
+The scoring loop itself is :func:`lightning_dfd.analysis.engine.evaluate` (a Lightning prediction
+loop: one process per device with ``strategy="ddp"``, whole files per process, rows gathered);
+this module holds the pieces it runs on (pairing, reading, configuration, conventions).
 With ``maps_dir`` every scored volume's per-pixel DFD maps are written too
 (:mod:`lightning_dfd.analysis.maps`).
 
 Example:
-    >>> import tempfile, h5py, numpy as np
-    >>> root = Path(tempfile.mkdtemp())
-    >>> (root / "ref").mkdir(); (root / "rec").mkdir()
-    >>> x = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
-    >>> with h5py.File(root / "ref" / "file1.h5", "w") as f:
-    ...     _ = f.create_dataset("reconstruction_rss", data=x)
-    >>> with h5py.File(root / "rec" / "file1.h5", "w") as f:
-    ...     _ = f.create_dataset("reconstruction", data=x * 0.9)
-    >>> config = EvaluationConfig(metrics=("psnr", "nmse"), slices="center")
-    >>> result = evaluate(pair_files(root / "rec", root / "ref")[0], config, progress=False)
-    >>> result.images[["volume", "slice"]].values.tolist(), round(float(result.images["nmse"][0]), 4)
-    ([['file1', 1]], 0.01)
+    >>> pairs, problems = pair_files(Path("predictions"), Path("references"))  # doctest: +SKIP
+
+:func:`lightning_dfd.analysis.engine.evaluate` scores the pairs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +41,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lightning_dfd.preprocess import center_crop
+
 __all__ = [
     "DATA_RANGES",
     "SLICE_MODES",
     "EvaluationConfig",
-    "EXTRA_METRICS",
     "PROTOCOLS",
     "EvaluationResult",
     "FilePair",
@@ -62,7 +55,6 @@ __all__ = [
     "column_conventions",
     "protocol_defaults",
     "describe_error",
-    "evaluate",
     "load_pair",
     "pair_files",
     "read_shape",
@@ -74,13 +66,7 @@ __all__ = [
 SLICE_MODES = ("all", "center")
 DATA_RANGES = ("volume", "image")
 SCALINGS = ("none", "target_max")
-PRECISIONS = ("fp32", "bf16")
 KEY_COLUMNS = ("volume", "slice")
-
-#: Metric names ``evaluate`` adds to :data:`lightning_dfd.metrics.METRICS`: name -> (metric, kwargs).
-EXTRA_METRICS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ssim_gaussian": ("ssim", {"window": "gaussian"}),
-}
 
 #: Presets of :func:`protocol_defaults`.
 PROTOCOLS = ("fastmri", "paper")
@@ -140,7 +126,7 @@ class EvaluationConfig:
     """What to compute and how.
 
     Attributes:
-        metrics: Metric names of :data:`lightning_dfd.metrics.METRICS`.
+        metrics: Metric names of :data:`lightning_dfd.catalog.CATALOG`.
         weights: Weights for the deep feature distances: one value for all (``"random"``,
             ``"imagenet"``, a path) or a mapping metric name -> value; None or an absent name
             keeps the metric's own default.
@@ -154,8 +140,9 @@ class EvaluationConfig:
         scale: ``"none"``, or ``"target_max"``: divide each slice pair by the maximum of its
             reference slice (magnitudes in [0, 1] for the reference; the prediction is not
             clipped), as the paper's meddlr pipeline saw them.
-        precision: ``"fp32"`` (default) or ``"bf16"``: the DFD encoders' precision (distances in
-            fp32); pixel metrics are always computed in full precision.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` (bf16 where the CPU or GPU has
+            fast bf16 units): the DFD encoders' precision (distances in fp32); pixel metrics are
+            always computed in full precision.
         mask: ``"none"`` or ``"foreground"``: every metric over the foreground of each reference
             slice only (:func:`lightning_dfd.spatial.foreground_mask`, largest component).
         maps_dir: Write per-pixel DFD maps of every scored volume into this folder
@@ -182,22 +169,19 @@ class EvaluationConfig:
     protocol: str | None = None
 
     def __post_init__(self) -> None:
-        from lightning_dfd.metrics import METRICS
+        from lightning_dfd.catalog import check_names
+        from lightning_dfd.encoders.options import EncoderOptions
 
-        known = (*METRICS, *EXTRA_METRICS)
-        unknown = [name for name in self.metrics if name not in known]
-        if unknown or not self.metrics:
-            raise ValueError(
-                f"Argument `metrics` must name metrics among {known}, but got {list(self.metrics)}"
-            )
+        if not self.metrics:
+            raise ValueError("Argument `metrics` names no metric")
+        check_names(self.metrics)
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"Argument `metrics` names a metric twice: {list(self.metrics)}")
         if self.mask not in ("none", "foreground"):
             raise ValueError(f"Argument `mask` must be one of ('none', 'foreground'), but got {self.mask!r}")
         if self.scale not in SCALINGS:
             raise ValueError(f"Argument `scale` must be one of {SCALINGS}, got {self.scale!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"Argument `precision` must be one of {PRECISIONS}, got {self.precision!r}")
+        EncoderOptions(precision=self.precision)  # the one check of a precision (and "auto")
         if self.scale == "target_max" and self.data_range != "image":
             raise ValueError('scale="target_max" divides each slice by its own maximum: it needs '
                              f'data_range="image", got {self.data_range!r}')
@@ -316,45 +300,26 @@ def select_slices(num_slices: int, mode: str) -> list[int]:
     raise ValueError(f"Argument `slices` must be one of {SLICE_MODES}, got {mode!r}")
 
 
-def _center_crop(volume: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    top = (volume.shape[-2] - shape[0]) // 2
-    left = (volume.shape[-1] - shape[1]) // 2
-    return volume[..., top : top + shape[0], left : left + shape[1]]
+def build_metrics(config: EvaluationConfig, **extra: Any) -> tuple[Any, Any]:
+    """The suites of ``config`` on ``config.device``: ``(per_image, per_volume)``.
 
-
-def build_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
-    """Instantiate the metrics of ``config`` (per-image values) on ``config.device``.
-
-    ``extra`` keyword arguments go to every metric (e.g. ``sync_on_compute=False``).
-
-    Pixel metrics come twice: ``"<name>"`` for per-image values and ``"<name>@volume"`` for
-    fastMRI's per-volume value. DFDs with identical features are linked to share one encoder
-    pass (as :class:`~lightning_dfd.metrics.DFDCollection` links them).
+    Both are :class:`~lightning_dfd.metrics.DFDCollection` s built by
+    :func:`lightning_dfd.build_suite` with ``reduction="none"`` (``extra`` keyword arguments go to
+    every metric, e.g. ``sync_on_compute=False``): ``per_image`` holds every metric of the
+    config (one value per image); ``per_volume`` the pixel metrics again, fed the file's volume
+    id for fastMRI's per-volume value.
     """
-    from lightning_dfd.metrics import DFDCollection, is_dfd
+    from lightning_dfd.catalog import is_dfd_name
+    from lightning_dfd.metrics.suite import build_suite
 
-    metrics: dict[str, Any] = {}
-    for name in config.metrics:
-        base, preset = EXTRA_METRICS.get(name, (name, {}))
-        kwargs: dict[str, Any] = {"reduction": "none", **preset, **extra}
-        if is_dfd(base) and config.weights_for(name) is not None:
-            kwargs["weights"] = config.weights_for(name)
-        if is_dfd(base) and config.precision != "fp32":
-            kwargs["precision"] = config.precision
-        metrics[name] = _build(base, name, kwargs).to(config.device)
-        if not is_dfd(base):
-            metrics[f"{name}@volume"] = _build(base, name, kwargs).to(config.device)
-    DFDCollection({name: m for name, m in metrics.items() if "@" not in name}).shared_groups()
-    return metrics
-
-
-def _build(base: str, name: str, kwargs: dict[str, Any]) -> Any:
-    from lightning_dfd.metrics import build_metric
-
-    try:
-        return build_metric(base, **kwargs)
-    except TypeError as err:  # e.g. an SSIM without the `window` option
-        raise ValueError(f"metric {name!r} cannot be built with {kwargs}: {err}") from err
+    options = {"reduction": "none", **extra}
+    dfd_options = {"precision": config.precision}
+    per_image = build_suite(
+        {name: {"weights": config.weights_for(name)} if config.weights_for(name) is not None else None
+         for name in config.metrics}, dfd_options=dfd_options, **options)
+    pixel = [name for name in config.metrics if not is_dfd_name(name)]
+    per_volume = build_suite(pixel, **options).to(config.device) if pixel else None
+    return per_image.to(config.device), per_volume
 
 
 def protocol_defaults(protocol: str) -> dict[str, Any]:
@@ -386,7 +351,7 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         >>> conventions["ssim"].split(": ")[1].split(";")[0]
         '7x7 uniform window, sample covariance, K1=0.01, K2=0.03'
     """
-    from lightning_dfd.metrics import is_dfd
+    from lightning_dfd.catalog import CATALOG
 
     data_range = {
         "volume": "data range = maximum of the reference volume (fastMRI)",
@@ -394,22 +359,16 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
     }[config.data_range]
     scale = "" if config.scale == "none" else "; each slice pair divided by its reference slice's maximum"
     slices = "every slice" if config.slices == "all" else "the centre slice (n // 2) of each volume"
-    fixed = {
-        "psnr": f"PSNR in dB, 20 log10(data range / RMSE) (fastmri.evaluate.psnr); {data_range}",
-        "ssim": "SSIM, fastMRI convention (fastmri.evaluate.ssim): 7x7 uniform window, sample "
-        f"covariance, K1=0.01, K2=0.03; {data_range}",
-        "ssim_gaussian": "SSIM, Wang et al. 2004 / meddlr convention (the paper's column): 11x11 "
-        f"Gaussian window, sigma 1.5, K1=0.01, K2=0.03; {data_range}",
-        "nmse": "NMSE, ||target - prediction||^2 / ||target||^2 (fastmri.evaluate.nmse)",
-    }
     out = {"volume": "file name without .h5", "slice": f"slice index in the file ({slices})"}
     for name in config.metrics:
-        if is_dfd(name):
+        spec = CATALOG[name]
+        if spec.is_dfd:
             weights = config.weights_for(name) or "the metric's default weights"
-            out[name] = (f"deep feature distance {name} (lower is better), weights {weights}; "
-                         f"each image min/max-normalised by the metric; encoder in {config.precision}")
+            direction = "higher is better" if spec.higher_is_better else "lower is better"
+            out[name] = (f"{spec.convention} {name} ({direction}), weights {weights}; each image "
+                         f"min/max-normalised by the metric; encoder in {config.precision}")
         else:
-            out[name] = fixed[name]
+            out[name] = spec.convention + ("" if name == "nmse" else f"; {data_range}")
         out[name] += scale
         if config.mask == "foreground":
             out[name] += ("; over the foreground of each reference slice (lightning_dfd.spatial."
@@ -468,7 +427,7 @@ def load_pair(pair: FilePair, config: EvaluationConfig) -> tuple[np.ndarray, np.
     target = read_volume(pair.target, config.target_key)
     preds = read_volume(pair.prediction, config.prediction_key)
     if _scored_shape(preds.shape, target.shape, config):
-        preds = _center_crop(preds, target.shape[1:])
+        preds = center_crop(preds, target.shape[1:])
     return preds, target
 
 
@@ -486,49 +445,8 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def evaluate(
-    pairs: Sequence[FilePair],
-    config: EvaluationConfig,
-    devices: int | str | list[int] = 1,
-    progress: bool = True,
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    accelerator: str | None = None,
-) -> EvaluationResult:
-    """Score every pair in a Lightning prediction loop; per-file problems are collected, not raised.
-
-    Args:
-        pairs: From :func:`pair_files`.
-        config: What to compute.
-        devices: Lightning's ``devices`` (processes per node with ``strategy="ddp"``).
-        progress: Show Lightning's progress bar (stderr).
-        num_nodes: Lightning's ``num_nodes``.
-        strategy: Lightning's ``strategy`` (``"auto"``, ``"ddp"``; spawn-based ones are refused).
-        accelerator: Lightning's ``accelerator``; None derives it from ``config.device``.
-
-    Returns:
-        An :class:`EvaluationResult` with rows sorted by volume and slice, on every process
-        (:attr:`EvaluationResult.is_global_zero` says which one should write).
-
-    Raises:
-        Errors of metric construction (unknown weights, missing checkpoint) before any file is
-        read.
-    """
-    from lightning_dfd.analysis.engine import run_evaluation  # lightning only when scoring
-
-    rows, summaries, problems, is_zero, maps = run_evaluation(
-        pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy,
-        accelerator=accelerator, progress=progress,
-    )  # fmt: skip
-    result = _collect(rows, summaries, problems, config)
-    result.is_global_zero = is_zero
-    result.maps_skipped, result.maps_written = maps
-    return result
-
-
-def _collect(rows, summaries, problems, config: EvaluationConfig) -> EvaluationResult:
-    columns = [*KEY_COLUMNS, *config.metrics]
-    problems = sorted(problems, key=lambda p: p.file)
-    images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
-    volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
-    return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)
+def __getattr__(name: str) -> Any:
+    if name == "evaluate":  # moved below the pieces it uses: no import circle
+        raise AttributeError("lightning_dfd.analysis.evaluation.evaluate moved to "
+                             "lightning_dfd.analysis.engine.evaluate")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

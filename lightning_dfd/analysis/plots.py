@@ -22,36 +22,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lightning_dfd.analysis.correlation import ALL_GROUP, srocc
+from lightning_dfd.catalog import CATALOG, metric_label
 
 __all__ = ["METRIC_LABELS", "metric_label", "plot_inter_reader", "plot_metric_scatter", "plot_srocc_bars"]
 
 _MARKERS = ("o", "x", "s", "^", "D", "v", "P", "*")
 
-#: Axis label (with unit or range and direction) of every metric of :data:`lightning_dfd.metrics.METRICS`.
-METRIC_LABELS: dict[str, str] = {
-    "psnr": "PSNR (dB, higher is better)",
-    "ssim": "SSIM (fastMRI 7x7 uniform window; 0-1, higher is better)",
-    "ssim_gaussian": "SSIM (11x11 Gaussian window, sigma 1.5; 0-1, higher is better)",
-    "nmse": "NMSE (ratio, lower is better)",
-    "lpips_vgg": "LPIPS-VGG distance (lower is better)",
-    "lpips_alex": "LPIPS-AlexNet distance (lower is better)",
-    "lpips_vgg_nolin": "LPIPS-VGG without linear layers (lower is better)",
-    "dists": "DISTS distance (0-1, lower is better)",
-    "resnet_fd": "ResNet-50 feature MSE (lower is better)",
-    "rinfd": "RadImageNet feature MSE (lower is better)",
-    "ssfd": "SSFD feature MSE (lower is better)",
-    "vaefd": "Med-VAE latent MSE (lower is better)",
-}
-
-
-def metric_label(name: str) -> str:
-    """Axis label of a metric column: name, unit or range, direction; the name itself if unknown.
-
-    Example:
-        >>> metric_label("psnr"), metric_label("my_metric")
-        ('PSNR (dB, higher is better)', 'my_metric')
-    """
-    return METRIC_LABELS.get(str(name), str(name))
+#: Axis label (name, unit or range, direction) of every catalog metric: read from the catalog.
+METRIC_LABELS: dict[str, str] = {name: spec.axis_label for name, spec in CATALOG.items()}
 
 
 def _new_figure(n_panels: int, ncols: int, panel_size: tuple[float, float]):

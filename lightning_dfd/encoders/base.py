@@ -13,7 +13,6 @@ per-position form (DISTS) overrides :meth:`~FeatureDistanceNetwork.masked_distan
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -21,72 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-#: ``compile`` values: off, inductor with frozen weights (``True``), or a ``torch.compile`` backend
-CompileArg = bool | str
+# Options moved to lightning_dfd.encoders.options (one immutable EncoderOptions); the names stay
+# importable from here.
+from lightning_dfd.encoders.options import (  # noqa: E402, F401
+    PRECISIONS,
+    CompileArg,
+    EncoderOptions,
+    check_compile,
+    fast_bf16,
+    resolve_precision,
+)
 
-
-def check_compile(compile: CompileArg) -> CompileArg:
-    """Validate a ``compile`` option: ``False``, ``True`` (inductor) or a backend name.
-
-    Example:
-        >>> check_compile(True), check_compile("aot_eager")
-        (True, 'aot_eager')
-    """
-    if isinstance(compile, bool):
-        return compile
-    if isinstance(compile, str) and compile:
-        import torch._dynamo
-
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if compile not in backends:
-            raise ValueError(f"Argument `compile` must be True, False or a torch.compile backend "
-                             f"({', '.join(sorted(backends))}), but got {compile!r}")
-        return compile
-    raise ValueError(f"Argument `compile` must be True, False or a torch.compile backend name, "
-                     f"but got {compile!r}")
-
-
-def fast_bf16(cpuinfo: str | None = None) -> tuple[bool, str]:
-    """Whether this machine runs bf16 convolutions fast, and why: ``(answer, reason)``.
-
-    True on a CUDA GPU with bf16 support, or on a CPU with AMX (``amx_bf16``) or AVX512-BF16
-    (``avx512_bf16``) instructions (read from ``/proc/cpuinfo``, or from ``cpuinfo`` if given).
-
-    Example:
-        >>> fast_bf16("flags : fpu avx512f amx_bf16")
-        (True, 'CPU has amx_bf16')
-        >>> fast_bf16("flags : fpu avx2")[0]
-        False
-    """
-    if cpuinfo is None and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return True, f"GPU {torch.cuda.get_device_name()} supports bf16"
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            cpuinfo = ""
-    for flag in ("amx_bf16", "avx512_bf16"):
-        if flag in cpuinfo.split():
-            return True, f"CPU has {flag}"
-    return False, "no bf16 units found (no CUDA bf16, CPU without amx_bf16 / avx512_bf16)"
-
-
-def resolve_precision(precision: str) -> tuple[str, str]:
-    """``"fp32"``, ``"bf16"`` or ``"auto"`` (bf16 where :func:`fast_bf16`) -> ``(precision, reason)``.
-
-    Example:
-        >>> resolve_precision("fp32")
-        ('fp32', 'asked for')
-    """
-    if precision == "auto":
-        fast, reason = fast_bf16()
-        return ("bf16" if fast else "fp32"), f"auto: {reason}"
-    if precision not in PRECISIONS:
-        raise ValueError(f"Argument `precision` must be one of {(*PRECISIONS, 'auto')}, "
-                         f"but got {precision!r}")
-    return precision, "asked for"
+_DEFAULT_OPTIONS = EncoderOptions()
 
 
 def parse_layers(layers: str | Sequence[str], valid: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -253,17 +198,8 @@ class FeatureDistanceNetwork(nn.Module, ABC):
     #: names (prefixes) of parameters/buffers used only by :meth:`distance`, left out of the
     #: feature-weights digest (LPIPS' linear layers, DISTS' alpha/beta).
     head_prefixes: tuple[str, ...] = ()
-    #: run convolutions in channels-last layout (faster on CPU and tensor cores; same values
-    #: up to float rounding, <= 1e-5 relative in our tests).
-    channels_last: bool = False
-    #: ``"fp32"`` (exact) or ``"bf16"``: the encoder runs under ``torch.autocast(bfloat16)`` on the
-    #: images' device (CPU or CUDA); features come back as float32, distances are computed in fp32.
-    precision: str = "fp32"
     #: the smallest image side the encoder accepts (None: found by trying, see :meth:`minimum_size`).
     min_size: int | None = None
-    #: ``torch.compile`` the encoder for gradient-free calls: False (eager), True (inductor with
-    #: ``freezing``: weights folded into the graph) or a backend name (e.g. ``"aot_eager"``).
-    compile_mode: CompileArg = False
 
     @abstractmethod
     def prepare(self, images: Tensor) -> Tensor:
@@ -301,78 +237,32 @@ class FeatureDistanceNetwork(nn.Module, ABC):
             )
         return masked_layer_means(self.layer_maps(feats_preds, feats_target), mask)
 
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Features of ``(M, 1, H, W)`` images: :meth:`prepare` then :meth:`features`.
+    def forward(self, images: Tensor, options: EncoderOptions | None = None) -> list[Tensor]:
+        """Features of ``(M, 1, H, W)`` images: :meth:`encode` (default options: fp32, contiguous).
 
-        With :attr:`compile_mode` set and gradients off (metric updates, ``inference_mode``), the
-        compiled form runs instead (see :meth:`compiled_encode`); with gradients on, always eager.
+        The pass calls the network (``network(images, options)``), so forward hooks see every
+        encoder pass.
         """
         self.pin_eval()
-        if self.compile_mode and not torch.is_grad_enabled():
-            return self.compiled_encode()(images)
-        return self.encode(images)
+        return self.encode(images, options)
 
-    def encode(self, images: Tensor) -> list[Tensor]:
-        """The eager encoder pass: layout, precision, :meth:`prepare`, :meth:`features`."""
+    def encode(self, images: Tensor, options: EncoderOptions | None = None) -> list[Tensor]:
+        """The eager encoder pass under ``options``: :meth:`prepare`, layout, precision, :meth:`features`.
+
+        ``(M, 1, H, W)`` images in [0, 1] (or raw, for ``normalization="none"``) -> feature maps;
+        with ``precision_in_use="bf16"`` the features run under ``torch.autocast(bfloat16)`` and
+        come back as float32. The network itself holds no options: the pass
+        (:class:`~lightning_dfd.encoders.encoder_pass.EncoderPass`) hands them in.
+        """
+        options = _DEFAULT_OPTIONS if options is None else options
         x = self.prepare(images.to(self.parameter_dtype))
-        if self.channels_last:
+        if options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.precision == "fp32":
+        if options.precision_in_use == "fp32":
             return self.features(x)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             feats = self.features(x)
         return [f.float() for f in feats]
-
-    def set_options(self, channels_last: bool = False, precision: str = "fp32",
-                    compile: CompileArg = False) -> None:
-        """Switch the channels-last layout, the encoder precision and compilation."""
-        if precision not in PRECISIONS:
-            raise ValueError(f"Argument `precision` must be one of {PRECISIONS}, but got {precision!r}")
-        self.channels_last, self.precision = channels_last, precision
-        self.compile_mode = check_compile(compile)
-        self.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-    def compiled_encode(self) -> Callable[[Tensor], list[Tensor]]:
-        """:meth:`encode` under ``torch.compile`` (``dynamic=False``), built on first use.
-
-        One compiled form per (device, layout, precision, weights version): moving the network,
-        switching an option or changing a weight in place (``load_state_dict``, ``copy_``) builds
-        a new one, so frozen-in weights are never stale. Each new input shape compiles again
-        (on a CPU with inductor, ~1-2 min per shape for VGG-16 / ResNet-50; torch's recompile limit
-        then falls back to eager): keep chunks at one size (``max_batch``). The compiled form is
-        never pickled or copied (copies compile their own) and holds no state-dict entries.
-        """
-        params = [*self.parameters(), *self.buffers()]
-        device = params[0].device if params else torch.device("cpu")
-        key = (device, self.channels_last, self.precision, self.compile_mode,
-               sum(t._version for t in params), tuple(t.data_ptr() for t in params[:1]))
-        built = self.__dict__.get("_compiled")
-        if built is None or built[0] != key:
-            backend = "inductor" if self.compile_mode is True else self.compile_mode
-            if "isolate_recompiles" not in inspect.signature(torch.compile).parameters:
-                raise RuntimeError(f"compile={self.compile_mode!r} needs a torch whose torch.compile has "
-                                   f"`isolate_recompiles` (2.14 has; this is {torch.__version__})")
-            # Its own cache region: a rebuild recompiles (fresh frozen weights), and one network's
-            # shapes never use up another's recompile limit (every network shares `encode`'s code).
-            fn = torch.compile(self.encode, backend=backend, dynamic=False, isolate_recompiles=True)
-            built = (key, fn)
-            self.__dict__["_compiled"] = built
-        fn, frozen = built[1], self.compile_mode is True
-        if not frozen:
-            return fn
-
-        def call(images: Tensor) -> list[Tensor]:
-            import torch._inductor.config as inductor_config
-
-            with inductor_config.patch(freezing=True):  # weights as constants (gradient-free only)
-                return fn(images)
-
-        return call
-
-    def __getstate__(self) -> dict:  # noqa: D105 - the compiled form is rebuilt, never copied
-        state = self.__dict__.copy()
-        state.pop("_compiled", None)
-        return state
 
     def minimum_size(self) -> int:
         """The smallest image side (pixels) this encoder accepts.

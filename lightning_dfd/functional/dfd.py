@@ -1,8 +1,10 @@
 """The body of every functional DFD: validate, encode (one pass, no cache), distance, reduce.
 
 Stateless: networks are built once per arguments and device (:func:`cached_network`), nothing is
-written anywhere. The pass is the metrics' own :class:`~lightning_dfd.metrics.encoder_pass.EncoderPass`
-without a feature cache, so functional and class values are the same computation.
+written anywhere, and a cached network is never changed: each call builds its own
+:class:`~lightning_dfd.encoders.encoder_pass.EncoderPass` (no feature cache) with its own
+:class:`~lightning_dfd.encoders.options.EncoderOptions`, so functional and class values are the
+same computation.
 
 Example:
     >>> import torch
@@ -22,7 +24,8 @@ import torch
 from torch import Tensor
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
-from lightning_dfd.metrics.encoder_pass import EncoderPass
+from lightning_dfd.encoders.encoder_pass import EncoderPass
+from lightning_dfd.encoders.options import EncoderOptions
 from lightning_dfd.preprocess import REDUCTIONS, check_choice, validated_images
 
 __all__ = ["cached_network", "functional_distance", "reduce", "validated_images"]
@@ -68,14 +71,10 @@ def functional_distance(
         reduction: ``"mean"`` or ``"none"`` (one value per image and channel).
         nan_strategy: ``"propagate"`` (default), ``"error"`` or ``"ignore"`` (drop those images).
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     check_choice("reduction", reduction, REDUCTIONS)
-    encoder = EncoderPass(network, normalization=normalization, nan_strategy=nan_strategy,
-                          max_batch=max_batch, precision=precision,
-                          channels_last=network.channels_last)
-    try:
-        values = encoder(preds, target).distances(network)
-    finally:  # the cached network keeps its own options
-        network.set_options(channels_last=network.channels_last, precision="fp32")
+    options = EncoderOptions(normalization=normalization, nan_strategy=nan_strategy,
+                             max_batch=max_batch, precision=precision)
+    values = EncoderPass(network, options)(preds, target).distances(network)
     return reduce(values, reduction)

@@ -29,7 +29,7 @@ def dists(preds: Tensor, target: Tensor, weights: WeightsArg = "imagenet",
         normalization: ``"minmax"``, ``"target"`` or ``"none"``.
         reduction: ``"mean"`` or ``"none"``.
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     network = cached_network(DISTSNetwork, preds.device, weights=weights)
     return functional_distance(network, preds, target, normalization=normalization,

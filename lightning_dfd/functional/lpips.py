@@ -31,7 +31,7 @@ def lpips(preds: Tensor, target: Tensor, net: str = "vgg", linear: bool = True,
         normalization: ``"minmax"``, ``"target"`` or ``"none"``.
         reduction: ``"mean"`` or ``"none"`` (one value per image and channel).
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     network = cached_network(LPIPSNetwork, preds.device, net=net, linear=linear, weights=weights)
     return functional_distance(network, preds, target, normalization=normalization,

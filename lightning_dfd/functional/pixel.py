@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dfd.functional.dfd import validated_images
-from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice
+from lightning_dfd.encoders.encoder_pass import validated_mask
+from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice, validated_images
 
 SSIM_WIN_SIZE = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -362,3 +362,72 @@ def nmse(preds: Tensor, target: Tensor, volume_ids: Tensor | list | tuple | None
         1.0
     """
     return _pixel_metric("nmse", preds, target, None, volume_ids, reduction)
+
+
+# ------------------------------------------------------------------- over a region of interest
+
+
+def _masked_pixels(preds: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    p, t, _ = validated_images(preds, target, "error")
+    return p.double(), t.double(), validated_mask(mask.to(p.device), preds).double()
+
+
+def _reduce(values: Tensor, reduction: str) -> Tensor:
+    return values.mean() if reduction == "mean" else values
+
+
+def masked_psnr(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
+                reduction: str = "mean") -> Tensor:
+    """PSNR (dB) over the masked pixels of each image; ``data_range`` default: the target's max.
+
+    Example:
+        >>> import torch
+        >>> t = torch.rand(2, 16, 16)
+        >>> full = torch.ones(2, 16, 16, dtype=torch.bool)
+        >>> from lightning_dfd.functional import psnr
+        >>> bool(torch.allclose(masked_psnr(t + 0.1, t, full, reduction="none"),
+        ...                     psnr(t + 0.1, t, reduction="none").double()))
+        True
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    p, t, w = _masked_pixels(preds, target, mask)
+    dr = data_range_per_image(t, data_range, preds.shape[0], channels_per_image(preds))
+    mse = ((p - t).pow(2) * w).flatten(1).sum(dim=1) / w.flatten(1).sum(dim=1)
+    return _reduce(10 * torch.log10(dr**2 / mse), reduction)
+
+
+def masked_nmse(preds: Tensor, target: Tensor, mask: Tensor, reduction: str = "mean") -> Tensor:
+    """``||(target - preds) * mask||^2 / ||target * mask||^2`` per image.
+
+    Example:
+        >>> import torch
+        >>> t = torch.ones(1, 8, 8)
+        >>> p = t.clone(); p[0, :4] = 0  # wrong only in the top half
+        >>> bottom = torch.zeros(1, 8, 8, dtype=torch.bool); bottom[0, 4:] = True
+        >>> float(masked_nmse(p, t, bottom)), float(masked_nmse(p, t, ~bottom))
+        (0.0, 1.0)
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    p, t, w = _masked_pixels(preds, target, mask)
+    return _reduce(((p - t).pow(2) * w).flatten(1).sum(dim=1) / (t.pow(2) * w).flatten(1).sum(dim=1),
+                   reduction)
+
+
+def masked_ssim(preds: Tensor, target: Tensor, mask: Tensor, data_range: Tensor | float | None = None,
+                reduction: str = "mean") -> Tensor:
+    """Mean of the SSIM map over the window centres inside the mask (borders excluded as skimage).
+
+    Raises:
+        ValueError: a mask with no pixel in the valid (border-free) region of some image.
+
+    Example:
+        >>> import torch
+        >>> t = torch.rand(2, 16, 16)
+        >>> full = torch.ones(2, 16, 16, dtype=torch.bool)
+        >>> float(masked_ssim(t, t, full))
+        1.0
+    """
+    check_choice("reduction", reduction, REDUCTIONS)
+    p, t, w = _masked_pixels(preds, target, mask)
+    dr = data_range_per_image(t, data_range, preds.shape[0], channels_per_image(preds))
+    return _reduce(masked_ssim_per_image(p, t, dr, w), reduction)  # fastMRI's 7x7 uniform window

@@ -37,7 +37,7 @@ def resnet_fd(preds: Tensor, target: Tensor, weights: WeightsArg = "radimagenet"
         normalization: ``"minmax"``, ``"target"`` or ``"none"``.
         reduction: ``"mean"`` or ``"none"``.
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     network = cached_network(ResNetFDNetwork, preds.device, weights=weights, layers=parse_layers(layers),
                              input_range=tuple(input_range), distance=distance)

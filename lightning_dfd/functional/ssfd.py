@@ -39,7 +39,7 @@ def ssfd(
         distance: ``"mse"`` or ``"mae"``.
         reduction: ``"mean"`` or ``"none"`` (one value per image and channel).
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     layers = parse_layers(layers)
     network = cached_network(

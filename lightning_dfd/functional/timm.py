@@ -45,7 +45,7 @@ def timm_fd(
         normalization: ``"minmax"``, ``"target"`` or ``"none"``.
         reduction: ``"mean"`` or ``"none"`` (one value per image and channel).
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     layers = (layers,) if isinstance(layers, int) else tuple(layers)
     network = cached_network(

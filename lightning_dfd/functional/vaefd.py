@@ -39,7 +39,7 @@ def vae_fd(
         normalization: ``"minmax"``, ``"target"`` or ``"none"`` (to [0, 1] before the encoder).
         reduction: ``"mean"`` or ``"none"``.
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     network = cached_network(MedVAENetwork, preds.device, weights=weights, config=config)
     return functional_distance(

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_dfd.encoders.base import PRECISIONS, CompileArg, FeatureDistanceNetwork
-from lightning_dfd.feature_cache import TargetFeatureCache
-from lightning_dfd.metrics.encoder_pass import (
+from lightning_dfd.catalog import is_dfd_name
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.encoder_pass import (
     EncodedBatch,
     EncoderPass,
     FeatureCacheArg,
@@ -36,18 +36,14 @@ from lightning_dfd.metrics.encoder_pass import (
     input_versions,
     make_feature_cache,
     pass_key,
-    weights_digest,
+    validated_mask,
 )
+from lightning_dfd.encoders.identity import weights_digest
+from lightning_dfd.encoders.options import CompileArg, EncoderOptions
+from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.metrics.sync import IdleRankSafeSync
-from lightning_dfd.preprocess import (
-    NAN_STRATEGIES,
-    NORMALIZATIONS,
-    REDUCTIONS,
-    channels_per_image,
-    check_choice,
-    validated_images,
-)
-from lightning_dfd.spatial import SpatialDFDMixin, masked_feature_distances, validated_mask
+from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice
+from lightning_dfd.spatial import SpatialDFDMixin
 
 __all__ = ["DeepFeatureDistance", "is_dfd", "make_feature_cache", "weights_digest"]
 
@@ -94,9 +90,7 @@ def is_dfd(metric: object) -> bool:
         (True, False, False)
     """
     if isinstance(metric, str):
-        from lightning_dfd.metrics.catalog import METRICS, PIXEL_METRICS
-
-        return metric in METRICS and metric not in PIXEL_METRICS
+        return is_dfd_name(metric)
     return isinstance(metric, DeepFeatureDistance)
 
 
@@ -157,21 +151,12 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             precision = "bf16" if kwargs.pop("autocast") else precision
         super().__init__(**kwargs)
         check_choice("reduction", reduction, REDUCTIONS)
-        check_choice("normalization", normalization, NORMALIZATIONS)
-        check_choice("nan_strategy", nan_strategy, NAN_STRATEGIES)
-        check_choice("precision", precision, PRECISIONS)
+        options = EncoderOptions(normalization=normalization, nan_strategy=nan_strategy,
+                                 max_batch=max_batch, precision=precision,
+                                 channels_last=channels_last, compile=compile)
         self.reduction = reduction
-        self.normalization = normalization
-        self.nan_strategy = nan_strategy
-        self.max_batch = max_batch
-        self.precision = precision
-        self.channels_last = channels_last
         self.network = network
-        self.encoder = EncoderPass(network, normalization=normalization, nan_strategy=nan_strategy,
-                                   max_batch=max_batch, feature_cache=feature_cache,
-                                   precision=precision, channels_last=channels_last,
-                                   compile=compile)
-        self._own_key: tuple | None = None
+        self.encoder = EncoderPass(network, options, feature_cache=feature_cache)
         if reduction == "mean":
             self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -182,9 +167,39 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
         # Equal on every process, different for different DFDs: see the module docstring.
         self.add_state("fingerprint", torch.zeros(_FINGERPRINT_BYTES, dtype=torch.long),
                        dist_reduce_fx="max")
-        self._fingerprinted = False
         self._register_state_dict_hook(_drop_encoder_keys)
         self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
+
+    # ------------------------------------------------------------------ options (one object)
+    @property
+    def options(self) -> EncoderOptions:
+        """The immutable options of this metric's encoder pass."""
+        return self.encoder_pass.options
+
+    @property
+    def normalization(self) -> str:
+        """``"minmax"``, ``"target"`` or ``"none"`` (see :class:`EncoderOptions`)."""
+        return self.options.normalization
+
+    @property
+    def nan_strategy(self) -> str:
+        """``"error"``, ``"ignore"`` or ``"propagate"`` (see :class:`EncoderOptions`)."""
+        return self.options.nan_strategy
+
+    @property
+    def max_batch(self) -> int | None:
+        """Image pairs per encoder pass (see :class:`EncoderOptions`)."""
+        return self.options.max_batch
+
+    @property
+    def precision(self) -> str:
+        """The precision the encoder runs in (``"auto"`` decided): ``"fp32"`` or ``"bf16"``."""
+        return self.options.precision_in_use
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the encoder runs in channels-last layout."""
+        return self.options.channels_last
 
     # ------------------------------------------------------------------ encoder plumbing
     def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:  # noqa: D102
@@ -225,32 +240,28 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
 
     @property
     def cache_namespace(self) -> str:
-        """What a cached target feature depends on besides the image (see :class:`EncoderPass`)."""
+        """What a cached target feature depends on besides the image (live: see :func:`pass_key`)."""
         return self.sharing_key[0]
 
     @property
     def sharing_key(self) -> tuple:
-        """Metrics with equal keys compute identical features and validate inputs identically."""
-        encoder = self.encoder
-        if self._own_key is None and isinstance(encoder, EncoderPass) and encoder.network is self.network:
-            self._own_key = encoder.key  # the pass built from this metric's own options
-        if self._own_key is None:
-            self._own_key = pass_key(self.network, self.normalization, self.nan_strategy,
-                                     self.max_batch, self.precision, self.channels_last,
-                                     self.network.compile_mode)
-        return self._own_key
+        """Metrics with equal keys compute identical features and validate inputs identically.
 
-    def _ensure_fingerprint(self) -> None:
-        if self._fingerprinted:
-            return
+        Derived from this metric's own network and options at every call (never remembered), so
+        a weight change is seen at once.
+        """
+        return pass_key(self.network, self.options)
+
+    def _sync_fingerprint(self) -> None:
+        """Set the ``fingerprint`` state from the live identity (class, features, heads, reduction)."""
         net = self.network
         identity = repr((type(self).__qualname__, self.sharing_key, net.identity, self.reduction,
                          weights_digest(net, only=net.head_prefixes) if net.head_prefixes else ""))
         digest = hashlib.blake2b(identity.encode(), digest_size=_FINGERPRINT_BYTES).digest()
         value = torch.tensor(list(digest), dtype=torch.long, device=self.device)
-        self._defaults["fingerprint"] = value.clone()
-        self.fingerprint = value
-        self._fingerprinted = True
+        if not torch.equal(self._defaults["fingerprint"].to(value.device), value):
+            self._defaults["fingerprint"] = value.clone()
+            self.fingerprint = value
 
     def _encode(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None) -> EncodedBatch:
         batch = self.encoder(preds, target, sample_ids, input_versions(preds, target, sample_ids))
@@ -262,35 +273,19 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             )
         return batch
 
-    # ------------------------------------------------------------------ metric API
-    def validate(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None,
-                 mask: Tensor | None = None) -> None:
-        """Raise the input error :meth:`update` would raise for this batch; change nothing."""
-        self.encoder_pass.prepare(preds, target, sample_ids)
-        if mask is not None:
-            validated_mask(mask, preds)
+    def _values(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None,
+                mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None, int]:
+        """Checked per-image values of a batch: ``(values, keep, ids, skipped)``; no state changes.
 
-    def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None,
-               mask: Tensor | None = None) -> None:
-        """Score a batch.
-
-        Args:
-            preds: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
-            target: same shape; complex when ``preds`` is complex.
-            sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"`` (and the
-                keys of the feature cache).
-            mask: optional boolean ROI mask ``(N, H, W)`` or ``(N, C, H, W)``: each layer's
-                feature-distance map is averaged over the mask resized to that layer (DISTS:
-                mask-weighted channel statistics; :mod:`lightning_dfd.spatial`; the feature
-                cache and shared passes are not used; the encoder runs at ``precision``).
+        ``values`` and ``ids`` hold the scored images (kept by the NaN policy and finite), ``keep``
+        is the NaN policy's ``(M,)`` mask over every image, ``skipped`` how many were dropped.
         """
-        self._ensure_fingerprint()
-        if mask is None:
-            batch = self._encode(preds, target, sample_ids)
-            values = batch.distances(self.network)
-            keep, ids = batch.keep, batch.ids
-        else:
-            values, keep, ids = self._masked(preds, target, sample_ids, mask)
+        weights = None if mask is None else validated_mask(mask, preds)  # before any encoder work
+        batch = self._encode(preds, target, sample_ids)
+        keep = batch.keep
+        values = batch.distances(self.network, None if weights is None else weights[keep.to(weights.device)])
+        ids = expand_ids(sample_ids, preds.shape[0], channels_per_image(preds), keep.device)
+        ids = None if ids is None else ids[keep.to(ids.device)]
         skipped = int((~keep).sum())
         bad = ~torch.isfinite(values.detach())
         if self.nan_strategy != "propagate" and bool(bad.any()):
@@ -305,6 +300,30 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             values = values[~bad]
             ids = None if ids is None else ids[~bad.to(ids.device)]
             skipped += len(images)
+        return values, keep, ids, skipped
+
+    # ------------------------------------------------------------------ metric API
+    def validate(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None,
+                 mask: Tensor | None = None) -> None:
+        """Raise the input error :meth:`update` would raise for this batch; change nothing."""
+        self.encoder_pass.prepare(preds, target, sample_ids, mask)
+
+    def update(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None = None,
+               mask: Tensor | None = None) -> None:
+        """Score a batch.
+
+        Args:
+            preds: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
+            target: same shape; complex when ``preds`` is complex.
+            sample_ids: optional ``(N,)`` integer ids, kept with ``reduction="none"`` (and the
+                keys of the feature cache).
+            mask: optional boolean ROI mask ``(N, H, W)`` or ``(N, C, H, W)``: each layer's
+                feature-distance map is averaged over the mask resized to that layer (DISTS:
+                mask-weighted channel statistics; :mod:`lightning_dfd.spatial`). The same encoder
+                pass as unmasked updates: the feature cache and shared passes are used.
+        """
+        self._sync_fingerprint()
+        values, _, ids, skipped = self._values(preds, target, sample_ids, mask)
         # Only now, with every check passed and every value computed, change the state.
         self.skipped += skipped
         if self.reduction == "mean":
@@ -315,17 +334,28 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             if ids is not None:
                 self.ids.append(ids)
 
-    def _masked(self, preds: Tensor, target: Tensor, sample_ids: Tensor | None,
-                mask: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Per-image masked values, the kept-image mask and the ids of the kept images."""
-        weights = validated_mask(mask, preds)
-        self.encoder_pass.prepare(preds, target, sample_ids)  # the same input checks as unmasked
-        p, t, keep = validated_images(preds, target, self.nan_strategy)
-        ids = expand_ids(sample_ids, preds.shape[0], channels_per_image(preds), self.device)
-        kept = keep.to(weights.device)
-        values = masked_feature_distances(self.network, p[keep], t[keep], weights[kept],
-                                          self.normalization, self.max_batch)
-        return values, keep, None if ids is None else ids[keep.to(ids.device)]
+    def score(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Per-image values of one batch, ``(N * C,)``, without touching any state.
+
+        The value :meth:`update` would add for each image (NaN for an image the NaN policy
+        skips), differentiable in ``preds``: what :class:`~lightning_dfd.VolumeDFD` and
+        :class:`~lightning_dfd.DFDLoss` build on.
+
+        Example:
+            >>> import torch
+            >>> from lightning_dfd import ResNetFD
+            >>> metric = ResNetFD(weights="random")
+            >>> x = torch.rand(3, 32, 32)
+            >>> metric.score(x, x).tolist(), metric.update_count
+            ([0.0, 0.0, 0.0], 0)
+        """
+        weights = None if mask is None else validated_mask(mask, preds)
+        batch = self._encode(preds, target, None)
+        keep = batch.keep
+        values = batch.distances(self.network, None if weights is None else weights[keep.to(weights.device)])
+        if self.nan_strategy == "error" and not bool(torch.isfinite(values.detach()).all()):
+            self._values(preds, target, None, mask)  # raises the update's error
+        return batch.scatter(values)
 
     def compute(self) -> Tensor:
         """Mean over every image seen (all processes), or the per-image values."""
@@ -364,6 +394,4 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
         return self._plot(val, ax)
 
     def extra_repr(self) -> str:  # noqa: D102
-        return (f"network={self.network.identity!r}, reduction={self.reduction!r}, "
-                f"normalization={self.normalization!r}, nan_strategy={self.nan_strategy!r}, "
-                f"precision={self.precision!r}")
+        return f"network={self.network.identity!r}, reduction={self.reduction!r}, {self.options.describe()}"

@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from lightning_dfd.preprocess import center_crop
 from recon_models.data.fastmri_format import HEADER_KEY, KSPACE_KEY, RSS_KEY, ismrmrd_header
 
 ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK")
@@ -365,13 +366,6 @@ def _ifft2c(kspace: np.ndarray) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifft2(shifted, norm="ortho"), axes=(-2, -1))
 
 
-def _center_crop(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    height, width = images.shape[-2:]
-    crop_h, crop_w = min(size[0], height), min(size[1], width)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return images[..., top : top + crop_h, left : left + crop_w]
-
-
 def write_volume(
     path: str | os.PathLike,
     kspace: np.ndarray,
@@ -399,7 +393,7 @@ def write_volume(
     kspace = np.asarray(kspace, dtype=np.complex64)
     num_slices, num_coils, height, width = kspace.shape
     rss = np.sqrt((np.abs(_ifft2c(kspace)) ** 2).sum(axis=1))
-    rss = _center_crop(rss, recon_shape).astype(np.float32)
+    rss = center_crop(rss, recon_shape).astype(np.float32)
     header = ismrmrd_header((height, width), recon_shape, num_slices, num_coils, acquisition)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as hf:

@@ -21,52 +21,56 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchvision.utils import make_grid
 
-from lightning_dfd.encoders.base import resolve_precision
-from lightning_dfd.metrics import PIXEL_METRICS, DFDCollection, build_metric, is_dfd
-from lightning_dfd.metrics.collection import restore, snapshot
-from lightning_dfd.metrics.encoder_pass import sharing
+from lightning_dfd.catalog import DFDS, PIXEL_METRICS, default_metrics, is_dfd_name
+from lightning_dfd.metrics import DFDCollection, is_dfd
+from lightning_dfd.metrics.suite import build_suite
+from lightning_dfd.preprocess import center_crop  # noqa: F401 - re-exported (its home moved)
 from recon_models.data.sample import SAMPLE_ID_STRIDE
 
-#: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs).
-DEFAULT_DFDS: dict[str, dict[str, Any]] = {"lpips_vgg": {}, "dists": {}, "resnet_fd": {}}
+#: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs;
+#: the catalog's ``recon`` defaults).
+DEFAULT_DFDS: dict[str, dict[str, Any]] = {name: {} for name in default_metrics("recon", kind="dfd")}
+#: The pixel metrics logged by default.
+DEFAULT_PIXEL_METRICS: tuple[str, ...] = default_metrics("recon", kind="pixel")
 
 
 def build_metric_collection(
-    dfds: Mapping[str, Mapping[str, Any]],
-    pixel_metrics: Sequence[str] = PIXEL_METRICS,
+    dfds: Mapping[str, Mapping[str, Any] | None],
+    pixel_metrics: Sequence[str] = DEFAULT_PIXEL_METRICS,
     prefix: str = "val/",
+    dfd_options: Mapping[str, Any] | None = None,
 ) -> DFDCollection:
-    """A :class:`~lightning_dfd.metrics.DFDCollection` of pixel metrics and DFDs.
+    """The validation suite: pixel metrics and DFDs by name (:func:`lightning_dfd.build_suite`).
 
-    Keys are ``<prefix><name>``.
+    DFDs cache their target features (keyed by sample id) unless configured otherwise; keys are
+    ``<prefix><name>``.
 
     Args:
-        dfds: DFD name -> keyword arguments of :func:`lightning_dfd.metrics.build_metric`
+        dfds: DFD name -> keyword arguments of :func:`lightning_dfd.build_metric`
             (e.g. ``{"lpips_vgg": {"weights": "random"}}``).
-        pixel_metrics: any of ``"psnr"``, ``"ssim"``, ``"nmse"``.
+        pixel_metrics: pixel metric names (``"psnr"``, ``"ssim"``, ``"ssim_gaussian"``, ``"nmse"``).
         prefix: prepended to every name when the collection is computed.
+        dfd_options: keyword arguments of every DFD (e.g. ``{"precision": "auto"}``); a DFD's own
+            arguments override them.
 
     Example:
         >>> metrics = build_metric_collection({"resnet_fd": {"weights": "random"}}, ["psnr"])
         >>> sorted(metrics.keys(keep_base=True))
         ['psnr', 'resnet_fd']
     """
-    metrics = {}
     for name in pixel_metrics:
         if name not in PIXEL_METRICS:
             raise ValueError(f"Argument `pixel_metrics` must hold names from {PIXEL_METRICS}, "
                              f"but got {name!r}")
-        metrics[name] = build_metric(name)
-    for name, kwargs in dfds.items():
-        if not is_dfd(name):
-            raise ValueError(f"Argument `dfds` has an unknown deep feature distance {name!r}; "
-                             "see lightning_dfd.metrics.METRICS")
-        if name in metrics:
+    for name in dfds:
+        if not is_dfd_name(name):
+            raise ValueError(f"Argument `dfds` has an unknown deep feature distance {name!r}; known DFDs: "
+                             f"{', '.join(DFDS)}")
+        if name in pixel_metrics:
             raise ValueError(f"Metric {name!r} is configured twice")
-        # Validation targets never change: cache their features (keyed by sample id) by default.
-        metrics[name] = build_metric(name, **{"feature_cache": True, **dict(kwargs or {})})
-    # DFDs with identical features (LPIPS with/without linear layers) share one encoder pass.
-    return DFDCollection(metrics, prefix=prefix)
+    # Validation targets never change: cache their features (keyed by sample id) by default.
+    return build_suite({**{name: None for name in pixel_metrics}, **dict(dfds)}, prefix=prefix,
+                       dfd_options={"feature_cache": True, **dict(dfd_options or {})})
 
 
 def check_dfd_slices(dfd_slices: str | int) -> str | int:
@@ -112,23 +116,6 @@ def dfd_slice_rows(dfd_slices: str | int, slice_num: Tensor | None, num_slices: 
     start = (num_slices // 2 - k // 2).clamp(min=0)
     start = torch.minimum(start, (num_slices - k).clamp(min=0))
     return (slice_num >= start) & (slice_num < start + k)
-
-
-def center_crop(image: Tensor, size: Sequence[int]) -> Tensor:
-    """Crop the last two dimensions around the centre (fastMRI's ``center_crop``).
-
-    A crop larger than the image keeps the image's own extent in that dimension, as fastMRI's
-    evaluation does for ``reconSpace`` wider than the k-space.
-
-    Example:
-        >>> center_crop(torch.arange(16.0).reshape(4, 4), (2, 2))
-        tensor([[ 5.,  6.],
-                [ 9., 10.]])
-    """
-    height, width = image.shape[-2:]
-    crop_h, crop_w = min(int(size[0]), height), min(int(size[1]), width)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return image[..., top : top + crop_h, left : left + crop_w]
 
 
 #: Smallest side, in pixels, of a tile in :func:`image_grid` (small images are upscaled to it).
@@ -207,9 +194,9 @@ class ImageQualityModule(LightningModule):
         dfd_every_n_epochs: compute DFDs every this many epochs (epochs 0, n, 2n, ...).
         dfd_precision: encoder precision of every DFD that does not set its own ``precision``:
             ``"fp32"`` (exact parity with the references), ``"bf16"``, or ``"auto"`` (bf16 where
-            the GPU or CPU has fast bf16 units: AMX / AVX512-BF16; the choice and its reason are
-            printed when validation starts). For monitoring; rank fidelity of bf16 against fp32 is
-            in ``benchmarks/RESULTS.md``.
+            the GPU or CPU has fast bf16 units: AMX / AVX512-BF16; each DFD's choice and its reason
+            are printed when validation starts). For monitoring; rank fidelity of bf16 against
+            fp32 is in ``benchmarks/RESULTS.md``.
 
     **Validation protocol** (``dfd_slices``, ``dfd_every_n_epochs``): PSNR / SSIM / NMSE and
     ``val/loss`` always use every slice of every epoch. DFDs can be restricted, as in the paper
@@ -231,14 +218,13 @@ class ImageQualityModule(LightningModule):
     def __init__(
         self,
         dfds: Mapping[str, Mapping[str, Any] | None] | None = None,
-        pixel_metrics: Sequence[str] = PIXEL_METRICS,
+        pixel_metrics: Sequence[str] = DEFAULT_PIXEL_METRICS,
         log_images_every_n_epochs: int = 1,
         dfd_slices: str | int = "all",
         dfd_every_n_epochs: int = 1,
         dfd_precision: str = "fp32",
     ) -> None:
         super().__init__()
-        self.dfd_precision, self.dfd_precision_reason = resolve_precision(dfd_precision)
         self.dfd_slices = check_dfd_slices(dfd_slices)
         if isinstance(dfd_every_n_epochs, bool) or not isinstance(dfd_every_n_epochs, int) \
                 or dfd_every_n_epochs < 1:
@@ -251,10 +237,9 @@ class ImageQualityModule(LightningModule):
             raise ValueError("Argument `log_images_every_n_epochs` must be >= 0, but got "
                              f"{log_images_every_n_epochs}")
         dfds = DEFAULT_DFDS if dfds is None else dfds
-        self.val_metrics = build_metric_collection(
-            {name: {"precision": self.dfd_precision, **dict(kwargs or {})} for name, kwargs in dfds.items()},
-            pixel_metrics,
-        )
+        # The precision is checked (and "auto" decided) where each DFD builds its options.
+        self.val_metrics = build_metric_collection(dfds, pixel_metrics,
+                                                   dfd_options={"precision": dfd_precision})
         #: DFD name -> whether its cache budget line was printed (present: precision printed)
         self._announced: dict[str, bool] = {}
         self.val_loss = MeanMetric()
@@ -292,46 +277,51 @@ class ImageQualityModule(LightningModule):
         sample_ids: Tensor,
         slice_num: Tensor | None = None,
         num_slices: Tensor | None = None,
-    ) -> None:
-        """Add a batch of ``(B, H, W)`` magnitude images to every validation metric.
+        map_row: int | None = None,
+    ) -> tuple[str, Tensor] | None:
+        """Add a batch of ``(B, H, W)`` magnitude images to every validation metric, all or nothing.
 
         Pixel metrics get ``data_range`` and ``volume_ids`` (per-volume aggregation as in
         ``fastmri.evaluate``); DFDs get ``sample_ids``, and only the rows that
         :func:`dfd_slice_rows` selects (``slice_num`` / ``num_slices`` are needed unless
-        ``dfd_slices="all"``), in the epochs :meth:`dfds_due` allows. Each metric receives only
+        ``dfd_slices="all"``), in the epochs :meth:`dfds_due` allows
+        (:meth:`~lightning_dfd.metrics.DFDCollection.update_rows`). Each metric receives only
         the keywords its ``update`` accepts.
+
+        With ``map_row``, returns ``(name, (H, W) map)`` of that row for the first DFD with a
+        per-pixel form (None when no DFD has one): from the features of this very update when the
+        DFDs scored every row (no second encoder pass), else from one pass over that image alone.
         """
         kwargs = {"data_range": data_range, "volume_ids": volume_ids, "sample_ids": sample_ids}
-        due = self.dfds_due()
-        with torch.no_grad():
-            if self.dfd_slices == "all" and due:
-                self.val_metrics.update(preds.detach(), target, **kwargs)
-                return
-            members = [m for _, m in self.val_metrics.items(keep_base=True, copy_state=False)]
-            dfds = [m for m in members if is_dfd(m)] if due else []
-            rows = dfd_slice_rows(self.dfd_slices, slice_num, num_slices) if dfds else None
-            if rows is not None and not bool(rows.any()):
-                dfds = []
-            sub_preds = sub_target = None
-            sub_kwargs: dict[str, Tensor] = {}
-            if dfds:
-                sub_preds, sub_target = preds.detach()[rows], target[rows]
-                sub_kwargs = {k: v[rows] for k, v in kwargs.items()}
-                for metric in dfds:  # every DFD check before any metric changes
-                    metric.validate(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
-            # All or nothing across pixel metrics and DFDs, as DFDCollection.update for "all".
-            saved = [snapshot(metric) for metric in members]
+        dfds = [name for name, m in self.val_metrics.items(keep_base=True, copy_state=False) if is_dfd(m)]
+        rows: dict[str, Tensor | None] = {}
+        if not self.dfds_due():
+            rows = dict.fromkeys(dfds)
+        elif self.dfd_slices != "all" and dfds:
+            selected = dfd_slice_rows(self.dfd_slices, slice_num, num_slices)
+            rows = dict.fromkeys(dfds, selected)
+        preds = preds.detach()
+        with torch.no_grad(), self.val_metrics.one_pass():
+            self.val_metrics.update_rows(rows, preds, target, **kwargs)
+            if map_row is None:
+                return None
+            every_row = not rows or all(r is not None and bool(r.all()) for r in rows.values())
+            if every_row:
+                found = self._first_dfd_map(preds, target)
+                return None if found is None else (found[0], found[1][map_row])
+            found = self._first_dfd_map(preds[map_row:map_row + 1], target[map_row:map_row + 1])
+            return None if found is None else (found[0], found[1][0])
+
+    def _first_dfd_map(self, preds: Tensor, target: Tensor) -> tuple[str, Tensor] | None:
+        """``(name, (B, H, W) maps)`` of the first DFD with a per-pixel form (every DFD but DISTS)."""
+        for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
+            if not is_dfd(metric):
+                continue
             try:
-                for metric in members:
-                    if not is_dfd(metric):
-                        metric.update(preds.detach(), target, **metric._filter_kwargs(**kwargs))
-                with sharing(self.val_metrics._shared_passes()):
-                    for metric in dfds:
-                        metric.update(sub_preds, sub_target, **metric._filter_kwargs(**sub_kwargs))
-            except BaseException:
-                for metric, state in zip(members, saved, strict=True):
-                    restore(metric, state)
-                raise
+                return name, metric.distance_map(preds, target)[:, 0]
+            except (NotImplementedError, ValueError):  # no map (DISTS) or image too small
+                continue
+        return None
 
     def on_validation_epoch_start(self) -> None:
         """On rank 0: each DFD's precision (first validation) and its feature-cache budget line.
@@ -347,8 +337,9 @@ class ImageQualityModule(LightningModule):
             if not is_dfd(metric):
                 continue
             if name not in self._announced:
-                reason = f" ({self.dfd_precision_reason})" if metric.precision == self.dfd_precision else ""
-                print(f"[dfd] {name}: encoder precision {metric.precision}{reason}", flush=True)
+                options = metric.options
+                print(f"[dfd] {name}: encoder precision {options.precision_in_use} "
+                      f"({options.precision_reason})", flush=True)
                 self._announced[name] = False
             cache = metric.feature_cache
             if (not self._announced[name] and cache is not None and n_images

@@ -9,11 +9,11 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from lightning_dfd.metrics import is_dfd
+from lightning_dfd.preprocess import center_crop
 from recon_models.checkpoints import reconcile_hparams
 from recon_models.data.sample import ReconSample
 from recon_models.models import build_model, get_loss, sense_adjoint
-from recon_models.modules.base import PIXEL_METRICS, ImageQualityModule, center_crop
+from recon_models.modules.base import DEFAULT_PIXEL_METRICS, ImageQualityModule
 from recon_models.modules.callbacks import RNGStateCheckpoint
 
 #: ``lr_scheduler`` names -> torch scheduler classes (stepped once per epoch).
@@ -79,7 +79,7 @@ class ReconModule(ImageQualityModule):
         lr_scheduler: str | None = None,
         lr_scheduler_kwargs: dict[str, Any] | None = None,
         dfds: dict[str, dict[str, Any] | None] | None = None,
-        pixel_metrics: Sequence[str] = PIXEL_METRICS,
+        pixel_metrics: Sequence[str] = DEFAULT_PIXEL_METRICS,
         log_images_every_n_epochs: int = 1,
         error_scale: float = 5.0,
         dfd_slices: str | int = "all",
@@ -122,8 +122,12 @@ class ReconModule(ImageQualityModule):
         self.update_val_loss(loss, batch_size=pred.shape[0])
 
         pred_abs, target_abs = pred.detach().abs(), batch.target.abs()
+        log_images = self.should_log_images(batch_idx)
+        dfd_map = None
         for rows, size in _groups_by_crop(batch.crop_size):
-            self.update_val_metrics(
+            first = log_images and bool((rows == 0).any())  # the group holding the logged image
+            row = int((rows == 0).nonzero()[0, 0]) if first else None
+            found = self.update_val_metrics(
                 center_crop(pred_abs[rows], size),
                 center_crop(target_abs[rows], size),
                 data_range=batch.max_value[rows],
@@ -132,9 +136,12 @@ class ReconModule(ImageQualityModule):
                 slice_num=batch.slice_num[rows],
                 num_slices=torch.as_tensor(batch.num_slices, device=rows.device).reshape(-1)[rows]
                 if self.dfd_slices != "all" else None,
+                map_row=row,
             )
-        if self.should_log_images(batch_idx):
-            self._log_images(batch, pred.detach())
+            if found is not None:  # the map of image 0, from the features just scored
+                dfd_map = found
+        if log_images:
+            self._log_images(batch, pred.detach(), dfd_map)
         return loss
 
     def predict_step(self, batch: ReconSample, batch_idx: int) -> dict[str, Any]:
@@ -193,7 +200,7 @@ class ReconModule(ImageQualityModule):
         """:class:`RNGStateCheckpoint`: resumed runs continue the random streams exactly."""
         return [RNGStateCheckpoint()]
 
-    def _log_images(self, batch: ReconSample, pred: Tensor) -> None:
+    def _log_images(self, batch: ReconSample, pred: Tensor, dfd_map: tuple[str, Tensor] | None) -> None:
         size = batch.crop_size[0].tolist()
         zero_filled = sense_adjoint(batch.masked_kspace[:1], batch.maps[:1], batch.mask[:1])[0]
         target = center_crop(batch.target[0].abs(), size)
@@ -205,23 +212,10 @@ class ReconModule(ImageQualityModule):
             "error": (recon - target).abs() * self.error_scale,
         }
         scale = batch.max_value[0]
-        dfd_map = self._dfd_map(recon, target)
         if dfd_map is not None:  # where the first DFD with a spatial map sees the error
             name, values = dfd_map
             images[f"{name}_map"] = values / values.max().clamp_min(1e-12) * scale
         self.log_image_grid("val/images", images, scale=scale)
-
-    def _dfd_map(self, recon: Tensor, target: Tensor) -> tuple[str, Tensor] | None:
-        """``(name, (H, W) map)`` of the first DFD with a spatial map (every DFD but DISTS)."""
-        for name, metric in self.val_metrics.items(keep_base=True, copy_state=False):
-            if not is_dfd(metric):
-                continue
-            try:
-                with torch.no_grad():
-                    return name, metric.distance_map(recon[None], target[None])[0, 0]
-            except (NotImplementedError, ValueError):  # no map (DISTS) or image too small
-                continue
-        return None
 
 
 def _groups_by_crop(crop_size: Tensor) -> list[tuple[Tensor, tuple[int, int]]]:

@@ -286,10 +286,11 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
 def _run_worker(args: argparse.Namespace) -> int:
     """A rank > 0 of a distributed run: score its files, hand the rows to rank 0, write nothing."""
     from lightning_dfd.analysis import evaluation as ev
+    from lightning_dfd.analysis.engine import evaluate
 
     config = config_from_args(args, quiet=True)
     pairs, _ = ev.pair_files(args.predictions, args.target)
-    ev.evaluate(pairs, config, devices=args.devices, progress=False, num_nodes=args.num_nodes,
+    evaluate(pairs, config, devices=args.devices, progress=False, num_nodes=args.num_nodes,
                 strategy=args.strategy, accelerator=args.accelerator)  # fmt: skip
     return EXIT_OK
 
@@ -316,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from lightning_dfd.analysis import evaluation as ev  # torch only when this command runs
     from lightning_dfd.analysis import outputs
+    from lightning_dfd.analysis.engine import evaluate
     from lightning_dfd.weights import WeightsError
 
     paths = output_paths(args.out)
@@ -344,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         for column, text in conventions.itertuples(index=False):
             if column in config.metrics:
                 _note(f"  {column}: {text}")
-        result = ev.evaluate(
+        result = evaluate(
             pairs,
             config,
             devices=args.devices,
