@@ -19,8 +19,10 @@ prints what a budget holds and the hit rate to expect.
 **Disk store.** With ``directory``, every entry is also written to disk, so later epochs and
 restarted runs (and other processes: DDP ranks, parallel ``evaluate`` jobs) reuse it. Each file is
 written under a unique temporary name and renamed into place atomically; it records its namespace,
-key, target fingerprint and a BLAKE2 checksum of the feature bytes, all verified on read, and is
-read with ``torch.load(weights_only=True)``. A corrupted, truncated, foreign or torn file is a miss
+key, target fingerprint, stored dtype, feature dtypes and one BLAKE2 checksum over all of that
+*and* the feature bytes, verified whole on read, and is read with ``torch.load(weights_only=True)``.
+Entries of a ``store_dtype`` live in their own folder, so a bf16 store never answers an exact cache.
+A corrupted, truncated, foreign, torn or edited file is a miss counted in ``stats.bad_files``
 (warned once, naming the file), never a wrong value or a crash. A directory that cannot be written
 (read-only, disk full) gives one warning; the cache then carries on in memory and leaves no
 temporary file behind.
@@ -46,6 +48,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import operator
 import os
 import re
@@ -61,7 +64,11 @@ from torch import Tensor
 KeyPart = int | str
 Key = tuple[KeyPart, ...]
 POLICIES = ("keep", "lru")
-_FORMAT = "lightning_dfd.feature_cache/2"
+_FORMAT = "lightning_dfd.feature_cache/3"
+# The dtypes an entry may name (anything else in a file is a bad entry, never a getattr on torch).
+_DTYPES = {str(d): d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16,
+                                 torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8,
+                                 torch.bool, torch.complex64, torch.complex128)}
 _STORE_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
                  "fp16": torch.float16, "float16": torch.float16,
                  "fp32": torch.float32, "float32": torch.float32}
@@ -91,6 +98,18 @@ def features_checksum(features: list[Tensor]) -> str:
         digest.update(f"{tuple(f.shape)}|{f.dtype}|".encode())
         digest.update(f.view(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     return digest.hexdigest()
+
+
+def entry_checksum(header: dict, features: list[Tensor]) -> str:
+    """BLAKE2 digest of a disk entry: its header (every field but the checksum) and feature bytes.
+
+    Example:
+        >>> f = [torch.zeros(2)]
+        >>> entry_checksum({"dtypes": ["torch.float32"]}, f) == entry_checksum({"dtypes": ["torch.float16"]}, f)
+        False
+    """
+    head = json.dumps(header, sort_keys=True, default=str)
+    return hashlib.blake2b(f"{head}|{features_checksum(features)}".encode(), digest_size=16).hexdigest()
 
 
 def features_nbytes(features: list[Tensor]) -> int:
@@ -146,12 +165,6 @@ class CacheStats:
     rejected: int = 0
     bad_files: int = 0
     write_errors: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        """Hits / lookups (0.0 before any lookup)."""
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
 
 
 @dataclass
@@ -235,7 +248,8 @@ class TargetFeatureCache:
     def _disk_path(self, namespace: str, key: Key) -> Path | None:
         if self.directory is None:
             return None
-        folder = hashlib.sha1(namespace.encode()).hexdigest()[:16]
+        # The stored dtype is part of the key: a bf16 store never answers an exact cache.
+        folder = hashlib.sha1(f"{namespace}|store={self.store_dtype}".encode()).hexdigest()[:16]
         readable = re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(str(p) for p in key))[:80]
         digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
         return Path(self.directory) / folder / f"{readable}-{digest}.pt"
@@ -259,17 +273,22 @@ class TargetFeatureCache:
             if stored["namespace"] != namespace or tuple(stored["key"]) != key:
                 return self._bad_file(path, f"it belongs to another entry ({stored['key']!r} in "
                                             f"namespace {stored['namespace'][:60]!r})")
-            shape, dtype, digest = stored["fingerprint"]
-            if (tuple(shape), dtype, digest) != fp:
-                return None  # the same key for another target: an ordinary miss
             features = stored["features"]
             if not isinstance(features, list) or not all(isinstance(f, Tensor) for f in features):
                 return self._bad_file(path, "its features are not a list of tensors")
-            if features_checksum(features) != stored["checksum"]:
-                return self._bad_file(path, "its feature bytes do not match their checksum")
-            dtypes = [getattr(torch, str(d).removeprefix("torch.")) for d in stored["dtypes"]]
-            if len(dtypes) != len(features):
-                return self._bad_file(path, "its dtype list does not match its features")
+            header = {k: v for k, v in stored.items() if k not in ("checksum", "features")}
+            if entry_checksum(header, features) != stored["checksum"]:
+                return self._bad_file(path, "its header or feature bytes do not match their checksum")
+            if stored["store_dtype"] != str(self.store_dtype):
+                return self._bad_file(path, f"it was stored as {stored['store_dtype']}, this cache "
+                                            f"stores {self.store_dtype}")
+            shape, dtype, digest = stored["fingerprint"]
+            if (tuple(shape), dtype, digest) != fp:
+                return None  # the same key for another target: an ordinary miss
+            if not all(d in _DTYPES for d in stored["dtypes"]) or len(stored["dtypes"]) != len(features):
+                return self._bad_file(path, f"its dtype list {stored['dtypes']!r} does not describe "
+                                            "its features")
+            dtypes = [_DTYPES[d] for d in stored["dtypes"]]
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             return self._bad_file(path, f"malformed ({type(err).__name__}: {err})")
         return features, dtypes
@@ -345,11 +364,10 @@ class TargetFeatureCache:
         path = self._disk_path(namespace, key)
         if path is not None and self._disk_writable:
             cpu = [f.cpu() for f in stored]
-            self._write(path, {
-                "format": _FORMAT, "namespace": namespace, "key": list(key),
-                "fingerprint": [list(fp[0]), fp[1], fp[2]], "dtypes": [str(d) for d in dtypes],
-                "checksum": features_checksum(cpu), "features": cpu,
-            })
+            header = {"format": _FORMAT, "namespace": namespace, "key": list(key),
+                      "fingerprint": [list(fp[0]), fp[1], fp[2]], "dtypes": [str(d) for d in dtypes],
+                      "store_dtype": str(self.store_dtype)}
+            self._write(path, {**header, "checksum": entry_checksum(header, cpu), "features": cpu})
         self._remember(full, stored, dtypes, fp)
 
     def _stored(self, f: Tensor) -> Tensor:

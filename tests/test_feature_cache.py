@@ -233,3 +233,57 @@ def test_cache_copies_pickles_and_config_values(tmp_path):
     for bad in (-1, 1.5, "2GB", True):
         with pytest.raises(ValueError, match="max_bytes"):
             TargetFeatureCache(max_bytes=bad)
+
+
+# ------------------------------------------------------------------ disk entries checked whole
+
+
+def _edit_every_entry(folder, edit):
+    files = sorted(folder.rglob("*.pt"))
+    assert files
+    for path in files:
+        entry = torch.load(path, weights_only=True)
+        edit(entry)
+        torch.save(entry, path)  # the checksum is left as it was: a hand edit or a foreign writer
+    return len(files)
+
+
+@pytest.mark.parametrize("dtypes", [["torch.float16"], ["torch.nn"], ["os.system"]],
+                         ids=["float16", "torch.nn", "os.system"])
+def test_an_edited_header_is_a_counted_miss_never_a_value_or_a_crash(network, tmp_path, dtypes):
+    preds, target = mr_like_pair(n=2, h=48, w=48)
+    ids = torch.arange(2)
+    plain = _epoch(_metric(network), preds, target, ids)
+    _epoch(_metric(network, feature_cache=TargetFeatureCache(directory=tmp_path)), preds, target, ids)
+
+    def edit(entry):
+        entry["dtypes"] = dtypes * len(entry["features"])
+
+    n_files = _edit_every_entry(tmp_path, edit)
+    restarted = TargetFeatureCache(directory=tmp_path)
+    with pytest.warns(UserWarning, match="checksum") as caught:
+        again = _epoch(_metric(network, feature_cache=restarted), preds, target, ids)
+    assert torch.equal(again, plain)
+    assert restarted.stats.bad_files == n_files and restarted.stats.disk_hits == 0
+    assert len([w for w in caught if "feature cache" in str(w.message)]) == n_files  # one per file
+
+
+def test_a_bf16_store_never_answers_an_exact_cache(network, tmp_path):
+    preds, target = mr_like_pair(n=2, h=48, w=48)
+    ids = torch.arange(2)
+    plain = _epoch(_metric(network), preds, target, ids)
+    _epoch(_metric(network, feature_cache=TargetFeatureCache(directory=tmp_path, store_dtype="bf16")),
+           preds, target, ids)
+    exact = TargetFeatureCache(directory=tmp_path)
+    values = _epoch(_metric(network, feature_cache=exact), preds, target, ids)
+    assert exact.stats.disk_hits == 0 and torch.equal(values, plain)
+    # An entry moved by hand into the exact store's folder is refused by its header.
+    bf16_files = sorted(tmp_path.rglob("*.pt"))
+    exact_folder = next(p.parent for p in bf16_files if torch.load(p, weights_only=True)["store_dtype"] == "None")
+    for path in bf16_files:
+        if path.parent != exact_folder:
+            path.replace(exact_folder / path.name)
+    moved = TargetFeatureCache(directory=tmp_path)
+    with pytest.warns(UserWarning, match="stored as torch.bfloat16"):
+        values = _epoch(_metric(network, feature_cache=moved), preds, target, ids)
+    assert torch.equal(values, plain) and moved.stats.bad_files == 2
