@@ -19,6 +19,9 @@ def _offline_weights(tmp_path_factory, monkeypatch):
     """No test may download: weights come from a per-test home and torch-hub cache."""
     home = tmp_path_factory.mktemp("dfd_home")
     monkeypatch.setenv("LIGHTNING_DFD_OFFLINE", "1")
+    # precision="auto" decides the same on every CPU class CI may run on (AMX, AVX512-BF16, neither);
+    # tests of the decision itself force each class (tests/test_auto_precision.py).
+    monkeypatch.setenv("LIGHTNING_DFD_FAST_BF16", "0")
     monkeypatch.setenv("LIGHTNING_DFD_HOME", str(home))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     yield

@@ -69,7 +69,8 @@ def _config(run_dir: Path, val_path: str) -> Path:
         "model": {"network_kwargs": {"chans": 4, "num_pool_layers": 2},
                   "dfds": {"lpips_vgg": {"weights": "random", "max_batch": 2},
                            "resnet_fd": {"weights": "random", "max_batch": 2}},
-                  "log_images_every_n_epochs": 0},
+                  "log_images_every_n_epochs": 0,
+                  "dfd_precision": "fp32"},  # an exactness test: the shipped config says "auto"
         "data": {"data_path": None, "val_path": val_path, "sens_method": "rss",
                  "batch_size": 2, "num_workers": 0},
     }  # fmt: skip
