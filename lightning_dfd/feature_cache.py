@@ -105,7 +105,8 @@ def entry_checksum(header: dict, features: list[Tensor]) -> str:
 
     Example:
         >>> f = [torch.zeros(2)]
-        >>> entry_checksum({"dtypes": ["torch.float32"]}, f) == entry_checksum({"dtypes": ["torch.float16"]}, f)
+        >>> a = entry_checksum({"dtypes": ["torch.float32"]}, f)
+        >>> a == entry_checksum({"dtypes": ["torch.float16"]}, f)
         False
     """
     head = json.dumps(header, sort_keys=True, default=str)

@@ -279,7 +279,8 @@ def test_a_bf16_store_never_answers_an_exact_cache(network, tmp_path):
     assert exact.stats.disk_hits == 0 and torch.equal(values, plain)
     # An entry moved by hand into the exact store's folder is refused by its header.
     bf16_files = sorted(tmp_path.rglob("*.pt"))
-    exact_folder = next(p.parent for p in bf16_files if torch.load(p, weights_only=True)["store_dtype"] == "None")
+    exact_folder = next(p.parent for p in bf16_files
+                        if torch.load(p, weights_only=True)["store_dtype"] == "None")
     for path in bf16_files:
         if path.parent != exact_folder:
             path.replace(exact_folder / path.name)

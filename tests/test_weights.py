@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_dfd import LPIPS, SSFD, ResNetFD
+from lightning_dfd import DISTS, LPIPS, SSFD, ResNetFD
 from lightning_dfd import weights as W
 from lightning_dfd.cli import main
 
@@ -132,14 +132,12 @@ def test_package_shipped_heads_are_listed_and_verified():
     import DISTS_pytorch
     import lpips
 
-    from lightning_dfd.encoders.dists import dists_weights_path
-
     for net in ("alex", "vgg", "squeeze"):
         for version in ("v0.1", "v0.0"):
             path = W.resolve(f"lpips-{net}-{version}")  # verified against the wheel's sha256
             assert path == Path(lpips.__file__).parent / "weights" / version / f"{net}.pth"
     dists = W.resolve("dists-alpha-beta")
-    assert W.sha256_of(dists) == W.sha256_of(dists_weights_path()) == W.get_spec("dists-alpha-beta").sha256
+    assert W.sha256_of(dists) == W.get_spec("dists-alpha-beta").sha256
     assert dists.parent == Path(DISTS_pytorch.__file__).parent or dists.name == "weights.pt"
     assert W.status(W.get_spec("lpips-vgg-v0.1"))[0] == "found"
     with pytest.raises(W.MissingWeightsError, match="package"):
@@ -265,3 +263,24 @@ def test_weights_none_or_not_a_string_is_a_clear_error(bad):
         W.resolve(bad)
     with pytest.raises(TypeError, match="Argument `weights`"):
         W.check_weights_arg(bad)
+
+
+@pytest.mark.parametrize("name, build", [
+    ("lpips-vgg-v0.1", lambda: LPIPS(net="vgg", weights="random")),
+    ("lpips-alex-v0.1", lambda: LPIPS(net="alex", weights="random")),
+    ("dists-alpha-beta", lambda: DISTS(weights="random")),
+])
+def test_a_tampered_package_head_is_refused(tmp_path, monkeypatch, name, build):
+    """LPIPS linear heads and DISTS alpha/beta load through the weights table: sha256 checked."""
+    spec = W.get_spec(name)
+    shipped = W.resolve(name)
+    fake_package = tmp_path / spec.package
+    (fake_package / spec.filename).parent.mkdir(parents=True)
+    state = torch.load(shipped, map_location="cpu", weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] * 1.01  # a subtly edited head
+    torch.save(state, fake_package / spec.filename)
+    monkeypatch.setattr(W, "_package_dir", lambda package: fake_package)
+    monkeypatch.setattr(W.sys, "prefix", str(tmp_path / "no_prefix"))
+    with pytest.raises(W.ChecksumError, match=name):
+        build()

@@ -17,10 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-import DISTS_pytorch
 import torch
 from DISTS_pytorch.DISTS_pt import L2pooling
 from torch import Tensor, nn
@@ -28,18 +25,11 @@ from torch import Tensor, nn
 from lightning_dfd.encoders.backbones import WeightsArg, freeze, resolve_alias, vgg16_features
 from lightning_dfd.encoders.base import FeatureDistanceNetwork, resized_mask
 from lightning_dfd.preprocess import to_rgb
+from lightning_dfd.weights import load_checkpoint
 
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 #: (L2-pooling channels, first torchvision feature index, end index) per stage after the first.
 _STAGES = ((64, 5, 9), (128, 10, 16), (256, 17, 23), (512, 24, 30))
-
-
-def dists_weights_path() -> Path:
-    """alpha/beta shipped with ``DISTS_pytorch`` (inside the package, or at ``sys.prefix``)."""
-    for path in (Path(DISTS_pytorch.__file__).parent / "weights.pt", Path(sys.prefix) / "weights.pt"):
-        if path.is_file():
-            return path
-    raise FileNotFoundError("DISTS_pytorch's weights.pt is missing: reinstall DISTS_pytorch")
 
 
 class DISTSNetwork(FeatureDistanceNetwork):
@@ -58,7 +48,8 @@ class DISTSNetwork(FeatureDistanceNetwork):
         self.stages = nn.ModuleList(stages)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, -1, 1, 1))
-        shipped = torch.load(dists_weights_path(), map_location="cpu", weights_only=True)
+        # The weights table finds the wheel's file and checks its sha256 (a tampered file is refused).
+        shipped = load_checkpoint("dists-alpha-beta")
         self.register_buffer("alpha", shipped["alpha"].float())
         self.register_buffer("beta", shipped["beta"].float())
         self.identity = f"dists-{os.fspath(weights)}"

@@ -15,10 +15,8 @@ Example:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import lpips as lpips_pkg
-import torch
 from torch import Tensor, nn
 
 from lightning_dfd.encoders.backbones import (
@@ -30,6 +28,7 @@ from lightning_dfd.encoders.backbones import (
 )
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.preprocess import to_rgb, to_signed_unit
+from lightning_dfd.weights import load_checkpoint
 
 #: End index (exclusive) of each LPIPS slice in torchvision's ``features``; taps after the ReLUs.
 LPIPS_SLICES = {"vgg": (4, 9, 16, 23, 30), "alex": (2, 5, 8, 10, 12)}
@@ -37,11 +36,6 @@ LPIPS_CHANNELS = {"vgg": (64, 128, 256, 512, 512), "alex": (64, 192, 384, 256, 2
 #: smallest image side each trunk accepts (VGG pools 4 times before its last tap; AlexNet's
 #: stride-4 11x11 convolution and 3 poolings need 31 pixels), found by trying every size.
 LPIPS_MIN_SIZE = {"vgg": 16, "alex": 31}
-
-
-def lpips_linear_weights_path(net: str) -> Path:
-    """The learned linear-layer weights shipped inside the ``lpips`` wheel."""
-    return Path(lpips_pkg.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
 
 
 def backbone_weights(net: str, weights: WeightsArg) -> WeightsArg:
@@ -73,7 +67,8 @@ class LPIPSNetwork(FeatureDistanceNetwork):
             lpips_pkg.NetLinLayer(c, use_dropout=True) for c in LPIPS_CHANNELS[net]
         ) if linear else None
         if linear:
-            shipped = torch.load(lpips_linear_weights_path(net), map_location="cpu", weights_only=True)
+            # From the weights table: the wheel's file, its sha256 checked (a tampered head is refused).
+            shipped = load_checkpoint(f"lpips-{net}-v0.1")
             self.lins.load_state_dict(
                 {k.replace("lin", "", 1): v for k, v in shipped.items()}, strict=True
             )
