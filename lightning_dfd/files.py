@@ -12,6 +12,9 @@ writer uses:
   relative paths resolved): an output folder must not overlap an input folder.
 * :func:`locked`: an exclusive lock (``fcntl.flock`` on ``<file>.lock`` next to the file) around
   the read-modify-write of a small file shared by processes (weight pins, the maps manifest).
+* :func:`new_temp_file` / :func:`new_temp_folder`: a new entry of a unique name in a folder (never
+  an existing file of yours), with the permissions a plain ``open`` / ``mkdir`` gives (the umask
+  applies; :mod:`tempfile` would make them private to you, and the renamed output too).
 * :func:`write_text_atomically`: a unique temp name in the same folder, flushed, then
   ``os.replace``: readers see the old content or the new, never half a file.
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +44,8 @@ __all__ = [
     "check_plain_name",
     "contained_path",
     "locked",
+    "new_temp_file",
+    "new_temp_folder",
     "overlap",
     "write_text_atomically",
 ]
@@ -153,6 +158,37 @@ def locked(path: str | os.PathLike) -> Iterator[Path]:
         yield path
 
 
+def _new_entry(folder: str | os.PathLike, prefix: str, suffix: str, make) -> Path:
+    for _ in range(100):
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            make(path)
+        except FileExistsError:  # taken (by a file of yours or another process): another name
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
+
+
+def new_temp_file(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create a new empty file ``folder/<prefix><random><suffix>``, mode ``0o666`` less the umask.
+
+    Example:
+        >>> import tempfile
+        >>> temp = new_temp_file(tempfile.mkdtemp(), ".results.csv.")
+        >>> temp.name.startswith(".results.csv.") and temp.stat().st_size == 0
+        True
+    """
+    def make(path: Path) -> None:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+
+    return _new_entry(folder, prefix, suffix, make)
+
+
+def new_temp_folder(folder: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> Path:
+    """Create a new empty folder ``folder/<prefix><random><suffix>``, mode ``0o777`` less the umask."""
+    return _new_entry(folder, prefix, suffix, lambda path: os.mkdir(path, 0o777))
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a unique temp file in its folder and ``os.replace``.
 
@@ -160,9 +196,9 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
     ``path`` is replaced by the file, its target left alone.
     """
     path = Path(path)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp = new_temp_file(path.parent, f".{path.name}.")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
+        with open(temp, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())

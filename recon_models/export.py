@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lightning_dfd.encoders.ssfd import SSFDEncoder
-from lightning_dfd.files import overlap
+from lightning_dfd.files import new_temp_file, overlap
 from recon_models.checkpoints import is_url, load_checkpoint
 
 #: Where the pretraining module keeps the encoder in its state dict.
@@ -66,10 +65,9 @@ def save_ssfd_encoder(encoder_state: Mapping[str, Tensor], out: str | os.PathLik
     SSFDEncoder().load_state_dict(encoder_state, strict=True)  # fails loudly on any mismatch
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")  # unique
+    tmp = new_temp_file(out.parent, f".{out.name}.")  # a unique name: never a file of yours
     try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save({"model_state_dict": dict(encoder_state)}, f)
+        torch.save({"model_state_dict": dict(encoder_state)}, tmp)
         os.replace(tmp, out)  # a reader never sees a half-written file
     finally:
         Path(tmp).unlink(missing_ok=True)

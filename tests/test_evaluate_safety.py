@@ -290,3 +290,26 @@ def test_every_entry_of_the_input_folders_is_scored_or_reported(tmp_path, monkey
     assert errors["error"].iloc[1] == ("the predictions folder holds several files of that volume "
                                        "(see its rows)")
     assert "v2" not in pd.read_csv(project / "out" / "results_volumes.csv")["volume"].tolist()
+
+
+def test_outputs_get_the_permissions_a_plain_write_gives(tmp_path, monkeypatch):
+    """Temp files renamed into place keep the umask's mode (tempfile's would be private, 0600)."""
+    from lightning_dfd.analysis.outputs import write_atomically
+
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "results.csv"
+        (tmp_path / ".results.csv.0.tmp").write_text("a file of yours")
+        write_atomically({out: lambda path: Path(path).write_text("a,b\n")})
+        paths = MapWriter(tmp_path / "maps", formats=("h5", "png")).write(
+            "file1", {"lpips_alex": np.zeros((1, 8, 8), np.float32)}, slices=[0])
+        assert out.stat().st_mode & 0o777 == 0o644
+        assert [p.stat().st_mode & 0o777 for p in sorted(paths)] == [0o755, 0o644]  # file1/, file1.h5
+        assert (tmp_path / ".results.csv.0.tmp").read_text() == "a file of yours"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".results.csv.0.tmp", "maps", "results.csv"]
+        from lightning_dfd.files import new_temp_file, new_temp_folder
+
+        names = {new_temp_file(tmp_path, ".x.").name for _ in range(20)}
+        assert len(names) == 20 and new_temp_folder(tmp_path, ".y.").is_dir()
+    finally:
+        os.umask(old)

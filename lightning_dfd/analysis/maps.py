@@ -55,7 +55,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from lightning_dfd.files import check_plain_name, contained_path, locked, write_text_atomically
+from lightning_dfd.files import (
+    check_plain_name,
+    contained_path,
+    locked,
+    new_temp_file,
+    new_temp_folder,
+    write_text_atomically,
+)
 
 __all__ = ["COLORMAP", "MANIFEST", "MAP_FORMATS", "PNG_PERCENTILE", "MapWriter", "MapsOwnershipError",
            "png_scale", "to_rgb"]
@@ -266,13 +272,12 @@ class MapWriter:
         staged: list[tuple[Path, Path]] = []  # (temp, final)
         try:
             if "h5" in self.formats:
-                handle, temp = tempfile.mkstemp(dir=self.folder, prefix=_TEMP_PREFIX, suffix=".h5.tmp")
-                os.close(handle)
-                staged.append((Path(temp), finals[0]))
+                temp = new_temp_file(self.folder, _TEMP_PREFIX, ".h5.tmp")
+                staged.append((temp, finals[0]))
                 self._write_h5(Path(temp), arrays, slices, mask, attrs or {}, metric_attrs or {}, scales)
             if "png" in self.formats:
-                temp = tempfile.mkdtemp(dir=self.folder, prefix=_TEMP_PREFIX, suffix=".tmp")
-                staged.append((Path(temp), finals[-1]))
+                temp = new_temp_folder(self.folder, _TEMP_PREFIX)
+                staged.append((temp, finals[-1]))
                 self._write_pngs(Path(temp), arrays, slices, scales)
             new = {}
             for temp, final in staged:
@@ -304,7 +309,7 @@ class MapWriter:
         self._save(files)
         for temp, final in staged:
             if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a full folder
-                aside = Path(tempfile.mkdtemp(dir=self.folder, prefix=_TEMP_PREFIX, suffix=".old"))
+                aside = new_temp_folder(self.folder, _TEMP_PREFIX, ".old")
                 os.replace(final, aside)  # checked above: only this volume's recorded maps
                 os.replace(temp, final)
                 self._remove_temp(aside)

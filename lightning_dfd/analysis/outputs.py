@@ -152,7 +152,10 @@ def discard_previous(paths: Iterable[Path]) -> None:
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A new, empty file of a unique name next to ``path`` (never an existing file of yours)."""
+    from lightning_dfd.files import new_temp_file
+
+    return new_temp_file(path.parent, f".{path.name}.")
 
 
 def write_atomically(writers: Mapping[Path, Callable[[Path], object]]) -> None:
@@ -166,8 +169,10 @@ def write_atomically(writers: Mapping[Path, Callable[[Path], object]]) -> None:
         OutputError: A write failed (disk full, permissions); no destination was touched and
             every temp file is removed.
     """
-    temps = {Path(path): _temp_name(Path(path)) for path in writers}
+    temps: dict[Path, Path] = {}
     try:
+        for path in writers:
+            temps[Path(path)] = _temp_name(Path(path))
         for path, write in writers.items():
             write(temps[Path(path)])
         for path, temp in temps.items():

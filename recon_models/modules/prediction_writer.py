@@ -22,7 +22,6 @@ name in those folders is replaced; nothing else there is touched.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import h5py
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_dfd.files import contained_path, overlap
+from lightning_dfd.files import contained_path, new_temp_file, overlap
 
 REFERENCE_KEY = "reconstruction_sense"
 #: The two folders under ``output_dir``.
@@ -93,8 +92,7 @@ class ReconstructionWriter(Callback):
     @staticmethod
     def _write(path: Path, key: str, array: np.ndarray) -> None:
         """Write one file under a unique temp name in its folder, then rename it."""
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
+        temp = new_temp_file(path.parent, f".{path.name}.")
         try:
             with h5py.File(temp, "w") as hf:
                 hf.create_dataset(key, data=array)
