@@ -182,7 +182,7 @@ def ensure_dataset(path: Path = DATA) -> list[Path]:
     if marker.is_file() and marker.read_text() == settings and len(existing) == DATASET["volumes"]:
         print(f"[demo] data: reusing the synthetic dataset in {path} ({len(existing)} volumes)")
         return existing
-    for old in existing:  # written by another version of the demo: its files would mix in
+    for old in _earlier_demo_files(path, existing):  # another version's files would mix in
         old.unlink()
     start = time.perf_counter()
     files = make_synthetic_dataset(path, **DATASET)
@@ -190,6 +190,26 @@ def ensure_dataset(path: Path = DATA) -> list[Path]:
     print(f"[demo] data: wrote {len(files)} synthetic volumes to {path} "
           f"in {time.perf_counter() - start:.1f} s")
     return files
+
+
+def _earlier_demo_files(path: Path, existing: list[Path]) -> list[Path]:
+    """The ``file_synth*.h5`` in ``path`` an earlier demo wrote (its marker's volume count).
+
+    Raises:
+        SystemExit: A ``file_synth*.h5`` there is not one the marker accounts for: the demo
+            removes only what it wrote, so it stops and names the files.
+    """
+    try:
+        volumes = int(json.loads((path / DATASET_MARKER).read_text())["volumes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        volumes = 0  # no marker (or not one of ours): nothing there is known to be the demo's
+    written = {f"file_synth{index:04d}.h5" for index in range(volumes)}
+    foreign = [p.name for p in existing if p.name not in written or p.is_symlink() or not p.is_file()]
+    if foreign:
+        raise SystemExit(f"[demo] {path} holds {', '.join(foreign)}, not written by an earlier demo "
+                         f"(no {DATASET_MARKER} accounts for them); the demo removes only its own "
+                         "files: move them away and run it again")
+    return existing
 
 
 # -------------------------------------------------------------------------------------- weights

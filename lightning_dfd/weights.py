@@ -57,6 +57,8 @@ from typing import Any
 
 import torch
 
+from lightning_dfd.files import check_plain_name, contained_path, locked, write_text_atomically
+
 OFFLINE_ENV = "LIGHTNING_DFD_OFFLINE"
 HOME_ENV = "LIGHTNING_DFD_HOME"
 TIMEOUT_ENV = "LIGHTNING_DFD_DOWNLOAD_TIMEOUT"
@@ -115,6 +117,17 @@ class WeightSpec:
     source: str = "url"
     package: str | None = None
     prefix_paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # The file name decides where a download is written: one plain name inside the weights
+        # home; a package file is a relative path that stays inside its package / sys.prefix.
+        if self.source == "url":
+            check_plain_name(self.filename, f"weights {self.name!r}: file name")
+        for relative in (self.filename, *self.prefix_paths):
+            if Path(relative).is_absolute():
+                raise ValueError(f"weights {self.name!r}: {relative!r} must be a relative path")
+            for part in Path(relative).parts:
+                check_plain_name(part, f"weights {self.name!r}: path part")
 
     @property
     def checksum(self) -> str | None:
@@ -373,7 +386,8 @@ def record_pin(name: str, path: str | os.PathLike) -> dict[str, Any]:
     """Pin the sha256 of ``path`` as a trusted file for registry name ``name``.
 
     Later loads and verifies of ``name`` accept a file with this sha256 (besides the published
-    one). The pins file is replaced atomically.
+    one). The pins file is updated under a lock (``pins.json.lock`` next to it): re-read, merged
+    and replaced atomically, so processes recording at once keep every pin.
 
     Returns:
         The recorded pin.
@@ -382,18 +396,11 @@ def record_pin(name: str, path: str | os.PathLike) -> dict[str, Any]:
     source = Path(_check_file(path, what=f"file to pin for {name!r}"))
     pin = {"sha256": sha256_of(source), "size": source.stat().st_size, "file": str(source.resolve()),
            "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    pins = user_pins()
-    pins[spec.name] = [p for p in pins.get(spec.name, []) if p["sha256"] != pin["sha256"]] + [pin]
-    target = pins_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{PINS_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(pins, f, indent=2, sort_keys=True)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Processes recording at once each take the lock, re-read, merge and replace: none is lost.
+    with locked(pins_path()) as target:
+        pins = user_pins()
+        pins[spec.name] = [p for p in pins.get(spec.name, []) if p["sha256"] != pin["sha256"]] + [pin]
+        write_text_atomically(target, json.dumps(pins, indent=2, sort_keys=True))
     return pin
 
 
@@ -513,7 +520,7 @@ def download(spec: WeightSpec, *, timeout: float | None = None, allow_offline: b
     if offline() and not allow_offline:
         raise MissingWeightsError(_missing_message(spec, f"offline (${OFFLINE_ENV}=1)"))
     timeout = download_timeout() if timeout is None else timeout
-    dst = weights_home() / spec.filename
+    dst = contained_path(weights_home(), spec.filename, what="weights file name")
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{spec.filename}.", suffix=".part")
     tmp = Path(tmp_name)

@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from lightning_dfd.files import UnsafePathError, contained_path
+
 #: Hyper-parameters that define the weights' shapes: taken from the checkpoint.
 ARCHITECTURE_KEYS: tuple[str, ...] = ("network", "network_kwargs")
 #: Saved by LightningCLI next to the hyper-parameters; not a setting.
@@ -83,8 +85,11 @@ def fetch_checkpoint(url: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """
     folder = Path(tempfile.mkdtemp(prefix="recon_ckpt_"))
     atexit.register(shutil.rmtree, folder, True)  # the download is removed when the process ends
-    name = Path(urllib.request.urlparse(url).path).name or "checkpoint.ckpt"
-    path = folder / name
+    name = Path(urllib.request.urlparse(url).path).name  # from the URL: used only when plain
+    try:
+        path = contained_path(folder, name)
+    except UnsafePathError:  # "", "." or ".." (https://host/a/..)
+        path = folder / "checkpoint.ckpt"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(path, "wb") as out:
             shutil.copyfileobj(response, out)

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from lightning_dfd.encoders.ssfd import SSFDEncoder
+from lightning_dfd.files import new_temp_file, overlap
 from recon_models.checkpoints import is_url, load_checkpoint
 
 #: Where the pretraining module keeps the encoder in its state dict.
@@ -64,9 +65,12 @@ def save_ssfd_encoder(encoder_state: Mapping[str, Tensor], out: str | os.PathLik
     SSFDEncoder().load_state_dict(encoder_state, strict=True)  # fails loudly on any mismatch
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save({"model_state_dict": dict(encoder_state)}, tmp)
-    os.replace(tmp, out)  # a reader never sees a half-written file
+    tmp = new_temp_file(out.parent, f".{out.name}.")  # a unique name: never a file of yours
+    try:
+        torch.save({"model_state_dict": dict(encoder_state)}, tmp)
+        os.replace(tmp, out)  # a reader never sees a half-written file
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return out
 
 
@@ -82,10 +86,14 @@ def export_ssfd_encoder(checkpoint: str | os.PathLike, out: str | os.PathLike) -
         FileNotFoundError: ``checkpoint`` does not exist.
         CheckpointError: it cannot be downloaded or read, or it holds code (never run).
         KeyError: it holds no ``state_dict`` with ``model.encoder.*`` keys.
+        ValueError: ``out`` is ``checkpoint`` itself (nothing is written).
     """
     path = checkpoint if is_url(checkpoint) else Path(checkpoint)
     if not is_url(path) and not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not is_url(path) and overlap(path, out) == "same":
+        raise ValueError(f"export-ssfd: the output {out} is the checkpoint {path} itself; writing the "
+                         "encoder there would replace the training checkpoint: give another file")
     ckpt = load_checkpoint(path)  # weights_only=True: a checkpoint carrying code is refused
     state = ckpt.get("state_dict") if isinstance(ckpt, Mapping) else None
     if not isinstance(state, Mapping):

@@ -6,12 +6,14 @@ import importlib.util
 
 import pytest
 
-# Fixture plugins contributed by the data pipeline and the metric tests.
+# Fixture plugins contributed by the data pipeline and the metric tests; the checkout guard (a
+# session that creates or changes a file in the checkout fails, see tests/checkout_guard.py);
+# pytester, which tests that guard.
 pytest_plugins = [
     name
-    for name in ("tests.data_fixtures", "tests.metric_fixtures")
+    for name in ("tests.data_fixtures", "tests.metric_fixtures", "tests.checkout_guard")
     if importlib.util.find_spec(name) is not None
-]
+] + ["pytester"]
 
 
 @pytest.fixture(autouse=True)

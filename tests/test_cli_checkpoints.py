@@ -318,3 +318,16 @@ def test_predict_prints_its_output_folder(first_run, tmp_path, knee_data, monkey
     printed = capsys.readouterr().out
     assert f"predictions written to {out.resolve()}" in printed
     assert sorted(p.name for p in (out / "reconstructions").iterdir()) == ["file_synth0000.h5"]
+
+
+@pytest.mark.parametrize("url", ["https://example.org/runs/..", "https://example.org/"])
+def test_a_url_without_a_plain_file_name_downloads_into_its_own_folder(url, monkeypatch):
+    import io
+    import urllib.request
+
+    from recon_models.checkpoints import fetch_checkpoint
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"checkpoint bytes"))
+    path = fetch_checkpoint(url)
+    assert path.name == "checkpoint.ckpt" and path.read_bytes() == b"checkpoint bytes"
+    assert path.parent.name.startswith("recon_ckpt_")  # the private temporary folder, nothing above it

@@ -21,7 +21,13 @@ TINY_NETWORKS = {
 }
 
 
-pytestmark = pytest.mark.usefixtures("single_thread_cli")
+pytestmark = pytest.mark.usefixtures("single_thread_cli", "in_tmp_folder")
+
+
+@pytest.fixture
+def in_tmp_folder(tmp_path, monkeypatch):
+    """Run from the test's folder: the shipped configs write runs/<config>/ relative to it."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +81,9 @@ def test_fit_then_validate_writes_metric_columns(tmp_path, knee_data, network):
     assert set(METRIC_COLUMNS) <= set(fit_metrics.columns)
     fit_row = fit_metrics.dropna(subset=["val/psnr"]).iloc[-1]
     assert fit.summary["best_checkpoint"] and Path(fit.summary["best_checkpoint"]).exists()
+    # The shipped config's ModelCheckpoint (runs/<network>/checkpoints) lands in the test's folder,
+    # never in the checkout, where a user's `--ckpt_path last` would resume the test's network.
+    assert Path(fit.summary["best_checkpoint"]).resolve().is_relative_to(tmp_path.resolve())
     assert fit.summary["checkpoint_monitor"] == "val/lpips_vgg"
 
     validate = run_cli(["validate", "--config", shipped, "--config", override,

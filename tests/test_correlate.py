@@ -454,3 +454,19 @@ def test_an_unusable_out_folder_is_refused_before_the_analysis(tables, tmp_path,
     argv = ["--metrics", str(metrics_csv), "--scores", str(scores_csv), "--no-plots"]
     assert _run([*argv, "--out", str(tmp_path / "a_file" / "o")]) == 2
     assert "a_file exists and is not a folder" in capsys.readouterr().err
+
+
+def test_an_out_folder_where_a_table_would_replace_an_input_is_refused(tables, tmp_path, capsys):
+    _, scores_csv, metrics, _ = tables
+    folder = tmp_path / "earlier"
+    folder.mkdir()
+    metrics.to_csv(folder / "per_image.csv", index=False)  # an earlier correlate's table as input
+    before = (folder / "per_image.csv").read_bytes()
+    argv = ["--metrics", str(folder / "per_image.csv"), "--scores", str(scores_csv), "--no-plots",
+            "--n-boot", "20"]
+    assert _run([*argv, "--out", str(tmp_path / "earlier" / "." )]) == 2
+    err = capsys.readouterr().err
+    assert "per_image.csv would replace the --metrics file" in err
+    assert (folder / "per_image.csv").read_bytes() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["per_image.csv"]
+    assert _run([*argv, "--out", str(tmp_path / "new")]) == 0

@@ -152,9 +152,16 @@ def test_rss_cache_holds_only_the_volume_maximum(small_volume):
     assert maps.shape == (3, 32, 16)
 
 
-def test_cache_inside_the_data_folder_is_refused(small_volume):
+def test_cache_inside_the_data_folder_is_refused(small_volume, tmp_path):
     with pytest.raises(ValueError, match="must not be the data folder"):
         SensitivityCache("rss", cache_dir=small_volume.parent).ensure(small_volume)
+    link = tmp_path / "cache_link"  # the data folder under another name: refused as well
+    link.symlink_to(small_volume.parent, target_is_directory=True)
+    with pytest.raises(ValueError, match="must not be the data folder"):
+        SensitivityCache("rss", cache_dir=link).ensure(small_volume)
+    with pytest.raises(ValueError, match="must not be the data folder"):
+        SensitivityCache("rss", cache_dir=small_volume.parent / "sub" / "..").ensure(small_volume)
+    assert sorted(p.name for p in small_volume.parent.iterdir()) == [small_volume.name]
 
 
 def test_unknown_method_is_refused():

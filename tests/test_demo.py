@@ -274,3 +274,29 @@ def test_ssfd_is_pretrained_on_the_demo_training_split_only():
     assert demo_cfg["model"]["dfds"]["ssfd"] == {"weights": "runs/demo/ssfd-demo.ckpt"}
     assert pretrain["model"]["export_path"] == "runs/demo/ssfd-demo.ckpt"
     assert pretrain["model"]["coverage"] == 0.5  # the paper's 50 % of the image
+
+
+def test_dataset_refresh_removes_only_the_files_an_earlier_demo_wrote(demo, monkeypatch, tmp_path):
+    small = {"volumes": 2, "slices": 1, "coils": 2, "shape": (32, 16), "recon_shape": (16, 16), "seed": 0}
+    monkeypatch.setattr(demo, "DATASET", dict(small))
+    data = tmp_path / "synthetic_knee"
+    first = demo.ensure_dataset(data)
+    assert [p.name for p in first] == ["file_synth0000.h5", "file_synth0001.h5"]
+    (data / "notes.txt").write_text("mine")
+    monkeypatch.setitem(demo.DATASET, "volumes", 1)  # another version of the demo: one volume
+    assert [p.name for p in demo.ensure_dataset(data)] == ["file_synth0000.h5"]
+    assert sorted(p.name for p in data.iterdir()) == ["demo_dataset.json", "file_synth0000.h5", "notes.txt"]
+
+    (data / "file_synth0007.h5").write_bytes(b"a user's volume")  # no marker accounts for it
+    monkeypatch.setitem(demo.DATASET, "volumes", 2)
+    with pytest.raises(SystemExit, match="file_synth0007.h5, not written by an earlier demo"):
+        demo.ensure_dataset(data)
+    assert (data / "file_synth0007.h5").read_bytes() == b"a user's volume"
+    assert (data / "file_synth0000.h5").is_file()  # refused before anything was removed
+
+    user = tmp_path / "my_data"  # a folder without the demo's marker: nothing in it is the demo's
+    user.mkdir()
+    (user / "file_synth0000.h5").write_bytes(b"mine too")
+    with pytest.raises(SystemExit, match="removes only its own files"):
+        demo.ensure_dataset(user)
+    assert (user / "file_synth0000.h5").read_bytes() == b"mine too"

@@ -47,6 +47,14 @@ def _argv(root: Path, *extra: str) -> list[str]:
             *extra]  # fmt: skip
 
 
+def _listing(folder: Path) -> list[str]:
+    """The maps folder's entries; besides them only the manifest and its lock (no temp file)."""
+    names = sorted(p.name for p in folder.iterdir())
+    hidden = [name for name in names if name.startswith(".")]
+    assert hidden in ([], [".lightning-dfd-maps.json", ".lightning-dfd-maps.json.lock"]), hidden
+    return [name for name in names if not name.startswith(".")]
+
+
 def _read(path: Path) -> dict:
     with h5py.File(path, "r") as handle:
         return {"attrs": dict(handle.attrs), **{k: handle[k][()] for k in handle},
@@ -129,7 +137,7 @@ def test_pngs_decode_at_the_image_size_with_the_documented_scale(tmp_path, alexn
         # brighter (larger map) inside the corrupted patch than in the far corner
         brightness = pixels.astype(float).sum(-1)
         assert brightness[30:42, 24:36].mean() > brightness[:10, :10].mean()
-    assert not [p for p in (tmp_path / "maps").iterdir() if p.name.startswith(".")]  # no temp left
+    assert _listing(tmp_path / "maps") == ["vol", "vol.h5"]  # no temp left
 
 
 def test_mask_foreground_zeroes_the_maps_outside_the_object(tmp_path, alexnet_random):
@@ -193,8 +201,7 @@ def test_a_failing_file_gets_no_maps_an_error_row_and_loses_its_earlier_maps(tmp
     assert main(_argv(tmp_path, *common, "--batch-size", "2")) == 1
     errors = pd.read_csv(tmp_path / "out" / "results_errors.csv")
     assert errors[["file", "stage"]].values.tolist() == [["file1.h5", "read"], ["nan.h5", "score"]]
-    listing = sorted(p.name for p in (tmp_path / "maps").iterdir())
-    assert listing == ["file0", "file0.h5"]  # file1's earlier maps are gone, nan.h5 got none
+    assert _listing(tmp_path / "maps") == ["file0", "file0.h5"]  # file1's earlier maps gone, none for nan.h5
     np.testing.assert_allclose(_read(tmp_path / "maps" / "file0.h5")["lpips_alex"], before, atol=1e-6)
 
 
@@ -221,7 +228,7 @@ def test_a_failing_map_write_leaves_no_file_and_keeps_the_scores(tmp_path, alexn
     err = capsys.readouterr().err
     assert "scored file0.h5: maps not written" in err and "the maps of 2 file(s) not written" in err
     assert "not scored" not in err
-    assert list((tmp_path / "maps").iterdir()) == []  # no h5, no PNG folder, no temp file
+    assert _listing(tmp_path / "maps") == []  # no h5, no PNG folder, no temp file
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 2 * SHAPE[0]  # scores kept
 
 
@@ -245,7 +252,7 @@ def test_a_failing_map_computation_is_a_maps_problem_and_keeps_the_scores(tmp_pa
     errors = pd.read_csv(tmp_path / "out" / "results_errors.csv")
     assert errors.values.tolist() == [["file1.h5", "maps",
                                        "maps not computed: RuntimeError: CUDA out of memory (simulated)"]]
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["file0", "file0.h5"]
+    assert _listing(tmp_path / "maps") == ["file0", "file0.h5"]
     assert len(pd.read_csv(tmp_path / "out" / "results.csv")) == 2 * SHAPE[0]
 
 
@@ -253,7 +260,7 @@ def test_maps_format_h5_only_and_bf16_maps(tmp_path, alexnet_random):
     volumes = _dataset(tmp_path, n_volumes=1)
     common = ["--metrics", "lpips_alex", "--weights", str(alexnet_random), "--maps-format", "h5"]
     assert main(_argv(tmp_path, *common, "--precision", "bf16")) == 0
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["file0.h5"]
+    assert _listing(tmp_path / "maps") == ["file0.h5"]
     stored = _read(tmp_path / "maps" / "file0.h5")
     assert stored["attrs"]["precision"] == "bf16" and stored["lpips_alex"].dtype == np.float32
     (preds, target), = volumes.values()
@@ -303,8 +310,11 @@ def test_two_ddp_processes_write_the_maps_of_their_own_files(tmp_path, alexnet_r
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     assert "Starting with 2 processes" in output and "wrote the maps of 3 volume(s)" in output, output[-4000:]
-    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == sorted(
-        p.name for p in (tmp_path / "maps_one").iterdir())
+    assert _listing(tmp_path / "maps") == _listing(tmp_path / "maps_one")
+    from lightning_dfd.analysis.maps import MapWriter
+
+    manifest = MapWriter(tmp_path / "maps")  # both processes' records kept (a locked update each)
+    assert [len(manifest.recorded(f"file{v}")) for v in range(3)] == [1 + SHAPE[0]] * 3
     for v in range(3):
         two, single = _read(tmp_path / "maps" / f"file{v}.h5"), _read(tmp_path / "maps_one" / f"file{v}.h5")
         np.testing.assert_allclose(two["lpips_alex"], single["lpips_alex"], atol=1e-6)

@@ -1,6 +1,6 @@
 """The import graph, read from the sources with ``ast``: no circles, no upward imports.
 
-Layers, from the bottom: leaf modules (``preprocess``, ``weights``, ``feature_cache``, ``catalog``,
+Layers, from the bottom: leaf modules (``preprocess``, ``weights``, ``feature_cache``, ``catalog``, ``files``,
 ``masks``) import nothing of the package but each other; ``encoders/`` imports only leaves and
 itself; ``functional/`` and ``metrics/`` build on ``encoders/`` (``functional -> encoders <-
 metrics``) and never on each other's consumers; ``callbacks``, ``losses``, ``analysis/`` and the
@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lightning_dfd", "recon_models")
 LEAVES = {"lightning_dfd.preprocess", "lightning_dfd.weights", "lightning_dfd.feature_cache",
-          "lightning_dfd.catalog", "lightning_dfd.masks"}
+          "lightning_dfd.catalog", "lightning_dfd.masks", "lightning_dfd.files"}
 #: layer prefix -> prefixes it must never import
 FORBIDDEN = {
     "lightning_dfd.encoders": ("lightning_dfd.functional", "lightning_dfd.metrics", "lightning_dfd.spatial",

@@ -142,10 +142,11 @@ def test_center_slice_protocol_under_ddp_equals_one_process(tmp_path, monkeypatc
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     ddp = subprocess.Popen([sys.executable, "-m", "recon_models.cli", *config(tmp_path / "ddp"),
                             "--trainer.strategy", "ddp", "--trainer.devices", "2"],
-                           cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     monkeypatch.setattr(sys, "argv", ["recon-train"])
     monkeypatch.chdir(tmp_path)
     run_cli(config(tmp_path / "single"))

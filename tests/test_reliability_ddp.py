@@ -90,9 +90,11 @@ def _start_ddp(module: list[str], run_dir: Path, val_path: str) -> subprocess.Po
                "--config", str(_config(run_dir, val_path)),
                "--trainer.strategy", "ddp", "--trainer.devices", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
+           "MASTER_PORT": str(_free_port()),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     # A session of its own: on failure the test kills both ranks (the launcher and its child).
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    # It runs in the run's folder: whatever the shipped config writes stays out of the checkout.
+    return subprocess.Popen(command, cwd=run_dir, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

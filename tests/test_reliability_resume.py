@@ -186,11 +186,12 @@ def _start(run_dir: Path, knee_data, *extra: str, kill_at: int | None = None) ->
     command = [sys.executable, "-m", "recon_models.cli", "fit", "--config", str(SHIPPED),
                "--config", str(_config(run_dir, knee_data)), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
+           "MASTER_PORT": str(_free_port()),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop(KILL_ENV, None)
     if kill_at is not None:
         env[KILL_ENV] = str(kill_at)
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(command, cwd=run_dir, env=env, stdout=subprocess.PIPE,  # out of the checkout
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -7,9 +7,9 @@ import torch
 
 from lightning_dfd import DISTS, LPIPS, PSNR, ResNetFD
 from lightning_dfd.analysis.evaluation import build_metrics
+from lightning_dfd.encoders.encoder_pass import sharing
 from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.metrics import DFDCollection
-from lightning_dfd.encoders.encoder_pass import sharing
 from tests.metric_fixtures import mr_like_pair
 
 

@@ -100,6 +100,23 @@ def test_export_errors(tmp_path):
         SSFDPretrainModule(export_from="first")
 
 
+def test_export_never_replaces_its_own_checkpoint(tmp_path):
+    from lightning_dfd.encoders.ssfd import SSFDEncoder
+
+    state = {f"model.encoder.{k}": v for k, v in SSFDEncoder().state_dict().items()}
+    checkpoint = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {**state, "model.decoder.w": torch.ones(1)}, "epoch": 7}, checkpoint)
+    before = checkpoint.read_bytes()
+    (tmp_path / "link.ckpt").symlink_to(checkpoint)
+    for out in (checkpoint, tmp_path / "sub" / ".." / "last.ckpt", tmp_path / "link.ckpt"):
+        with pytest.raises(ValueError, match="would replace the training checkpoint"):
+            export_ssfd_encoder(checkpoint, out)
+    assert checkpoint.read_bytes() == before
+    written = export_ssfd_encoder(checkpoint, tmp_path / "encoder.ckpt")
+    assert set(torch.load(written, weights_only=True)) == {"model_state_dict"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder.ckpt", "last.ckpt", "link.ckpt"]
+
+
 def test_unet_encoder_is_the_ssfd_encoder():
     unet = SSFDUNet()
     keys = set(unet.encoder.state_dict())

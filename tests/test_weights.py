@@ -213,6 +213,49 @@ def test_pin_on_an_unpinned_name_makes_it_checked(tmp_path):
         W.resolve("resnet50-radimagenet")
 
 
+def _record_after_barrier(barrier, name: str, path: str) -> None:
+    barrier.wait()
+    raise SystemExit(main(["weights", "verify", "--record", name, path]))
+
+
+def test_eight_processes_recording_at_once_keep_every_pin(tmp_path, monkeypatch):
+    """`weights verify --record` from 8 processes started together: all 8 pins survive."""
+    import multiprocessing
+    import time
+
+    # A slow disk: every process reads the pins, then waits before writing. Without a lock each
+    # one writes what it read plus its own pin, and the last write wins.
+    read = W.user_pins
+
+    def slow_read():
+        pins = read()
+        time.sleep(0.3)
+        return pins
+
+    monkeypatch.setattr(W, "user_pins", slow_read)
+    files = []
+    for index in range(8):
+        path = tmp_path / f"trusted{index}.pt"
+        path.write_bytes(f"checkpoint {index}".encode())
+        files.append((("resnet50-radimagenet", "ssfd-fastmri-knee")[index % 2], str(path)))
+    context = multiprocessing.get_context("fork")  # the patched read is inherited
+    barrier = context.Barrier(len(files))
+    workers = [context.Process(target=_record_after_barrier, args=(barrier, *item)) for item in files]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * len(files)
+    pins = json.loads(W.pins_path().read_text())
+    for name in ("resnet50-radimagenet", "ssfd-fastmri-knee"):
+        recorded = sorted(pin["file"] for pin in pins[name])
+        assert recorded == sorted(str(Path(p).resolve()) for n, p in files if n == name)
+        for pin in pins[name]:
+            assert pin["sha256"] == hashlib.sha256(Path(pin["file"]).read_bytes()).hexdigest()
+    left = sorted(p.name for p in W.pins_path().parent.iterdir())
+    assert left == ["pins.json", "pins.json.lock"]  # no temp file left behind
+
+
 # -- precise messages -------------------------------------------------------------------------------
 
 

@@ -27,7 +27,6 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_dfd.analysis.evaluation import (
     KEY_COLUMNS,
+    NOT_SCORED,
     EvaluationConfig,
     EvaluationResult,
     FilePair,
@@ -48,6 +48,7 @@ from lightning_dfd.analysis.evaluation import (
     load_pair,
     read_shape,
     select_slices,
+    volume_of,
 )
 
 __all__ = [
@@ -435,7 +436,7 @@ def run_evaluation(
     Returns:
         ``(rows, summaries, problems, is_global_zero, (maps_skipped, maps_written))``; every
         process gets every row. With ``config.maps_dir``, process 0 removes the maps an earlier
-        run left for the files not scored now.
+        run wrote (recorded in the maps manifest) for the files not scored now.
 
     Raises:
         ValueError: A strategy whose workers cannot hand the rows back (``ddp_spawn`` ...).
@@ -466,9 +467,12 @@ def _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, pr
     rows, summaries, scored_problems = module.gathered
     problems = problems + scored_problems
     if module.map_writer is not None and trainer.is_global_zero:
-        for problem in problems:
-            if problem.stage != "maps":
-                module.map_writer.discard(Path(problem.file).stem)
+        for problem in [p for p in problems if p.stage in NOT_SCORED]:
+            try:  # only the maps evaluate recorded for the volume; files of yours stay
+                module.map_writer.discard(volume_of(problem.file))
+            except (OSError, ValueError) as err:
+                problems.append(FileProblem(problem.file, f"its earlier maps were not removed: "
+                                                          f"{describe_error(err)}", "maps"))  # fmt: skip
     return rows, summaries, problems, trainer.is_global_zero, module.gathered_maps
 
 

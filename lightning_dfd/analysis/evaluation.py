@@ -55,6 +55,7 @@ __all__ = [
     "column_conventions",
     "protocol_defaults",
     "describe_error",
+    "volume_of",
     "load_pair",
     "pair_files",
     "read_shape",
@@ -77,7 +78,8 @@ class FilePair:
     """A prediction file and its reference (either may be missing).
 
     Attributes:
-        name: The shared file name (``file1000001.h5``).
+        name: The prediction's file name (``file1000001.h5``; the reference's may differ in the
+            case of ``.h5``).
         prediction: Path of the prediction, or None.
         target: Path of the reference, or None.
     """
@@ -88,12 +90,14 @@ class FilePair:
 
     @property
     def volume(self) -> str:
-        """The volume id written into the tables: the file name without ``.h5``."""
-        return Path(self.name).stem
+        """The volume id written into the tables: the file name without ``.h5`` (any case)."""
+        return volume_of(self.name)
 
 
 #: Stages a file can fail at (the ``stage`` column of the errors CSV).
-STAGES = ("pair", "read", "score", "maps")
+STAGES = ("ignored", "name", "pair", "read", "score", "maps")
+#: Stages of a volume that was not scored (its stale ``--maps`` outputs are removed).
+NOT_SCORED = ("pair", "read", "score")
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,11 @@ class FileProblem:
     Attributes:
         file: The file name (``file1000001.h5``).
         message: What went wrong, naming the dataset, shape or error.
-        stage: ``"pair"`` (no partner file), ``"read"`` (opening the files, datasets, shapes)
-            or ``"score"`` (a metric failed on it: non-finite values, an image too small for an
+        stage: ``"ignored"`` (an entry of an input folder that is not an ``.h5`` file, or a
+            subfolder: listed, not a failure), ``"name"`` (an ``.h5`` file whose volume id cannot
+            name an output, ``..h5``, or two files of one volume, ``v2.h5`` and ``v2.H5``),
+            ``"pair"`` (no partner file), ``"read"`` (opening the files, datasets, shapes),
+            ``"score"`` (a metric failed on it: non-finite values, an image too small for an
             encoder, ...) or ``"maps"`` (scored, its rows are in the tables, but its ``--maps``
             could not be computed or written).
     """
@@ -237,33 +244,96 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+#: The file suffix of a volume, matched without regard to case (``file1.h5``, ``v2.H5``).
+H5_SUFFIX = ".h5"
+
+
+def volume_of(file_name: str) -> str:
+    """The volume id of an input file: its name without ``.h5`` (any case), checked.
+
+    Raises:
+        ValueError: not an ``.h5`` name, or a volume id that cannot name an output (empty, ``.``,
+            ``..``, a path separator): every output is named after the volume.
+
+    Example:
+        >>> volume_of("file1000001.h5"), volume_of("v2.H5")
+        ('file1000001', 'v2')
+        >>> volume_of("...h5")
+        Traceback (most recent call last):
+        ...
+        lightning_dfd.files.UnsafePathError: volume '..' is not a plain file name (it names a folder above)
+    """
+    from lightning_dfd.files import check_plain_name
+
+    if not file_name.lower().endswith(H5_SUFFIX):
+        raise ValueError(f"{file_name!r} is not an .h5 file name")
+    return check_plain_name(file_name[: -len(H5_SUFFIX)], "volume")
+
+
+def _scan(folder: Path, label: str) -> tuple[dict[str, Path], set[str], list[FileProblem]]:
+    """Every entry of one input folder: its volumes by id, the ids of several files, the others."""
+    volumes: dict[str, list[Path]] = {}
+    problems = []
+    where = f"in the {label} folder {folder}"
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not path.name.lower().endswith(H5_SUFFIX):
+            kind = "a folder" if path.is_dir() else "not an .h5 file"
+            problems.append(FileProblem(path.name, f"{where}: {kind}, not scored (evaluate reads the "
+                                                   "<volume>.h5 files of the folder, no subfolder)",
+                                        "ignored"))  # fmt: skip
+            continue
+        try:
+            volume = volume_of(path.name)
+        except ValueError as err:
+            problems.append(FileProblem(path.name, f"{where}: {err}; not scored", "name"))
+            continue
+        if not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a regular file (a broken link?)"
+            problems.append(FileProblem(path.name, f"{where}: {kind}, not scored", "read"))
+            continue
+        volumes.setdefault(volume, []).append(path)
+    unique = {volume: paths[0] for volume, paths in volumes.items() if len(paths) == 1}
+    for volume, paths in volumes.items():
+        if len(paths) > 1:
+            names = ", ".join(p.name for p in paths)
+            problems += [FileProblem(p.name, f"{where}: {len(paths)} files of volume {volume!r} ({names}); "
+                                             "none is scored", "name") for p in paths]  # fmt: skip
+    return unique, volumes.keys() - unique.keys(), problems
+
+
 def pair_files(predictions: Path, targets: Path) -> tuple[list[FilePair], list[FileProblem]]:
-    """Pair ``*.h5`` files of two folders by name.
+    """Pair the ``<volume>.h5`` files of two folders by volume id (the suffix in any case).
+
+    Every entry of both folders ends up in a pair or in a problem: ``pair`` (no partner),
+    ``name`` (a volume id that cannot name an output, such as ``..h5``, or two files of one volume
+    such as ``v2.h5`` and ``v2.H5``), ``read`` (an ``.h5`` entry that is not a file) or
+    ``ignored`` (not an ``.h5`` file, a subfolder: listed, not counted as a failure).
 
     Returns:
-        ``(pairs, problems)``: the complete pairs, sorted by name, and one problem per file
-        without a partner.
+        ``(pairs, problems)``: the complete pairs, sorted by volume, and the problems, sorted by file.
 
     Raises:
         FileNotFoundError: A folder does not exist or holds no ``.h5`` file.
     """
-    found = {}
+    found, ambiguous, problems = {}, {}, []
     for label, folder in (("predictions", Path(predictions)), ("target", Path(targets))):
         if not folder.is_dir():
             raise FileNotFoundError(f"{label} folder not found: {folder}")
-        found[label] = {path.name: path for path in folder.glob("*.h5")}
-        if not found[label]:
+        found[label], ambiguous[label], found_problems = _scan(folder, label)
+        if not found[label] and all(p.stage == "ignored" for p in found_problems):
             raise FileNotFoundError(f"{label} folder holds no .h5 file: {folder}")
+        problems += found_problems
     preds, refs = found["predictions"], found["target"]
-    pairs = [FilePair(name, preds[name], refs[name]) for name in sorted(preds.keys() & refs.keys())]
-    problems = [
-        FileProblem(name, f"no reference file of that name in {targets}", "pair")
-        for name in sorted(preds.keys() - refs.keys())
-    ] + [
-        FileProblem(name, f"no prediction file of that name in {predictions}", "pair")
-        for name in sorted(refs.keys() - preds.keys())
-    ]
-    return pairs, problems
+    pairs = [FilePair(preds[v].name, preds[v], refs[v]) for v in sorted(preds.keys() & refs.keys())]
+    for volume in sorted(preds.keys() - refs.keys()):
+        why = ("the target folder holds several files of that volume (see its rows)"
+               if volume in ambiguous["target"] else f"no reference file of that name in {targets}")
+        problems.append(FileProblem(preds[volume].name, why, "pair"))
+    for volume in sorted(refs.keys() - preds.keys()):
+        why = ("the predictions folder holds several files of that volume (see its rows)"
+               if volume in ambiguous["predictions"] else f"no prediction file of that name in {predictions}")
+        problems.append(FileProblem(refs[volume].name, why, "pair"))
+    return pairs, sorted(problems, key=lambda p: p.file)
 
 
 def read_volume(path: Path, key: str) -> np.ndarray:

@@ -21,9 +21,18 @@ any other whose ``distance_map`` does not raise :class:`NotImplementedError`):
   chunk ``png_vmax`` and into the h5 dataset's attributes, so the colours can be read back:
   ``value = png_vmax * position in the colour map``.
 
-Both are written under temp names in ``DIR`` and renamed (``os.replace``) only when complete, so
-a failing write never leaves a half-written file; a volume whose scoring fails gets no maps, and
-maps an earlier run left for it are removed, so ``DIR`` agrees with the CSV tables.
+Both are written under unique temp names in ``DIR`` and renamed (``os.replace``) only when
+complete, so a failing write never leaves a half-written file.
+
+``DIR`` may hold files of your own: evaluate replaces or removes only what it wrote. Every file it
+writes is recorded (path, volume, sha256) in the manifest ``DIR/.lightning-dfd-maps.json``
+(updated under a lock, ``.lightning-dfd-maps.json.lock``, by every process of a DDP run). An
+existing ``<stem>.h5`` or ``<stem>/`` is replaced only when every file in it is recorded for that
+volume with its current content; otherwise the volume's maps are not written (a problem at stage
+``maps``) and the file is left alone. A volume whose scoring fails loses the maps an earlier run
+recorded for it (files changed since, or never recorded, are left and named), so ``DIR`` agrees
+with the CSV tables. Volume names are checked (one plain path component) and every path is proven
+to lie inside ``DIR`` (:func:`lightning_dfd.files.contained_path`).
 
 Example:
     >>> import tempfile
@@ -34,12 +43,18 @@ Example:
     ['file1', 'file1.h5']
     >>> sorted(p.name for p in (writer.folder / "file1").iterdir())
     ['lpips_alex_slice003.png', 'lpips_alex_slice004.png']
+    >>> sorted(writer.recorded("file1"))
+    ['file1.h5', 'file1/lpips_alex_slice003.png', 'file1/lpips_alex_slice004.png']
+    >>> [p.name for p in writer.discard("file1")[0]]
+    ['file1.h5', 'lpips_alex_slice003.png', 'lpips_alex_slice004.png']
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,7 +62,17 @@ from typing import Any
 import h5py
 import numpy as np
 
-__all__ = ["COLORMAP", "MAP_FORMATS", "PNG_PERCENTILE", "MapWriter", "png_scale", "to_rgb"]
+from lightning_dfd.files import (
+    check_plain_name,
+    contained_path,
+    locked,
+    new_temp_file,
+    new_temp_folder,
+    write_text_atomically,
+)
+
+__all__ = ["COLORMAP", "MANIFEST", "MAP_FORMATS", "PNG_PERCENTILE", "MapWriter", "MapsOwnershipError",
+           "png_scale", "to_rgb"]
 
 #: What ``--maps-format`` accepts.
 MAP_FORMATS = ("png", "h5")
@@ -85,11 +110,21 @@ def to_rgb(image: np.ndarray, vmax: float) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., :3])
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+MANIFEST = ".lightning-dfd-maps.json"
+_MANIFEST_FORMAT = 1
+_TEMP_PREFIX = ".lightning-dfd-maps-"
+
+
+class MapsOwnershipError(ValueError):
+    """An existing file where a map goes was not written by evaluate (or changed since)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class MapWriter:
@@ -108,17 +143,95 @@ class MapWriter:
         self.folder = Path(folder)
         self.formats = tuple(dict.fromkeys(formats))
 
+    @property
+    def manifest(self) -> Path:
+        """``folder/.lightning-dfd-maps.json``: every file this writer (any run) wrote."""
+        return self.folder / MANIFEST
+
     def paths(self, stem: str) -> list[Path]:
-        """The outputs of one volume: ``<stem>.h5`` and/or the folder ``<stem>/``."""
+        """The outputs of one volume: ``<stem>.h5`` and/or the folder ``<stem>/`` (names checked)."""
         out = []
         if "h5" in self.formats:
-            out.append(self.folder / f"{stem}.h5")
+            out.append(contained_path(self.folder, f"{check_plain_name(stem, 'volume')}.h5"))
         if "png" in self.formats:
-            out.append(self.folder / stem)
+            out.append(contained_path(self.folder, stem, what="volume"))
         return out
 
-    def _temp(self, stem: str, suffix: str) -> Path:
-        return self.folder / f".{stem}{suffix}.{os.getpid()}.tmp"
+    # -- the manifest --------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`ValueError` when ``folder`` holds a manifest that cannot be read."""
+        self._load()
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        """``relative path -> {"volume", "sha256": [...]}``; {} without a manifest."""
+        try:
+            text = self.manifest.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            raise ValueError(f"--maps: cannot read the manifest {self.manifest}: {err}") from err
+        try:
+            data = json.loads(text)
+            files = data["files"]
+            if data.get("format") != _MANIFEST_FORMAT or not isinstance(files, dict):
+                raise ValueError(f"format {data.get('format')!r}")
+            for relative, record in files.items():
+                self._contained(relative)
+                if not (isinstance(record.get("volume"), str) and isinstance(record.get("sha256"), list)):
+                    raise ValueError(f"entry {relative!r}")
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise ValueError(
+                f"--maps: {self.manifest} is not a manifest lightning-dfd evaluate wrote ({err}); "
+                "without it evaluate cannot tell its maps from your files: move it away or choose "
+                "another --maps folder"
+            ) from err
+        return files
+
+    def _save(self, files: Mapping[str, Mapping[str, Any]]) -> None:
+        data = {"format": _MANIFEST_FORMAT, "written_by": "lightning-dfd evaluate --maps",
+                "files": dict(sorted(files.items()))}
+        write_text_atomically(self.manifest, json.dumps(data, indent=1))
+
+    def _contained(self, relative: str) -> Path:
+        return contained_path(self.folder, *relative.split("/"), what="map file name")
+
+    def recorded(self, stem: str) -> list[str]:
+        """The files the manifest records for volume ``stem`` (relative to ``folder``)."""
+        return sorted(rel for rel, record in self._load().items() if record["volume"] == stem)
+
+    def _ours(self, relative: str, stem: str, files: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Whether ``relative`` is a regular file recorded for ``stem`` with its current content."""
+        record = files.get(relative)
+        path = self._contained(relative)
+        return (record is not None and record["volume"] == stem and path.is_file()
+                and not path.is_symlink() and _sha256(path) in record["sha256"])  # fmt: skip
+
+    def _check_replaceable(self, stem: str, final: Path, files: Mapping[str, Mapping[str, Any]]) -> None:
+        """Raise :class:`MapsOwnershipError` unless ``final`` is absent or entirely this volume's maps."""
+        if not final.exists() and not final.is_symlink():
+            return
+        relative = final.relative_to(self.folder).as_posix()
+        strangers: list[str] = []
+        png_folder = final.name == stem  # else the volume's h5 file, <stem>.h5
+        if png_folder and final.is_dir() and not final.is_symlink():
+            strangers = [p.name for p in sorted(final.iterdir())
+                         if not self._ours(f"{relative}/{p.name}", stem, files)]  # fmt: skip
+            recorded = any(rel.startswith(f"{relative}/") and record["volume"] == stem
+                           for rel, record in files.items())  # fmt: skip
+            if recorded and not strangers:
+                return
+        elif not png_folder and self._ours(relative, stem, files):
+            return
+        more = " ..." if len(strangers) > 3 else ""
+        holds = f" holds {', '.join(strangers[:3])}{more} and" if strangers else ""
+        raise MapsOwnershipError(
+            f"{final} exists and{holds} was not written by lightning-dfd evaluate for volume {stem!r} "
+            f"(no record in {self.manifest.name}, or changed since): left alone, no maps written for "
+            "this volume; move it away or choose another --maps folder"
+        )
+
+    # -- writing and removing ------------------------------------------------------------------
 
     def write(
         self,
@@ -132,7 +245,7 @@ class MapWriter:
         """Write one volume's maps; nothing appears under the real names unless every write succeeded.
 
         Args:
-            stem: The input file name without ``.h5``.
+            stem: The volume id (the input file name without ``.h5``): one plain name.
             maps: Metric name -> ``(slices, H, W)`` map.
             slices: The slice index in the input file of each map.
             mask: Optional boolean ``(slices, H, W)`` mask (stored, and the PNG scale uses it).
@@ -141,45 +254,130 @@ class MapWriter:
 
         Returns:
             The paths written.
+
+        Raises:
+            UnsafePathError: ``stem`` is not a plain name.
+            MapsOwnershipError: A file or folder where a map goes was not written by evaluate
+                (nothing is written then).
         """
+        finals = self.paths(stem)
         self.folder.mkdir(parents=True, exist_ok=True)
         slices = np.asarray(list(slices), dtype=np.int32)
         arrays = {name: np.asarray(value, dtype=np.float32) for name, value in maps.items()}
         for name, value in arrays.items():
+            check_plain_name(name, "metric name")
             if value.shape[0] != len(slices) or value.ndim != 3:
                 raise ValueError(f"map {name!r} has shape {value.shape}; expected ({len(slices)}, H, W)")
         scales = {name: png_scale(value, mask) for name, value in arrays.items()}
-        staged: list[tuple[Path, Path]] = []
+        staged: list[tuple[Path, Path]] = []  # (temp, final)
         try:
             if "h5" in self.formats:
-                temp = self._temp(stem, ".h5")
-                staged.append((temp, self.folder / f"{stem}.h5"))
-                self._write_h5(temp, arrays, slices, mask, attrs or {}, metric_attrs or {}, scales)
+                temp = new_temp_file(self.folder, _TEMP_PREFIX, ".h5.tmp")
+                staged.append((temp, finals[0]))
+                self._write_h5(Path(temp), arrays, slices, mask, attrs or {}, metric_attrs or {}, scales)
             if "png" in self.formats:
-                temp = self._temp(stem, "")
-                staged.append((temp, self.folder / stem))
-                self._write_pngs(temp, arrays, slices, scales)
+                temp = new_temp_folder(self.folder, _TEMP_PREFIX)
+                staged.append((temp, finals[-1]))
+                self._write_pngs(Path(temp), arrays, slices, scales)
+            new = {}
+            for temp, final in staged:
+                relative = final.relative_to(self.folder).as_posix()
+                if temp.is_dir():
+                    new.update({f"{relative}/{p.name}": _sha256(p) for p in temp.iterdir()})
+                else:
+                    new[relative] = _sha256(temp)
+            with locked(self.manifest):
+                self._swap_in(stem, staged, new)
         except BaseException:
             for temp, _ in staged:
-                _remove(temp)
+                self._remove_temp(temp)
             raise
-        for temp, final in staged:
-            if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a folder
-                old = self._temp(stem, ".old")
-                os.replace(final, old)
-                os.replace(temp, final)
-                shutil.rmtree(old)
-            else:
-                os.replace(temp, final)
         return [final for _, final in staged]
 
-    def discard(self, stem: str) -> list[Path]:
-        """Remove the maps an earlier run wrote for ``stem`` (a volume not scored now); return them."""
-        gone = [path for path in self.paths(stem) if path.exists() or path.is_symlink()]
-        for path in gone:
-            _remove(path)
-        return gone
+    def _swap_in(self, stem: str, staged: list[tuple[Path, Path]], new: Mapping[str, str]) -> None:
+        """Under the manifest lock: check, record old and new, rename, drop what is stale."""
+        files = self._load()
+        for _, final in staged:
+            self._check_replaceable(stem, final, files)
+        old = {rel: record for rel, record in files.items() if record["volume"] == stem}
+        stale = [rel for rel in old if rel not in new and self._ours(rel, stem, files)]
+        # Recorded before the renames (old and new content): a crash between them leaves only
+        # files the manifest knows.
+        for rel, digest in new.items():
+            known = files.get(rel, {}).get("sha256", []) if rel in old else []
+            files[rel] = {"volume": stem, "sha256": sorted({*known, digest})}
+        self._save(files)
+        for temp, final in staged:
+            if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a full folder
+                aside = new_temp_folder(self.folder, _TEMP_PREFIX, ".old")
+                os.replace(final, aside)  # checked above: only this volume's recorded maps
+                os.replace(temp, final)
+                self._remove_temp(aside)
+            else:
+                os.replace(temp, final)
+        for rel in stale:  # e.g. PNGs of an earlier --maps-format png,h5 run, now h5 only
+            self._contained(rel).unlink(missing_ok=True)  # a replaced folder took its own along
+            self._remove_empty_parent(rel)
+            files.pop(rel, None)
+        for rel in [rel for rel in old if rel not in new]:
+            files.pop(rel, None)
+        for rel, digest in new.items():
+            files[rel] = {"volume": stem, "sha256": [digest]}
+        self._save(files)
 
+    def discard(self, stem: str) -> tuple[list[Path], list[Path]]:
+        """Remove the maps an earlier run wrote for ``stem`` (a volume not scored now).
+
+        Only files the manifest records for ``stem`` with their current content are removed (and
+        the volume's PNG folder when that leaves it empty).
+
+        Returns:
+            ``(removed, left)``: the files removed, and the files at the volume's map paths that
+            were left because evaluate did not write them (or they changed since).
+        """
+        check_plain_name(stem, "volume")
+        if not self.folder.is_dir():
+            return [], []
+        removed, left = [], []
+        with locked(self.manifest):
+            files = self._load()
+            mine = sorted(rel for rel, record in files.items() if record["volume"] == stem)
+            for rel in mine:
+                path = self._contained(rel)
+                if self._ours(rel, stem, files):
+                    path.unlink()
+                    removed.append(path)
+                    self._remove_empty_parent(rel)
+                files.pop(rel)
+            if mine:
+                self._save(files)
+        for final in self._unchecked_paths(stem):  # what is still there is not evaluate's
+            if final.is_dir() and not final.is_symlink():
+                left += sorted(final.iterdir())
+            elif final.exists() or final.is_symlink():
+                left.append(final)
+        return removed, left
+
+    def _unchecked_paths(self, stem: str) -> list[Path]:
+        """The volume's map paths, links not followed (for listing what is there, never writing)."""
+        names = {"h5": f"{stem}.h5", "png": stem}
+        return [self.folder / names[fmt] for fmt in MAP_FORMATS if fmt in self.formats]
+
+    def _remove_empty_parent(self, relative: str) -> None:
+        if "/" in relative:
+            folder = self._contained(relative.rsplit("/", 1)[0])
+            with contextlib.suppress(OSError):  # not empty: a file of yours is in it
+                folder.rmdir()
+
+    @staticmethod
+    def _remove_temp(temp: Path) -> None:
+        """Remove a temp file or folder this writer created (its own name, its own content)."""
+        if temp.is_dir() and not temp.is_symlink():
+            for entry in temp.iterdir():
+                entry.unlink()
+            temp.rmdir()
+        else:
+            temp.unlink(missing_ok=True)
     @staticmethod
     def _write_h5(path: Path, arrays: Mapping[str, np.ndarray], slices: np.ndarray,
                   mask: np.ndarray | None, attrs: Mapping[str, Any],
@@ -201,7 +399,7 @@ class MapWriter:
                     scales: Mapping[str, float]) -> None:
         from PIL import Image, PngImagePlugin
 
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         for name, value in arrays.items():
             info = PngImagePlugin.PngInfo()
             info.add_text("metric", name)

@@ -4,7 +4,9 @@ The analysis commands run for a long time before they write anything. So:
 
 * :func:`check_output_file` / :func:`check_output_dir` fail *before* the work when an output
   cannot be written (a directory where a file is asked for, a parent that is a file, a folder
-  where no file can be created, a read-only existing file) with :class:`OutputError`.
+  where no file can be created, a read-only existing file) with :class:`OutputError`;
+  :func:`check_apart` when an output is, lies inside or holds an input folder (symlinks and
+  relative paths resolved): a command never writes into its inputs.
 * :func:`set_aside` renames the outputs of an earlier run to ``<name>.previous`` before the
   work starts, so an interrupted run (Ctrl-C, a crash) never leaves an older ``results.csv``
   looking like the result of this run; on success the ``.previous`` copies are removed.
@@ -33,6 +35,7 @@ from pathlib import Path
 __all__ = [
     "PREVIOUS_SUFFIX",
     "OutputError",
+    "check_apart",
     "check_output_dir",
     "check_output_file",
     "discard_previous",
@@ -102,6 +105,31 @@ def check_output_dir(folder: Path, what: str = "--out") -> None:
     _probe_folder(existing, what)
 
 
+def check_apart(outputs: Iterable[tuple[str, Path]], inputs: Mapping[str, Path]) -> None:
+    """Raise :class:`OutputError` when an output path is, lies inside or holds an input folder.
+
+    Args:
+        outputs: ``(option, path)`` pairs: the folders and files a command writes.
+        inputs: option -> input folder.
+
+    Example:
+        >>> try:
+        ...     check_apart([("--maps", Path("data/ref/maps"))], {"--target": Path("data/ref")})
+        ... except OutputError as err:
+        ...     print(str(err).split(":")[0])
+        --maps data/ref/maps lies inside the --target folder data/ref
+    """
+    from lightning_dfd.files import overlap
+
+    relation = {"same": "is", "inside": "lies inside", "contains": "holds"}
+    for option, path in outputs:
+        for label, folder in inputs.items():
+            found = overlap(folder, path)
+            if found is not None:
+                raise OutputError(f"{option} {path} {relation[found]} the {label} folder {folder}: outputs "
+                                  f"never go into an input folder; choose a folder apart from {label}")
+
+
 def set_aside(paths: Iterable[Path]) -> list[Path]:
     """Rename existing ``paths`` to ``<name>.previous`` (replacing an older one); return the new names.
 
@@ -124,7 +152,10 @@ def discard_previous(paths: Iterable[Path]) -> None:
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A new, empty file of a unique name next to ``path`` (never an existing file of yours)."""
+    from lightning_dfd.files import new_temp_file
+
+    return new_temp_file(path.parent, f".{path.name}.")
 
 
 def write_atomically(writers: Mapping[Path, Callable[[Path], object]]) -> None:
@@ -138,8 +169,10 @@ def write_atomically(writers: Mapping[Path, Callable[[Path], object]]) -> None:
         OutputError: A write failed (disk full, permissions); no destination was touched and
             every temp file is removed.
     """
-    temps = {Path(path): _temp_name(Path(path)) for path in writers}
+    temps: dict[Path, Path] = {}
     try:
+        for path in writers:
+            temps[Path(path)] = _temp_name(Path(path))
         for path, write in writers.items():
             write(temps[Path(path)])
         for path, temp in temps.items():

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 import torch
 
+from lightning_dfd.files import overlap
 from recon_models.data.errors import DataFormatError
 from recon_models.data.fastmri_format import KSPACE_KEY, check_finite_kspace, open_h5
 from recon_models.data.sensitivity import (
@@ -197,7 +198,7 @@ class SensitivityCache:
         except FileNotFoundError as err:
             raise FileNotFoundError(f"data file {data_file} does not exist") from err
         folder = self.cache_dir if self.cache_dir is not None else default_cache_dir(data_file)
-        if folder.absolute() == data_file.absolute().parent:
+        if overlap(data_file.parent, folder) == "same":  # resolved: a link to the data folder too
             raise ValueError(
                 f"Argument `cache_dir` ({folder}) must not be the data folder: SliceDataset reads "
                 "every file in the data folder as a volume"

@@ -267,9 +267,26 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
 
+#: The tables ``correlate`` writes into ``--out``.
+OUTPUT_TABLES = ("srocc.csv", "irv.csv", "per_image.csv", "unmatched.csv", "figures.csv")
+
+
+def _check_inputs_kept(args: argparse.Namespace) -> None:
+    """Refuse an ``--out`` where a table would replace ``--metrics`` or ``--scores``."""
+    from lightning_dfd.analysis.outputs import OutputError
+    from lightning_dfd.files import overlap
+
+    for name in OUTPUT_TABLES:
+        for option, source in (("--metrics", args.metrics), ("--scores", args.scores)):
+            if overlap(source, args.out / name) == "same":
+                raise OutputError(f"--out {args.out}: {name} would replace the {option} file {source}; "
+                                  "choose another --out folder")
+
+
 def _run(args: argparse.Namespace) -> int:
     from lightning_dfd.analysis.outputs import check_output_dir
 
+    _check_inputs_kept(args)
     check_output_dir(args.out)  # before the bootstrap, not after it
     metrics = _read_csv(args.metrics, "metrics")
     scores = _read_csv(args.scores, "reader scores")
@@ -413,11 +430,15 @@ def _inter_reader(
 def _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args) -> pd.DataFrame:
     """Write every figure; return the index ``file, figure, score, group`` (``figures.csv``)."""
     from lightning_dfd.analysis import plots  # matplotlib only when figures are asked for
+    from lightning_dfd.files import contained_path
+
+    def place(name: str) -> Path:  # names come from column and group values: proven inside --out
+        return contained_path(out, name, what="figure name")
 
     written = []
     overall = table[table["group"].astype(str) == corr.ALL_GROUP]
     irv = dict(zip(overall["score"], overall["irv"]))
-    plots.plot_srocc_bars(table, out / "srocc_bars.png", irv=irv)
+    plots.plot_srocc_bars(table, place("srocc_bars.png"), irv=irv)
     written.append(("srocc_bars.png", "srocc_bars", "", corr.ALL_GROUP))
     if args.by:
         groups = list(table.loc[table["by"] == args.by, "group"].unique())
@@ -428,7 +449,7 @@ def _plots(out, table, joined, scores, on, metric_columns, score_columns, reader
             name = f"srocc_bars_{by_name}={group_names[str(group)]}.png"
             plots.plot_srocc_bars(
                 rows,
-                out / name,
+                place(name),
                 irv=dict(zip(rows["score"], rows["irv"])),
                 group=group,
                 title=f"subgroup {args.by} = {group} ({int(rows['n'].max())} images)",
@@ -442,13 +463,13 @@ def _plots(out, table, joined, scores, on, metric_columns, score_columns, reader
             joined,
             metric_columns,
             score,
-            out / name,
+            place(name),
             color_by=args.color_by or args.by,
             marker_by=args.marker_by,
         )
         written.append((name, "scatter", score, corr.ALL_GROUP))
         pairs = corr.inter_reader_table(matched, on, score, reader)
         name = f"irv_{names[score]}.png"
-        plots.plot_inter_reader(pairs, out / name, reader_column=reader, score=score)
+        plots.plot_inter_reader(pairs, place(name), reader_column=reader, score=score)
         written.append((name, "irv", score, corr.ALL_GROUP))
     return pd.DataFrame(written, columns=["file", "figure", "score", "group"])

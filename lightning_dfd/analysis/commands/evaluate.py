@@ -283,11 +283,30 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
     )
 
 
+def check_outputs_apart(args: argparse.Namespace) -> None:
+    """Refuse ``--out`` / ``--maps`` that are, lie inside or hold an input folder (``OutputError``).
+
+    ``--predictions`` and ``--target`` are compared with symlinks and relative paths resolved.
+    """
+    from lightning_dfd.analysis import outputs
+
+    written = [("--out", path) for path in output_paths(args.out)]
+    if args.maps is not None:
+        written.append(("--maps", args.maps))
+    outputs.check_apart(written, {"--predictions": args.predictions, "--target": args.target})
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     """A rank > 0 of a distributed run: score its files, hand the rows to rank 0, write nothing."""
     from lightning_dfd.analysis import evaluation as ev
     from lightning_dfd.analysis.engine import evaluate
+    from lightning_dfd.analysis.outputs import OutputError
 
+    try:  # the checks rank 0 makes: a rank started by torchrun / SLURM never writes into an input
+        check_outputs_apart(args)
+    except OutputError as err:
+        _note(f"error: {err}")
+        return EXIT_BAD_INPUT
     config = config_from_args(args, quiet=True)
     pairs, _ = ev.pair_files(args.predictions, args.target)
     evaluate(pairs, config, devices=args.devices, progress=False, num_nodes=args.num_nodes,
@@ -296,13 +315,21 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _maps_notes(args: argparse.Namespace, result: Any, problems: list) -> None:
-    """Say which metrics have no map; remove earlier maps of files not scored now."""
+    """Say which metrics have no map; remove the maps evaluate wrote earlier for files not scored now."""
+    from lightning_dfd.analysis.evaluation import NOT_SCORED, volume_of
     from lightning_dfd.analysis.maps import MapWriter
 
     writer = MapWriter(args.maps, args.maps_format)
     for problem in problems:
-        if problem.stage == "pair":
-            writer.discard(Path(problem.file).stem)
+        if problem.stage not in NOT_SCORED:
+            continue
+        try:
+            _, left = writer.discard(volume_of(problem.file))  # done by the loop unless a pair problem
+        except (OSError, ValueError) as err:
+            _note(f"--maps: the earlier maps of {problem.file} were not removed: {err}")
+            continue
+        if left:
+            _note(f"--maps: left {', '.join(map(str, left))}: not written by evaluate (or changed since)")
     if result.maps_skipped:
         reasons = "; ".join(f"{name}: {why}" for name, why in result.maps_skipped.items())
         _note(f"--maps: no map for {', '.join(result.maps_skipped)} ({reasons})")
@@ -328,15 +355,20 @@ def run(args: argparse.Namespace) -> int:
         conventions = pd.DataFrame(
             list(ev.column_conventions(config).items()), columns=["column", "convention"]
         )
+        check_outputs_apart(args)
+        if args.maps is not None:
+            from lightning_dfd.analysis.maps import MapWriter
+
+            outputs.check_output_dir(args.maps, "--maps")
+            MapWriter(args.maps, args.maps_format).check()  # a manifest it cannot read: refused now
         for path in paths:
             outputs.check_output_file(path)
-        if args.maps is not None:
-            outputs.check_output_dir(args.maps, "--maps")
         pairs, problems = ev.pair_files(args.predictions, args.target)
         if not pairs:
+            unmatched = [p for p in problems if p.stage != "ignored"] or problems
             raise ValueError(
                 f"no prediction in {args.predictions} has a reference of the same name in "
-                f"{args.target} ({len(problems)} unmatched file(s), e.g. {problems[0].file})"
+                f"{args.target} ({len(unmatched)} unmatched file(s), e.g. {unmatched[0]})"
             )
         previous = outputs.set_aside(paths)
         if previous:
@@ -359,7 +391,8 @@ def run(args: argparse.Namespace) -> int:
         if args.maps is not None:
             _maps_notes(args, result, problems)
         for problem in problems:
-            _note(f"{'scored' if problem.stage == 'maps' else 'skipped'} {problem} [{problem.stage}]")
+            verb = {"maps": "scored", "ignored": "ignored"}.get(problem.stage, "skipped")
+            _note(f"{verb} {problem} [{problem.stage}]")
         errors = pd.DataFrame([p.as_row() for p in problems], columns=["file", "stage", "error"])
         outputs.write_atomically(
             {
@@ -379,11 +412,15 @@ def run(args: argparse.Namespace) -> int:
         print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     scored = len(result.volumes)
     no_maps = sum(problem.stage == "maps" for problem in problems)
+    ignored = sum(problem.stage == "ignored" for problem in problems)
+    failed = len(problems) - no_maps - ignored
     _note(
         f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
         f"{volumes_path(args.out).name}, {errors_path(args.out).name} and "
         f"{columns_path(args.out).name}"
-        + (f"; {len(problems) - no_maps} file(s) not scored (see above)" if len(problems) > no_maps else "")
+        + (f"; {failed} file(s) not scored (see above)" if failed else "")
         + (f"; the maps of {no_maps} file(s) not written (see above)" if no_maps else "")
+        + (f"; {ignored} other entr{'y' if ignored == 1 else 'ies'} of the input folders ignored "
+           "(not .h5 files, listed with stage 'ignored')" if ignored else "")
     )
-    return EXIT_PARTIAL if problems else EXIT_OK
+    return EXIT_PARTIAL if failed or no_maps else EXIT_OK
