@@ -267,9 +267,13 @@ class EvaluationModule(LightningModule):
         n = len(batch["slices"])
         masked = {}
         if self.config.mask == "foreground":
-            from lightning_dfd.spatial import foreground_mask
+            from lightning_dfd.masks import foreground_mask
 
             masked["mask"] = foreground_mask(target, largest_component=True)
+            empty = [s for s, m in zip(batch["slices"], masked["mask"], strict=True) if not m.any()]
+            if empty:
+                raise ValueError(f"no foreground in reference slice(s) {empty} (noise only or constant): "
+                                 "nothing to score there with --mask foreground")
         self.image_metrics.reset()
         with torch.no_grad():
             self.image_metrics.update(preds, target, data_range=data_range, **masked)

@@ -157,7 +157,7 @@ class EvaluationConfig:
         precision: ``"fp32"`` (default) or ``"bf16"``: the DFD encoders' precision (distances in
             fp32); pixel metrics are always computed in full precision.
         mask: ``"none"`` or ``"foreground"``: every metric over the foreground of each reference
-            slice only (:func:`lightning_dfd.spatial.foreground_mask`, largest component).
+            slice only (:func:`lightning_dfd.masks.foreground_mask`, largest component).
         maps_dir: Write per-pixel DFD maps of every scored volume into this folder
             (:mod:`lightning_dfd.analysis.maps`); None (default): no maps.
         maps_format: Any of ``("png", "h5")`` (default both).
@@ -412,8 +412,9 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
             out[name] = fixed[name]
         out[name] += scale
         if config.mask == "foreground":
-            out[name] += ("; over the foreground of each reference slice (lightning_dfd.spatial."
-                          "foreground_mask: Otsu threshold, holes filled, largest component)")
+            out[name] += ("; over the foreground of each reference slice (lightning_dfd.masks."
+                          "foreground_mask: the object above the background noise, holes filled, "
+                          "largest component)")
     return out
 
 

@@ -18,8 +18,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_dfd.masks import resized_mask  # noqa: F401 - re-exported (was defined here)
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 #: ``compile`` values: off, inductor with frozen weights (``True``), or a ``torch.compile`` backend
@@ -170,22 +171,6 @@ def difference_maps(feats_a: list[Tensor], feats_b: list[Tensor], absolute: bool
     """
     return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
             for a, b in zip(feats_a, feats_b, strict=True)]
-
-
-def resized_mask(mask: Tensor, like: Tensor) -> Tensor:
-    """An ``(M, 1, H, W)`` float mask area-resized to ``like``'s positions: ``(M, 1, h, w)``.
-
-    Each feature position gets the fraction of its input cell the mask covers
-    (``F.adaptive_avg_pool2d``), so a non-empty mask never vanishes at a layer and a full mask
-    stays exactly 1.
-
-    Example:
-        >>> import torch
-        >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :1] = 1
-        >>> resized_mask(mask, torch.zeros(1, 8, 2, 2)).flatten().tolist()
-        [0.5, 0.0, 0.0, 0.0]
-    """
-    return F.adaptive_avg_pool2d(mask.to(like.dtype), like.shape[-2:])
 
 
 def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:

@@ -26,7 +26,8 @@ from DISTS_pytorch.DISTS_pt import L2pooling
 from torch import Tensor, nn
 
 from lightning_dfd.encoders.backbones import WeightsArg, freeze, resolve_alias, vgg16_features
-from lightning_dfd.encoders.base import FeatureDistanceNetwork, resized_mask
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.masks import resized_mask
 from lightning_dfd.preprocess import to_rgb
 
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
@@ -90,7 +91,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
             feats_preds: features of the predictions (:meth:`features`).
             feats_target: features of the targets.
             mask: ``(M, 1, H, W)`` float weights at the input resolution, area-resized to each
-                stage (:func:`~lightning_dfd.encoders.base.resized_mask`).
+                stage (:func:`~lightning_dfd.masks.resized_mask`).
 
         Example:
             >>> import torch

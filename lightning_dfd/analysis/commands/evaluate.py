@@ -189,9 +189,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--mask",
         choices=("none", "foreground"),
         default="none",
-        help="score every metric over the foreground of each reference slice only (Otsu threshold, "
-        "holes filled, largest component); DFD feature maps averaged over the mask resized to each "
-        "layer, DISTS with mask-weighted channel statistics; receptive fields still reach past the edge",
+        help="score every metric over the foreground of each reference slice only (the object "
+        "above the background noise, holes filled, largest component); DFD feature maps averaged "
+        "over the mask resized to each layer, DISTS with mask-weighted channel statistics; "
+        "receptive fields still reach past the edge",
     )
     parser.add_argument(
         "--strategy",
