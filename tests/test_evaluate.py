@@ -586,3 +586,21 @@ def test_mask_foreground_reports_a_slice_of_noise_only(tmp_path, capsys):
     assert errors[["file", "stage"]].values.tolist() == [["file1001.h5", "score"]]
     assert "no foreground in reference slice(s) [1]" in errors["error"][0]
     assert pd.read_csv(out)["volume"].unique().tolist() == ["file1000"]
+
+
+def test_random_weights_are_seeded_and_the_seed_is_recorded(tmp_path):
+    _make_dataset(tmp_path, n_volumes=1)
+    common = ["--metrics", "lpips_alex", "--weights", "random"]
+    tables = {}
+    runs = {"a": (1, []), "b": (2, ["--seed", "0"]), "c": (1, ["--seed", "7"])}
+    for run, (global_seed, extra) in runs.items():
+        torch.manual_seed(global_seed)  # the process's own RNG state must not matter
+        assert main(_argv(tmp_path, *common, *extra, "--out", str(tmp_path / f"{run}.csv"))) == 0
+        tables[run] = pd.read_csv(tmp_path / f"{run}.csv")["lpips_alex"].to_numpy()
+    np.testing.assert_array_equal(tables["a"], tables["b"])  # default seed 0 == --seed 0
+    assert not np.allclose(tables["a"], tables["c"])
+    for run, seed in (("a", 0), ("c", 7)):
+        columns = pd.read_csv(tmp_path / f"{run}_columns.csv").set_index("column")["convention"]
+        assert f"weights random (seed {seed}," in columns["lpips_alex"]
+    assert main(_argv(tmp_path, *common, "--seed", "-1", "--out", str(tmp_path / "d.csv"))) == 2
+    assert not (tmp_path / "d.csv").exists()

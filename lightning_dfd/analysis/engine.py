@@ -344,7 +344,9 @@ class EvaluationModule(LightningModule):
                      "prediction": str(entry.pair.prediction), "target": str(entry.pair.target),
                      "prediction_key": config.prediction_key, "target_key": config.target_key}
             metric_attrs = {n: {"normalization": getattr(self.image_metrics[n], "normalization", ""),
-                                "weights": str(config.weights_for(n) or "default")} for n in names}
+                                "weights": str(config.weights_for(n) or "default"),
+                                **({"seed": config.seed} if config.weights_for(n) == "random" else {})}
+                            for n in names}
             self.map_writer.write(entry.pair.volume, maps, [r["slice"] for r in state["rows"]], mask,
                                   attrs, metric_attrs)
         except Exception as err:  # a full disk, ...: the scores stand, the maps are missing

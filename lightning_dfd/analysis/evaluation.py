@@ -163,6 +163,8 @@ class EvaluationConfig:
         maps_format: Any of ``("png", "h5")`` (default both).
         protocol: The ``--protocol`` name the other fields came from (written into the map files;
             informational, None: not from a preset).
+        seed: The seed every ``weights="random"`` encoder is built under
+            (:func:`lightning_dfd.weights.seeded_random_weights`): equal runs, equal ranks.
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -180,6 +182,7 @@ class EvaluationConfig:
     maps_dir: Path | None = None
     maps_format: tuple[str, ...] = ("png", "h5")
     protocol: str | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
@@ -213,6 +216,8 @@ class EvaluationConfig:
                              f"{list(formats)}")
         if self.batch_size < 1:
             raise ValueError(f"Argument `batch_size` must be >= 1, got {self.batch_size}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"Argument `seed` must be an int in [0, 2**63), got {self.seed!r}")
         if isinstance(self.weights, Mapping):
             stray = [name for name in self.weights if name not in self.metrics]
             if stray:
@@ -332,18 +337,20 @@ def build_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
     pass (as :class:`~lightning_dfd.metrics.DFDCollection` links them).
     """
     from lightning_dfd.metrics import DFDCollection, is_dfd
+    from lightning_dfd.weights import seeded_random_weights
 
     metrics: dict[str, Any] = {}
-    for name in config.metrics:
-        base, preset = EXTRA_METRICS.get(name, (name, {}))
-        kwargs: dict[str, Any] = {"reduction": "none", **preset, **extra}
-        if is_dfd(base) and config.weights_for(name) is not None:
-            kwargs["weights"] = config.weights_for(name)
-        if is_dfd(base) and config.precision != "fp32":
-            kwargs["precision"] = config.precision
-        metrics[name] = _build(base, name, kwargs).to(config.device)
-        if not is_dfd(base):
-            metrics[f"{name}@volume"] = _build(base, name, kwargs).to(config.device)
+    with seeded_random_weights(config.seed):  # random weights: equal in every run and on every rank
+        for name in config.metrics:
+            base, preset = EXTRA_METRICS.get(name, (name, {}))
+            kwargs: dict[str, Any] = {"reduction": "none", **preset, **extra}
+            if is_dfd(base) and config.weights_for(name) is not None:
+                kwargs["weights"] = config.weights_for(name)
+            if is_dfd(base) and config.precision != "fp32":
+                kwargs["precision"] = config.precision
+            metrics[name] = _build(base, name, kwargs).to(config.device)
+            if not is_dfd(base):
+                metrics[f"{name}@volume"] = _build(base, name, kwargs).to(config.device)
     DFDCollection({name: m for name, m in metrics.items() if "@" not in name}).shared_groups()
     return metrics
 
@@ -406,6 +413,8 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
     for name in config.metrics:
         if is_dfd(name):
             weights = config.weights_for(name) or "the metric's default weights"
+            if weights == "random":
+                weights = f"random (seed {config.seed}, lightning_dfd.weights.seeded_random_weights)"
             out[name] = (f"deep feature distance {name} (lower is better), weights {weights}; "
                          f"each image min/max-normalised by the metric; encoder in {config.precision}")
         else:

@@ -29,6 +29,7 @@ from lightning_dfd.encoders.backbones import WeightsArg, freeze, resolve_alias, 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.masks import resized_mask
 from lightning_dfd.preprocess import to_rgb
+from lightning_dfd.weights import seeds_random_init
 
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 #: (L2-pooling channels, first torchvision feature index, end index) per stage after the first.
@@ -50,6 +51,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
         weights: VGG-16 weights: ``"imagenet"``, a registry name, a file path or ``"random"``.
     """
 
+    @seeds_random_init
     def __init__(self, weights: WeightsArg = "imagenet"):
         super().__init__()
         features = vgg16_features(resolve_alias("vgg16", weights))
