@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -221,6 +222,50 @@ def padding_sampler_problem(trainer: Any, stage: str = "validate") -> str | None
     return None
 
 
+def logged_elsewhere(trainer: Any) -> dict[str, str]:
+    """Names logged so far in the running loop's epoch -> the hook that logged them.
+
+    Names as they reach ``trainer.callback_metrics`` and the loggers (with Lightning's
+    ``/dataloader_idx_<k>`` suffix where it adds one). Read from the loop's result collection
+    (Lightning internals: empty if they change).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> logged_elsewhere(SimpleNamespace())
+        {}
+    """
+    results = getattr(trainer, "_results", None)
+    names: dict[str, str] = {}
+    try:
+        for result in results.values():
+            if result.has_reset:  # not logged in this epoch
+                continue
+            meta = result.meta
+            name = meta.name
+            if meta.add_dataloader_idx and meta.dataloader_idx is not None:
+                name += f"/dataloader_idx_{meta.dataloader_idx}"
+            names[name] = meta.fx.split(".")[0]
+    except AttributeError:  # no loop running, or a Lightning without these internals
+        return {}
+    return names
+
+
+def _same_value(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def _clash_message(name: str, where: str, stage: str) -> str:
+    if where in ("validation_step", "test_step"):
+        where = f"the LightningModule's `{where}`"
+    elif not where.startswith("a hook"):
+        where = f"`{where}` (the LightningModule or another callback)"
+    option = "prefix" if stage == "validate" else "test_prefix"
+    return (f"DFDCallback: `{name}` is also logged by {where}: the callback's value would stand in for "
+            "it in trainer.callback_metrics (EarlyStopping, ModelCheckpoint and loggers would act on "
+            f"another number). Give the callback other names (DFDCallback({option}=...)) or rename "
+            "the module's metric")
+
+
 class DFDCallback(Callback):
     """Deep feature distances for any LightningModule, read from what ``validation_step`` returns.
 
@@ -253,6 +298,13 @@ class DFDCallback(Callback):
     * ``stages=("validate", "test")`` also scores the test loop (``test_step``'s return value,
       read the same way) and logs ``<test_prefix><name>`` (per loader as above) at the end of
       ``trainer.test``; each stage has its own suites.
+    * Names are never shared: a name the module (or another callback) already logged in the
+      epoch (``validation_step``, a batch hook, an earlier epoch-end hook) is refused with a
+      ``ValueError`` naming it and the hook that logged it, before anything is logged; a value of
+      the callback's that a later hook replaced is refused at ``on_validation_end`` /
+      ``on_test_end``. (A module logging the same name in its own ``on_validation_epoch_end``
+      with other ``self.log`` arguments is refused by Lightning itself.) ``prefix`` /
+      ``test_prefix`` choose other names.
 
     Args:
         metrics: names from :data:`lightning_dfd.catalog.CATALOG` (each built with
@@ -309,6 +361,7 @@ class DFDCallback(Callback):
         self._suites: dict[tuple[str, int], DFDCollection] = {("validate", 0): self.metrics}
         self._multi: dict[str, bool] = {}  # stage -> a hook was given a dataloader_idx
         self._checked_sampler: set[str] = set()
+        self._logged: dict[str, dict[str, float]] = {}  # stage -> name -> value logged this epoch
 
     # -- what validation_step returned -------------------------------------------------------
 
@@ -324,8 +377,11 @@ class DFDCallback(Callback):
         else:
             raise TypeError(
                 "DFDCallback reads what validation_step returns, but it returned "
-                f"{type(outputs).__name__}: return a dict with {sorted(DEFAULT_KEYS)[:2]} ... "
-                "(see DFDCallback(keys=...)) or a tuple (see DFDCallback(positions=...))"
+                f"{type(outputs).__name__}: return a dict holding the prediction under "
+                f"{self.keys['output']!r} and the reference under {self.keys['target']!r} (other names: "
+                "DFDCallback(keys={'output': ..., 'target': ...})), or a tuple/list with the prediction "
+                f"at position {self.positions['output']} and the reference at {self.positions['target']} "
+                "(DFDCallback(positions=...))"
             )
         if "output" not in found or "target" not in found:
             raise KeyError(f"DFDCallback: validation_step's return value lacks the {where} "
@@ -439,6 +495,8 @@ class DFDCallback(Callback):
         if trainer.world_size > 1:
             seen = trainer.strategy.reduce(seen, reduce_op="sum")
         prefix = self.prefix if stage == "validate" else self.test_prefix
+        taken = logged_elsewhere(trainer)
+        to_log: dict[str, Tensor] = {}
         for k, anywhere in zip(indices, seen.tolist(), strict=True):
             if not anywhere:
                 continue
@@ -454,8 +512,23 @@ class DFDCallback(Callback):
                 # Equal on every rank already: "max" keeps that value exactly (a mean of equal values
                 # may round) and Lightning's advice to sync epoch-level values is satisfied. The
                 # suffix is written here (the epoch-end hook has no dataloader of its own).
-                pl_module.log(f"{prefix}{base}{suffix}", value.float(), on_step=False, on_epoch=True,
-                              sync_dist=True, reduce_fx="max", add_dataloader_idx=False)
+                to_log[f"{prefix}{base}{suffix}"] = value.float()
+        clashes = [name for name in to_log if name in taken]
+        if clashes:  # refused before any of the callback's values is logged
+            raise ValueError(_clash_message(clashes[0], taken[clashes[0]], stage))
+        self._logged[stage] = {}
+        for name, value in to_log.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True,
+                          sync_dist=True, reduce_fx="max", add_dataloader_idx=False)
+            self._logged[stage][name] = float(value)
+
+    def _check_kept(self, trainer: Trainer, stage: str) -> None:
+        """Refuse a value of this callback's that something logged later replaced (or merged with)."""
+        for name, value in self._logged.pop(stage, {}).items():
+            kept = trainer.callback_metrics.get(name)
+            if kept is not None and not _same_value(float(kept), value):
+                raise ValueError(_clash_message(name, f"a hook that ran after it (value {float(kept)!r} "
+                                                      f"instead of the callback's {value!r})", stage))
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         if "validate" in self.stages:
@@ -470,6 +543,14 @@ class DFDCallback(Callback):
         if "validate" in self.stages:
             self._epoch_end(trainer, pl_module, "validate")
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if "validate" in self.stages:
+            self._check_kept(trainer, "validate")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if "test" in self.stages:
+            self._check_kept(trainer, "test")
+
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         if "test" in self.stages:
             self._epoch_start(trainer, pl_module, "test")
@@ -482,6 +563,12 @@ class DFDCallback(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         if "test" in self.stages:
             self._epoch_end(trainer, pl_module, "test")
+
+    @property
+    def state_key(self) -> str:
+        """Unique per prefixes and metric names, so several DFDCallbacks can share a Trainer."""
+        return self._generate_state_key(prefix=self.prefix, test_prefix=self.test_prefix,
+                                        metrics=sorted(self.metrics.keys()))
 
     def state_dict(self) -> dict[str, Any]:
         """Nothing: metrics are rebuilt from their arguments, encoders never enter checkpoints."""

@@ -58,8 +58,10 @@ Pixel metrics over a mask (:func:`~lightning_dfd.functional.pixel.masked_psnr`,
 :func:`~lightning_dfd.functional.pixel.masked_nmse`, :func:`~lightning_dfd.functional.pixel.masked_ssim`,
 re-exported here) use only the masked pixels (SSIM: the mean of the SSIM map over the window
 centres inside the mask).
-:func:`foreground_mask` finds the object in a magnitude image (Otsu threshold, hole filling,
-optionally the largest connected component), e.g. to keep background noise out of a score.
+:func:`~lightning_dfd.masks.foreground_mask` finds the object in a magnitude image, separated from
+the background noise (air) around it, e.g. to keep the air out of a score. The mask helpers live in
+:mod:`lightning_dfd.masks`; ``foreground_mask``, ``otsu_threshold`` and ``validated_mask`` are
+re-exported here.
 
 Example:
     >>> import torch
@@ -77,8 +79,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor
 
 from lightning_dfd.encoders.base import (  # noqa: F401 - layer_maps, masked_layer_means: re-exported
@@ -91,10 +91,14 @@ from lightning_dfd.encoders.encoder_pass import (  # noqa: F401 - upsample_maps:
     EncodedBatch,
     EncoderPass,
     upsample_maps,
-    validated_mask,
 )
 from lightning_dfd.functional.pixel import masked_nmse, masked_psnr, masked_ssim  # noqa: F401 - re-exported
-from lightning_dfd.preprocess import channels_per_image, check_choice, magnitude
+from lightning_dfd.masks import (  # noqa: F401 - foreground_mask, otsu_threshold: re-exported
+    foreground_mask,
+    otsu_threshold,
+    validated_mask,
+)
+from lightning_dfd.preprocess import channels_per_image, check_choice
 
 
 def _functional_pass(network: FeatureDistanceNetwork, normalization: str, max_batch: int | None,
@@ -180,86 +184,6 @@ def masked_distances(network: FeatureDistanceNetwork, preds: Tensor, target: Ten
 
 
 # ----------------------------------------------------------------------------- foreground mask
-
-
-def otsu_threshold(values: np.ndarray, nbins: int = 256) -> float:
-    """Otsu's threshold of an array, as ``skimage.filters.threshold_otsu`` (256-bin histogram).
-
-    Example:
-        >>> otsu_threshold(np.array([0.0, 0.1, 0.0, 0.9, 1.0, 0.95])) < 0.9
-        True
-    """
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(values.min()), float(values.max())
-    if lo == hi:
-        return lo
-    counts, edges = np.histogram(values, bins=nbins, range=(lo, hi))
-    centers = (edges[:-1] + edges[1:]) / 2
-    counts = counts.astype(np.float64)
-    weight1 = np.cumsum(counts)
-    weight2 = np.cumsum(counts[::-1])[::-1]
-    mean1 = np.cumsum(counts * centers) / weight1.clip(min=1e-300)
-    mean2 = (np.cumsum((counts * centers)[::-1]) / weight2[::-1].clip(min=1e-300))[::-1]
-    variance = weight1[:-1] * weight2[1:] * (mean1[:-1] - mean2[1:]) ** 2
-    return float(centers[int(np.argmax(variance))])
-
-
-def foreground_mask(target: Tensor, threshold: float | None = None, fill_holes: bool = True,
-                    largest_component: bool = False, relative: bool = False) -> Tensor:
-    """Boolean ``(N, H, W)`` object masks of (complex) MR images: threshold, then fill holes.
-
-    The threshold applies to the magnitude (``(N, C, H, W)``: the root-sum-of-squares over
-    channels, one mask for all channels). Runs on the CPU with numpy/scipy; the mask comes back
-    on ``target``'s device.
-
-    Args:
-        target: ``(N, H, W)`` or ``(N, C, H, W)``, real or complex.
-        threshold: None: Otsu's threshold of each image; a float: a fixed threshold on the
-            magnitude (on the magnitude divided by each image's maximum with ``relative=True``).
-        fill_holes: fill enclosed background (``scipy.ndimage.binary_fill_holes``).
-        largest_component: keep only the largest 8-connected component.
-        relative: see ``threshold``.
-
-    Raises:
-        ValueError: a wrong shape or non-finite values.
-
-    Example:
-        >>> import torch
-        >>> yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-        >>> ring = ((yy - 16) ** 2 + (xx - 16) ** 2).sqrt()
-        >>> image = ((ring > 4) & (ring < 10)).float()[None]  # an annulus: a hole in the middle
-        >>> mask = foreground_mask(image)
-        >>> bool(mask[0, 16, 16]), bool(mask[0, 0, 0])
-        (True, False)
-    """
-    from scipy import ndimage
-
-    if not isinstance(target, Tensor) or target.ndim not in (3, 4):
-        shape = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise ValueError(f"`target` must be a tensor of shape (N, H, W) or (N, C, H, W), but got {shape}")
-    mag = magnitude(target.detach()).double()
-    if mag.ndim == 4:
-        mag = mag.pow(2).sum(dim=1).sqrt()
-    if not torch.isfinite(mag).all():
-        raise ValueError("`target` holds NaN or inf: no foreground can be found")
-    images = mag.cpu().numpy()
-    out = np.zeros(images.shape, dtype=bool)
-    structure = np.ones((3, 3), dtype=bool)
-    for k, image in enumerate(images):
-        values = image / max(float(image.max()), 1e-300) if relative else image
-        level = otsu_threshold(values) if threshold is None else float(threshold)
-        mask = values > level
-        if largest_component and mask.any():
-            labels, count = ndimage.label(mask, structure=structure)
-            sizes = np.bincount(labels.ravel())[1:]
-            mask = labels == (int(np.argmax(sizes)) + 1)
-        if fill_holes:
-            mask = ndimage.binary_fill_holes(mask)
-        out[k] = mask
-    return torch.from_numpy(out).to(target.device)
-
-
-# ------------------------------------------------------------------------------------ the mixin
 
 
 class SpatialDFDMixin:

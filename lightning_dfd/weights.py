@@ -28,6 +28,12 @@ complete and verified: an interrupted or wrong download never sits under the rea
 Every file is loaded with ``torch.load(weights_only=True)``: a checkpoint that carries code is
 refused, and the code never runs.
 
+**Random weights are seeded.** ``weights="random"`` builds the encoder under a fixed seed
+(:func:`random_weights_seed`, default :data:`DEFAULT_RANDOM_SEED`; change it with
+:func:`set_random_weights_seed` or, for one block, :func:`seeded_random_weights`): two metrics built
+with random weights are equal, in every process and on every rank, and the global RNG state is left
+as it was (``torch.random.fork_rng``).
+
 Example:
     >>> from lightning_dfd import weights
     >>> weights.get_spec("vgg16-imagenet").filename
@@ -38,10 +44,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
+import functools
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import stat
@@ -50,7 +59,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +74,81 @@ TIMEOUT_ENV = "LIGHTNING_DFD_DOWNLOAD_TIMEOUT"
 #: Seconds a download may wait for the server on any one read.
 DEFAULT_TIMEOUT = 60.0
 PINS_FILE = "pins.json"
+#: The seed ``weights="random"`` encoders are built under unless told otherwise.
+DEFAULT_RANDOM_SEED = 0
+_random_seed = DEFAULT_RANDOM_SEED
+
+
+def _checked_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"a random-weights seed must be an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def random_weights_seed() -> int:
+    """The seed encoders with ``weights="random"`` are built under now.
+
+    Example:
+        >>> random_weights_seed()
+        0
+    """
+    return _random_seed
+
+
+def set_random_weights_seed(seed: int = DEFAULT_RANDOM_SEED) -> None:
+    """Build every later ``weights="random"`` encoder under ``seed`` (no argument: the default).
+
+    Example:
+        >>> set_random_weights_seed(7); random_weights_seed()
+        7
+        >>> set_random_weights_seed(); random_weights_seed()
+        0
+    """
+    global _random_seed
+    _random_seed = _checked_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_random_weights(seed: int) -> Iterator[None]:
+    """Build ``weights="random"`` encoders under ``seed`` inside the block.
+
+    Example:
+        >>> from lightning_dfd import LPIPS
+        >>> with seeded_random_weights(1):
+        ...     a = LPIPS(weights="random")
+        >>> b, c = LPIPS(weights="random"), LPIPS(weights="random")
+        >>> first = lambda m: next(m.network.parameters())
+        >>> bool(first(b).equal(first(c))), bool(first(a).equal(first(b)))
+        (True, False)
+    """
+    global _random_seed
+    before, _random_seed = _random_seed, _checked_seed(seed)
+    try:
+        yield
+    finally:
+        _random_seed = before
+
+
+def seeds_random_init(init: Callable[..., None]) -> Callable[..., None]:
+    """Decorate a network's ``__init__`` taking ``weights``: run it under the seed when they are random.
+
+    The global RNG state is forked, so the caller's random stream is untouched. Nested decorated
+    constructors (a network built inside another) re-seed the same way, so the result depends only
+    on the seed.
+    """
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(*args, **kwargs)
+        weights = bound.arguments.get("weights", signature.parameters["weights"].default)
+        if not isinstance(weights, str | os.PathLike) or os.fspath(weights) != "random":
+            return init(*args, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_random_seed)
+            return init(*args, **kwargs)
+
+    return wrapper
 
 
 class WeightsError(RuntimeError):
@@ -637,7 +721,8 @@ def load_checkpoint(name_or_path: str | os.PathLike) -> Any:
 def state_dict_from(checkpoint: Any, *keys: str) -> dict[str, torch.Tensor]:
     """Unwrap a checkpoint to a flat state dict, trying the nested ``keys`` in order.
 
-    Strips a leading ``module.`` (DataParallel) from every key.
+    Strips a leading ``module.`` (DataParallel) from every key; a file holding a tensor both
+    plain and under ``module.`` is ambiguous and refused (:func:`without_prefix`).
     """
     obj = checkpoint
     for key in keys:
@@ -648,7 +733,37 @@ def state_dict_from(checkpoint: Any, *keys: str) -> dict[str, torch.Tensor]:
         raise CorruptWeightsError(
             f"checkpoint is not a state dict of tensors (looked under {list(keys) or 'the top level'})"
         )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return without_prefix(obj, "module.")
+
+
+def without_prefix(state: Mapping[str, torch.Tensor], prefix: str, *,
+                   source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """``state`` with a leading ``prefix`` removed from its keys (keys without it kept).
+
+    Raises:
+        CorruptWeightsError: some tensors are stored twice, plain and prefixed (which copy is
+            meant cannot be known); the message names the duplicated keys.
+
+    Example:
+        >>> import torch
+        >>> list(without_prefix({"module.w": torch.zeros(1), "b": torch.zeros(1)}, "module."))
+        ['w', 'b']
+    """
+    out: dict[str, torch.Tensor] = {}
+    twice: list[str] = []
+    for key, value in state.items():
+        plain = key.removeprefix(prefix)
+        if plain in out:
+            twice.append(plain)
+        out[plain] = value
+    if twice:
+        twice.sort()
+        raise CorruptWeightsError(
+            f"{source} holds {len(twice)} tensors twice, plain and with a {prefix!r} prefix, e.g. "
+            f"{[f'{k} / {prefix}{k}' for k in twice[:5]]}: which copy is meant is unknown; save one "
+            "state dict (model.state_dict()) only"
+        )
+    return out
 
 
 def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str) -> None:

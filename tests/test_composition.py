@@ -26,6 +26,7 @@ from torchmetrics.wrappers import (
 
 from lightning_dfd import LPIPS, PSNR, SSFD, ResNetFD, is_dfd
 from lightning_dfd.metrics import DFDCollection
+from lightning_dfd.weights import seeded_random_weights
 from tests.metric_fixtures import mr_like_pair
 
 
@@ -157,7 +158,8 @@ def test_torchmetrics_wrappers_equal_the_metric_alone(resnet):
 def test_bootstrapper_copies_score_like_the_metric(resnet):
     p, t = mr_like_pair(n=1, h=40, w=40, seed=11)
     p, t = p.repeat(4, 1, 1), t.repeat(4, 1, 1)  # any resample of identical pairs: same mean
-    boot = BootStrapper(_twin(resnet), num_bootstraps=3, mean=True, std=True)
+    # multinomial: every resample has 4 pairs (poisson may draw an empty one, whose mean is NaN)
+    boot = BootStrapper(_twin(resnet), num_bootstraps=3, mean=True, std=True, sampling_strategy="multinomial")
     boot.update(p, t)
     result = boot.compute()
     expected = _alone(resnet, [(p, t)])
@@ -182,8 +184,9 @@ def test_feature_share_gives_separate_values_with_one_pass(resnet):
 
 
 def test_feature_share_of_different_features_is_refused(resnet, alex):
-    shared = FeatureShare({"resnet": _twin(resnet), "other": ResNetFD(weights="random")},
-                          max_cache_size=2)
+    with seeded_random_weights(1):  # other random weights than the fixture's (seed 0)
+        other = ResNetFD(weights="random")
+    shared = FeatureShare({"resnet": _twin(resnet), "other": other}, max_cache_size=2)
     with pytest.raises(ValueError, match="shared encoder that computes other features"):
         shared.update(*_batches()[0])
 

@@ -180,14 +180,22 @@ def test_tuple_outputs_and_custom_keys():
 
 def test_bad_outputs_and_arguments_are_named():
     cb = DFDCallback({"psnr": {}})
-    with pytest.raises(TypeError, match="validation_step returns, but it returned NoneType"):
+    with pytest.raises(TypeError, match="validation_step returns, but it returned NoneType") as err:
         cb.update(None)
+    message = str(err.value)  # the keys and positions it needs, and the options naming others
+    assert "under 'output'" in message and "under 'target'" in message and "fname" not in message
+    assert "keys={'output'" in message and "position 0" in message and "at 1" in message
+    assert "positions=" in message
+    custom = DFDCallback({"psnr": {}}, keys={"output": "recon", "target": "ref"},
+                         positions={"output": 1, "target": 0})
+    with pytest.raises(TypeError, match="under 'recon' and the reference under 'ref'.*position 1.*at 0"):
+        custom.update(None)
     with pytest.raises(KeyError, match="lacks the keys 'output' and 'target'"):
         cb.update({"pred": torch.rand(1, 8, 8)})
     with pytest.raises(ValueError, match="`fname` holds 3 values for a batch of 2"):
         cb.update({"output": torch.rand(2, 8, 8), "target": torch.rand(2, 8, 8), "fname": ["a", "b", "c"]})
     assert not cb.metrics["psnr"].update_called  # nothing was counted
-    with pytest.raises(ValueError, match="unknown metric 'lpips'"):
+    with pytest.raises(ValueError, match=r"Unknown metric 'lpips' \(did you mean 'lpips_vgg'"):
         DFDCallback({"lpips": {}})
     with pytest.raises(ValueError, match="Argument `keys` must map roles"):
         DFDCallback(["psnr"], keys={"prediction": "x"})
@@ -414,3 +422,76 @@ def test_two_processes_with_two_loaders_equal_one_even_when_a_rank_has_no_batch(
     for result in ranks.values():
         for got, expected in zip(result["epochs"], single["epochs"], strict=True):
             assert got == pytest.approx(expected, rel=TOL, abs=TOL)
+
+
+# ---- names the module logs itself --------------------------------------------------------------
+
+class LogsItsOwn(PlainDenoiser):
+    """Logs ``val/lpips_alex`` itself: in ``validation_step`` or in ``on_validation_epoch_end``."""
+
+    def __init__(self, where: str, **log_kwargs) -> None:
+        super().__init__()
+        self.where, self.log_kwargs = where, log_kwargs
+
+    def validation_step(self, batch, batch_idx):
+        out = super().validation_step(batch, batch_idx)
+        if self.where == "step":
+            self.log("val/lpips_alex", 123.0)
+        return out
+
+    def on_validation_epoch_end(self) -> None:
+        if self.where == "epoch_end":
+            self.log("val/lpips_alex", torch.tensor(123.0), **self.log_kwargs)
+
+
+def _validate(tmp_path, module, *callbacks):
+    trainer = _trainer(tmp_path, list(callbacks), max_epochs=1, limit_val_batches=2)
+    return trainer, trainer.validate(module, datamodule=SlicesData(), verbose=False)
+
+
+def test_a_name_the_module_logs_in_validation_step_is_refused_naming_both(tmp_path):
+    cb = DFDCallback({"lpips_alex": {"weights": "random"}, "psnr": {}})
+    with pytest.raises(ValueError, match=r"DFDCallback: `val/lpips_alex` is also logged by the "
+                                         r"LightningModule's `validation_step`"
+                                         r".*DFDCallback\(prefix=\.\.\.\)"):
+        _validate(tmp_path, LogsItsOwn("step"), cb)
+    # with another prefix both live side by side, the module's own value untouched
+    trainer, _ = _validate(tmp_path, LogsItsOwn("step"), DFDCallback({"lpips_alex": {"weights": "random"}},
+                                                                     prefix="dfd/"))
+    assert float(trainer.callback_metrics["val/lpips_alex"]) == 123.0
+    assert 0 < float(trainer.callback_metrics["dfd/lpips_alex"]) < 1
+
+
+def test_a_name_logged_after_the_callback_is_refused_and_never_silently_kept(tmp_path):
+    # The same self.log arguments as the callback's: Lightning merges the two values silently.
+    same = {"on_step": False, "on_epoch": True, "sync_dist": True, "reduce_fx": "max",
+            "add_dataloader_idx": False}
+    cb = DFDCallback({"lpips_alex": {"weights": "random"}})
+    with pytest.raises(ValueError, match=r"`val/lpips_alex` is also logged by a hook that ran after it "
+                                         r"\(value 123\.0 instead of the callback's 0\.\d+"):
+        _validate(tmp_path, LogsItsOwn("epoch_end", **same), cb)
+    # Other arguments: Lightning itself refuses the second self.log of the name in that hook.
+    with pytest.raises(Exception, match="twice in `on_validation_epoch_end` with different arguments"):
+        _validate(tmp_path, LogsItsOwn("epoch_end"), DFDCallback({"lpips_alex": {"weights": "random"}}))
+
+
+def test_two_callbacks_logging_one_name_are_refused(tmp_path):
+    first = DFDCallback({"psnr": {}})
+    second = DFDCallback({"nmse": {}, "psnr": {}})
+    trainer = _trainer(tmp_path, [first, second], max_epochs=1, limit_val_batches=2)
+    with pytest.raises(ValueError, match=r"`val/psnr` is also logged by `on_validation_epoch_end` "
+                                         r"\(the LightningModule or another callback\)"):
+        trainer.validate(PlainDenoiser(), datamodule=SlicesData(), verbose=False)
+    assert "val/nmse" not in trainer.callback_metrics  # refused before any of its values was logged
+    trainer, results = _validate(tmp_path, PlainDenoiser(), first, DFDCallback({"psnr": {}}, prefix="other/"))
+    assert float(trainer.callback_metrics["val/psnr"]) == float(trainer.callback_metrics["other/psnr"])
+
+
+def test_a_nan_the_callback_logged_is_not_taken_for_a_clash():
+    cb = DFDCallback({"psnr": {}})
+    cb._logged["validate"] = {"val/psnr": float("nan"), "val/nmse": 0.5}
+    cb._check_kept(SimpleNamespace(callback_metrics={"val/psnr": torch.tensor(float("nan")),
+                                                     "val/nmse": torch.tensor(0.5)}), "validate")
+    cb._logged["validate"] = {"val/psnr": float("nan")}
+    with pytest.raises(ValueError, match=r"value 1\.0 instead of the callback's nan"):
+        cb._check_kept(SimpleNamespace(callback_metrics={"val/psnr": torch.tensor(1.0)}), "validate")

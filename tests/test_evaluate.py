@@ -19,9 +19,12 @@ SHAPE = (3, 32, 32)  # slices, H, W
 METRICS = "psnr,ssim,nmse,lpips_alex"
 
 
-def _phantom(rng: np.random.Generator, shape=SHAPE) -> np.ndarray:
+def _phantom(rng: np.random.Generator, shape=SHAPE, air: bool = False) -> np.ndarray:
+    """A bright blob over the whole view; ``air``: cut to a disk with noise only around it."""
     yy, xx = np.mgrid[: shape[1], : shape[2]] / shape[1]
     base = np.exp(-((yy - 0.5) ** 2 + (xx - 0.5) ** 2) * 8)
+    if air:
+        base = base * (((yy - 0.5) ** 2 + (xx - 0.5) ** 2) < 0.42**2)
     scale = 1.0 + np.arange(shape[0])[:, None, None] * 0.2  # slices differ in brightness
     return (scale * base + 0.05 * rng.random(shape)).astype(np.float32)
 
@@ -33,11 +36,12 @@ def _write(path: Path, key: str, data: np.ndarray) -> None:
         handle.create_dataset(key, data=data)
 
 
-def _make_dataset(root: Path, n_volumes: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _make_dataset(root: Path, n_volumes: int = 2,
+                  air: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(0)
     volumes = {}
     for v in range(n_volumes):
-        target = _phantom(rng)
+        target = _phantom(rng, air=air)
         preds = target + (0.02 + 0.03 * v) * rng.standard_normal(SHAPE).astype(np.float32)
         name = f"file{1000 + v}"
         _write(root / "ref" / f"{name}.h5", "reconstruction_rss", target)
@@ -552,7 +556,7 @@ def test_ctrl_c_inside_the_lightning_loop_leaves_no_current_looking_result(tmp_p
 def test_mask_foreground_scores_the_object_only(tmp_path):
     from lightning_dfd.spatial import foreground_mask, masked_psnr
 
-    volumes = _make_dataset(tmp_path, n_volumes=1)
+    volumes = _make_dataset(tmp_path, n_volumes=1, air=True)  # an object with air around it
     out = tmp_path / "masked.csv"
     argv = _argv(tmp_path, "--metrics", "psnr,nmse", "--data-range", "image", "--out", str(out))
     assert main([*argv, "--mask", "foreground"]) == 0
@@ -567,3 +571,36 @@ def test_mask_foreground_scores_the_object_only(tmp_path):
     assert not np.allclose(pd.read_csv(tmp_path / "plain.csv")["psnr"], masked["psnr"])
     columns = pd.read_csv(tmp_path / "masked_columns.csv").set_index("column")["convention"]
     assert "foreground" in columns["psnr"]
+
+
+def test_mask_foreground_reports_a_slice_of_noise_only(tmp_path, capsys):
+    volumes = _make_dataset(tmp_path, n_volumes=2, air=True)
+    noise = np.random.default_rng(3).rayleigh(0.05, SHAPE[1:]).astype(np.float32)
+    target = volumes["file1001"][1].copy()
+    target[1] = noise  # a slice past the anatomy: air only
+    _write(tmp_path / "ref" / "file1001.h5", "reconstruction_rss", target)
+    out = tmp_path / "masked.csv"
+    assert main(_argv(tmp_path, "--metrics", "psnr", "--mask", "foreground", "--out", str(out))) == 1
+    assert "skipped file1001.h5: " in capsys.readouterr().err
+    errors = pd.read_csv(tmp_path / "masked_errors.csv")
+    assert errors[["file", "stage"]].values.tolist() == [["file1001.h5", "score"]]
+    assert "no foreground in reference slice(s) [1]" in errors["error"][0]
+    assert pd.read_csv(out)["volume"].unique().tolist() == ["file1000"]
+
+
+def test_random_weights_are_seeded_and_the_seed_is_recorded(tmp_path):
+    _make_dataset(tmp_path, n_volumes=1)
+    common = ["--metrics", "lpips_alex", "--weights", "random"]
+    tables = {}
+    runs = {"a": (1, []), "b": (2, ["--seed", "0"]), "c": (1, ["--seed", "7"])}
+    for run, (global_seed, extra) in runs.items():
+        torch.manual_seed(global_seed)  # the process's own RNG state must not matter
+        assert main(_argv(tmp_path, *common, *extra, "--out", str(tmp_path / f"{run}.csv"))) == 0
+        tables[run] = pd.read_csv(tmp_path / f"{run}.csv")["lpips_alex"].to_numpy()
+    np.testing.assert_array_equal(tables["a"], tables["b"])  # default seed 0 == --seed 0
+    assert not np.allclose(tables["a"], tables["c"])
+    for run, seed in (("a", 0), ("c", 7)):
+        columns = pd.read_csv(tmp_path / f"{run}_columns.csv").set_index("column")["convention"]
+        assert f"weights random (seed {seed}," in columns["lpips_alex"]
+    assert main(_argv(tmp_path, *common, "--seed", "-1", "--out", str(tmp_path / "d.csv"))) == 2
+    assert not (tmp_path / "d.csv").exists()

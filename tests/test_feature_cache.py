@@ -8,6 +8,7 @@ import torch
 
 from lightning_dfd import LPIPS, ResNetFD
 from lightning_dfd.feature_cache import TargetFeatureCache
+from lightning_dfd.weights import seeded_random_weights
 from tests.metric_fixtures import mr_like_pair
 
 
@@ -96,18 +97,18 @@ def test_channels_last_within_tolerance(network):
 def test_cache_from_config_dict_and_random_weights_never_share(network, tmp_path):
     preds, target = mr_like_pair(n=2, h=32, w=32)
     ids = torch.tensor([1, 2])
-    torch.manual_seed(1)
-    first = ResNetFD(weights="random", reduction="none",
-                     feature_cache={"directory": str(tmp_path), "max_bytes": 1 << 24})
+    with seeded_random_weights(1):
+        first = ResNetFD(weights="random", reduction="none",
+                         feature_cache={"directory": str(tmp_path), "max_bytes": 1 << 24})
     first.update(preds, target, sample_ids=ids)
     assert first.feature_cache.directory == str(tmp_path) and first.feature_cache.stats.misses == 2
-    torch.manual_seed(2)  # another random initialisation under the same identity string
-    second = ResNetFD(weights="random", reduction="none",
-                      feature_cache={"directory": str(tmp_path)})
+    with seeded_random_weights(2):  # another random initialisation under the same identity string
+        second = ResNetFD(weights="random", reduction="none",
+                          feature_cache={"directory": str(tmp_path)})
     second.update(preds, target, sample_ids=ids)
     assert second.feature_cache.stats.disk_hits == 0 and second.feature_cache.stats.misses == 2
-    torch.manual_seed(1)  # the same weights again: the disk store is reused
-    third = ResNetFD(weights="random", reduction="none", feature_cache={"directory": str(tmp_path)})
+    with seeded_random_weights(1):  # the same weights again: the disk store is reused
+        third = ResNetFD(weights="random", reduction="none", feature_cache={"directory": str(tmp_path)})
     third.update(preds, target, sample_ids=ids)
     assert third.feature_cache.stats.disk_hits == 2
     assert torch.allclose(third.compute(), first.compute(), atol=1e-6)

@@ -343,7 +343,7 @@ def test_evaluate_mask_foreground_scores_dists_and_vaefd(tmp_path, torchvision_c
     vae = tmp_path / "small_vae.ckpt"
     torch.save({"state_dict": MedVAEEncoder(SMALL_VAE).state_dict()}, vae)
     vgg = torchvision_checkpoint("vgg16")
-    (name, (preds, target)), = _make_dataset(tmp_path, n_volumes=1).items()
+    (name, (preds, target)), = _make_dataset(tmp_path, n_volumes=1, air=True).items()
     out = tmp_path / "masked.csv"
     argv = _argv(tmp_path, "--metrics", "dists,vaefd", "--weights", f"dists={vgg},vaefd={vae}",
                  "--out", str(out))

@@ -12,13 +12,11 @@ from lightning_dfd.preprocess import normalize_pair, validated_images
 from lightning_dfd.spatial import (
     SpatialDFDMixin,
     distance_map,
-    foreground_mask,
     layer_maps,
     masked_distances,
     masked_nmse,
     masked_psnr,
     masked_ssim,
-    otsu_threshold,
 )
 from tests.metric_fixtures import minmax01, mr_like_pair, rgb
 
@@ -251,51 +249,6 @@ def test_a_single_pixel_mask_never_vanishes_at_deep_layers():
     mask[0, 33, 17] = True
     value = masked_distances(net, torch.rand(1, 64, 64), torch.rand(1, 64, 64), mask)
     assert torch.isfinite(value).all() and value > 0
-
-
-# ------------------------------------------------------------------------------------ foreground
-
-
-def test_otsu_threshold_equals_scikit_image():
-    filters = pytest.importorskip("skimage.filters")
-    rng = np.random.default_rng(0)
-    for values in (rng.random(1000), np.concatenate([rng.normal(0.2, 0.05, 500), rng.normal(0.8, 0.1, 300)]),
-                   phantom(1).double().numpy()):
-        assert otsu_threshold(values) == pytest.approx(float(filters.threshold_otsu(values)), abs=1e-12)
-    assert otsu_threshold(np.full(10, 0.5)) == 0.5
-
-
-def test_foreground_recovers_a_disk_with_holes_filled():
-    g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
-    r = ((yy - 48) ** 2 + (xx - 40) ** 2).sqrt()
-    disk = r < 30
-    image = 0.8 * disk.float() + 0.05 * torch.rand(96, 96, generator=g)
-    image[(r < 8)] = 0.02  # a dark hole inside the object (e.g. a bone marrow or fluid)
-    blob = ((yy - 10) ** 2 + (xx - 88) ** 2) < 9
-    image[blob] = 0.9  # a small bright artefact away from the object
-    phase = torch.exp(1j * 0.3 * xx)
-    target = (image * phase)[None].to(torch.complex64)
-    mask = foreground_mask(target)
-    assert mask.dtype == torch.bool and mask.shape == (1, 96, 96)
-    assert mask[0][r < 8].all()  # the hole is filled
-    assert not foreground_mask(target, fill_holes=False)[0][r < 8].any()
-    assert mask[0][blob].all()
-    only = foreground_mask(target, largest_component=True)[0]
-    assert (only == disk).float().mean() > 0.995  # exactly the disk, artefact dropped
-    fixed = foreground_mask(target.abs() * 10, threshold=0.4, relative=True, largest_component=True)[0]
-    assert (fixed == disk).float().mean() > 0.995
-
-
-def test_foreground_rss_over_channels_and_errors():
-    image = torch.zeros(1, 2, 32, 32)
-    image[0, 0, 4:16, 4:16] = 1
-    image[0, 1, 16:28, 16:28] = 1
-    assert foreground_mask(image)[0].sum() == 2 * 12 * 12
-    with pytest.raises(ValueError, match="NaN"):
-        foreground_mask(torch.full((1, 8, 8), float("nan")))
-    with pytest.raises(ValueError, match="shape"):
-        foreground_mask(torch.zeros(8, 8))
 
 
 # ---------------------------------------------------------------------------------- pixel metrics

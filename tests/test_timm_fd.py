@@ -158,6 +158,28 @@ def test_module_prefix_and_safetensors_load_the_same(weight_files, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again, expected, strict=True))
 
 
+@pytest.mark.parametrize("arch", [("resnet18", (1, 2), {}), CNN, VIT],
+                         ids=["resnet18", "convnext_atto", "vit_tiny"])
+def test_model_and_module_prefixes_load_and_double_files_are_refused(arch, tmp_path):
+    name, layers, kwargs = arch
+    state = _full_state(name, kwargs, seed=2)
+    torch.save(state, tmp_path / "plain.pth")
+    x = torch.rand(2, 1, 32, 32)
+    expected = TimmFDNetwork(name, layers=layers, weights=tmp_path / "plain.pth", model_kwargs=kwargs)(x)
+    for prefix in ("model.", "module.", "module.model."):  # a LightningModule's self.model, DDP, both
+        path = tmp_path / f"{prefix}pth"
+        torch.save({f"{prefix}{k}": v for k, v in state.items()}, path)
+        got = TimmFDNetwork(name, layers=layers, weights=path, model_kwargs=kwargs)(x)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), prefix
+    for prefix in ("module.", "model."):  # every tensor twice: which copy is meant is unknown
+        twice = {**state, **{f"{prefix}{k}": v + 1 for k, v in state.items()}}
+        torch.save(twice, tmp_path / "twice.pth")
+        first = sorted(state)[0]
+        with pytest.raises(CorruptWeightsError, match=rf"holds {len(state)} tensors twice, plain and with a "
+                                                      rf"'{prefix}' prefix.*{first} / {prefix}{first}"):
+            TimmFDNetwork(name, layers=layers, weights=tmp_path / "twice.pth", model_kwargs=kwargs)
+
+
 def test_partial_and_misshapen_files_are_refused(weight_files, tmp_path):
     name, layers, kwargs = CNN
     state = torch.load(weight_files[name], weights_only=True)

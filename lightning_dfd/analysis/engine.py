@@ -269,9 +269,13 @@ class EvaluationModule(LightningModule):
         n = len(batch["slices"])
         masked = {}
         if self.config.mask == "foreground":
-            from lightning_dfd.spatial import foreground_mask
+            from lightning_dfd.masks import foreground_mask
 
             masked["mask"] = foreground_mask(target, largest_component=True)
+            empty = [s for s, m in zip(batch["slices"], masked["mask"], strict=True) if not m.any()]
+            if empty:
+                raise ValueError(f"no foreground in reference slice(s) {empty} (noise only or constant): "
+                                 "nothing to score there with --mask foreground")
         self.image_metrics.reset()
         with torch.no_grad(), self.image_metrics.one_pass():  # maps reuse the scored features
             self.image_metrics.update(preds, target, data_range=data_range, **masked)
@@ -342,7 +346,9 @@ class EvaluationModule(LightningModule):
                      "prediction": str(entry.pair.prediction), "target": str(entry.pair.target),
                      "prediction_key": config.prediction_key, "target_key": config.target_key}
             metric_attrs = {n: {"normalization": getattr(self.image_metrics[n], "normalization", ""),
-                                "weights": str(config.weights_for(n) or "default")} for n in names}
+                                "weights": str(config.weights_for(n) or "default"),
+                                **({"seed": config.seed} if config.weights_for(n) == "random" else {})}
+                            for n in names}
             self.map_writer.write(entry.pair.volume, maps, [r["slice"] for r in state["rows"]], mask,
                                   attrs, metric_attrs)
         except Exception as err:  # a full disk, ...: the scores stand, the maps are missing
@@ -502,8 +508,9 @@ def evaluate(
 
     Example:
         >>> import tempfile, h5py, numpy as np
+        >>> from pathlib import Path
         >>> from lightning_dfd.analysis.evaluation import EvaluationConfig, pair_files
-        >>> root = Path(tempfile.mkdtemp())
+        >>> folder = tempfile.TemporaryDirectory(); root = Path(folder.name)
         >>> (root / "ref").mkdir(); (root / "rec").mkdir()
         >>> x = np.random.default_rng(0).random((3, 16, 16), dtype=np.float32)
         >>> with h5py.File(root / "ref" / "file1.h5", "w") as f:
@@ -514,6 +521,7 @@ def evaluate(
         >>> result = evaluate(pair_files(root / "rec", root / "ref")[0], config, progress=False)
         >>> result.images[["volume", "slice"]].values.tolist(), round(float(result.images["nmse"][0]), 4)
         ([['file1', 1]], 0.01)
+        >>> folder.cleanup()
 
     Raises:
         Errors of metric construction (unknown weights, missing checkpoint) before any file is

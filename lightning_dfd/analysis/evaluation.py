@@ -151,12 +151,14 @@ class EvaluationConfig:
             fast bf16 units): the DFD encoders' precision (distances in fp32); pixel metrics are
             always computed in full precision.
         mask: ``"none"`` or ``"foreground"``: every metric over the foreground of each reference
-            slice only (:func:`lightning_dfd.spatial.foreground_mask`, largest component).
+            slice only (:func:`lightning_dfd.masks.foreground_mask`, largest component).
         maps_dir: Write per-pixel DFD maps of every scored volume into this folder
             (:mod:`lightning_dfd.analysis.maps`); None (default): no maps.
         maps_format: Any of ``("png", "h5")`` (default both).
         protocol: The ``--protocol`` name the other fields came from (written into the map files;
             informational, None: not from a preset).
+        seed: The seed every ``weights="random"`` encoder is built under
+            (:func:`lightning_dfd.weights.seeded_random_weights`): equal runs, equal ranks.
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -174,6 +176,7 @@ class EvaluationConfig:
     maps_dir: Path | None = None
     maps_format: tuple[str, ...] = ("png", "h5")
     protocol: str | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         from lightning_dfd.catalog import check_names
@@ -204,6 +207,8 @@ class EvaluationConfig:
                              f"{list(formats)}")
         if self.batch_size < 1:
             raise ValueError(f"Argument `batch_size` must be >= 1, got {self.batch_size}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"Argument `seed` must be an int in [0, 2**63), got {self.seed!r}")
         if isinstance(self.weights, Mapping):
             stray = [name for name in self.weights if name not in self.metrics]
             if stray:
@@ -381,12 +386,14 @@ def build_metrics(config: EvaluationConfig, **extra: Any) -> tuple[Any, Any]:
     """
     from lightning_dfd.catalog import is_dfd_name
     from lightning_dfd.metrics.suite import build_suite
+    from lightning_dfd.weights import seeded_random_weights
 
     options = {"reduction": "none", **extra}
     dfd_options = {"precision": config.precision}
-    per_image = build_suite(
-        {name: {"weights": config.weights_for(name)} if config.weights_for(name) is not None else None
-         for name in config.metrics}, dfd_options=dfd_options, **options)
+    with seeded_random_weights(config.seed):  # random weights: equal in every run and on every rank
+        per_image = build_suite(
+            {name: {"weights": config.weights_for(name)} if config.weights_for(name) is not None else None
+             for name in config.metrics}, dfd_options=dfd_options, **options)
     pixel = [name for name in config.metrics if not is_dfd_name(name)]
     per_volume = build_suite(pixel, **options).to(config.device) if pixel else None
     return per_image.to(config.device), per_volume
@@ -435,14 +442,17 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         if spec.is_dfd:
             weights = config.weights_for(name) or "the metric's default weights"
             direction = "higher is better" if spec.higher_is_better else "lower is better"
+            if weights == "random":
+                weights = f"random (seed {config.seed}, lightning_dfd.weights.seeded_random_weights)"
             out[name] = (f"{spec.convention} {name} ({direction}), weights {weights}; each image "
                          f"min/max-normalised by the metric; encoder in {config.precision}")
         else:
             out[name] = spec.convention + ("" if name == "nmse" else f"; {data_range}")
         out[name] += scale
         if config.mask == "foreground":
-            out[name] += ("; over the foreground of each reference slice (lightning_dfd.spatial."
-                          "foreground_mask: Otsu threshold, holes filled, largest component)")
+            out[name] += ("; over the foreground of each reference slice (lightning_dfd.masks."
+                          "foreground_mask: the object above the background noise, holes filled, "
+                          "largest component)")
     return out
 
 

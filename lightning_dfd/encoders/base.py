@@ -17,7 +17,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Options moved to lightning_dfd.encoders.options (one immutable EncoderOptions); the names stay
@@ -30,6 +29,7 @@ from lightning_dfd.encoders.options import (  # noqa: E402, F401
     fast_bf16,
     resolve_precision,
 )
+from lightning_dfd.masks import resized_mask  # noqa: F401 - re-exported (was defined here)
 
 _DEFAULT_OPTIONS = EncoderOptions()
 
@@ -115,22 +115,6 @@ def difference_maps(feats_a: list[Tensor], feats_b: list[Tensor], absolute: bool
     """
     return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
             for a, b in zip(feats_a, feats_b, strict=True)]
-
-
-def resized_mask(mask: Tensor, like: Tensor) -> Tensor:
-    """An ``(M, 1, H, W)`` float mask area-resized to ``like``'s positions: ``(M, 1, h, w)``.
-
-    Each feature position gets the fraction of its input cell the mask covers
-    (``F.adaptive_avg_pool2d``), so a non-empty mask never vanishes at a layer and a full mask
-    stays exactly 1.
-
-    Example:
-        >>> import torch
-        >>> mask = torch.zeros(1, 1, 4, 4); mask[..., :2, :1] = 1
-        >>> resized_mask(mask, torch.zeros(1, 8, 2, 2)).flatten().tolist()
-        [0.5, 0.0, 0.0, 0.0]
-    """
-    return F.adaptive_avg_pool2d(mask.to(like.dtype), like.shape[-2:])
 
 
 def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:

@@ -23,9 +23,10 @@ from DISTS_pytorch.DISTS_pt import L2pooling
 from torch import Tensor, nn
 
 from lightning_dfd.encoders.backbones import WeightsArg, freeze, resolve_alias, vgg16_features
-from lightning_dfd.encoders.base import FeatureDistanceNetwork, resized_mask
+from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.masks import resized_mask
 from lightning_dfd.preprocess import to_rgb
-from lightning_dfd.weights import load_checkpoint
+from lightning_dfd.weights import load_checkpoint, seeds_random_init
 
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 #: (L2-pooling channels, first torchvision feature index, end index) per stage after the first.
@@ -39,6 +40,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
         weights: VGG-16 weights: ``"imagenet"``, a registry name, a file path or ``"random"``.
     """
 
+    @seeds_random_init
     def __init__(self, weights: WeightsArg = "imagenet"):
         super().__init__()
         features = vgg16_features(resolve_alias("vgg16", weights))
@@ -81,7 +83,7 @@ class DISTSNetwork(FeatureDistanceNetwork):
             feats_preds: features of the predictions (:meth:`features`).
             feats_target: features of the targets.
             mask: ``(M, 1, H, W)`` float weights at the input resolution, area-resized to each
-                stage (:func:`~lightning_dfd.encoders.base.resized_mask`).
+                stage (:func:`~lightning_dfd.masks.resized_mask`).
 
         Example:
             >>> import torch

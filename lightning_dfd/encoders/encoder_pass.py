@@ -48,6 +48,7 @@ from lightning_dfd.encoders.base import FeatureDistanceNetwork, require_layer_ma
 from lightning_dfd.encoders.identity import state_token, weights_digest
 from lightning_dfd.encoders.options import EncoderOptions
 from lightning_dfd.feature_cache import TargetFeatureCache
+from lightning_dfd.masks import validated_mask
 from lightning_dfd.preprocess import channels_per_image, normalize_pair, validated_images
 
 __all__ = ["Chunk", "EncodedBatch", "EncoderPass", "FeatureCacheArg", "PreparedBatch", "expand_ids",
@@ -82,41 +83,6 @@ def expand_ids(ids: Tensor | None, n: int, channels: int, device: torch.device) 
             f"{ids.dtype} {tuple(ids.shape)}"
         )
     return ids.long().repeat_interleave(channels)
-
-
-def validated_mask(mask: Tensor, preds: Tensor) -> Tensor:
-    """Check a ROI mask against ``preds`` and flatten it to ``(M, 1, H, W)`` float, as the images.
-
-    Accepts a boolean ``(N, H, W)`` mask (every channel), ``(N, 1, H, W)`` (every channel) or
-    ``(N, C, H, W)`` (per channel) for ``(N, [C,] H, W)`` images.
-
-    Raises:
-        TypeError: a non-tensor or non-boolean mask.
-        ValueError: a wrong shape, or an image whose mask is empty.
-
-    Example:
-        >>> import torch
-        >>> validated_mask(torch.ones(2, 8, 8, dtype=torch.bool), torch.rand(2, 3, 8, 8)).shape
-        torch.Size([6, 1, 8, 8])
-    """
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"`mask` must be a boolean torch.Tensor, but got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"`mask` must have dtype torch.bool, but got {mask.dtype} (use `mask > 0.5`)")
-    n, c = preds.shape[0], channels_per_image(preds)
-    h, w = preds.shape[-2:]
-    if mask.shape == (n, h, w):
-        mask = mask[:, None]
-    if mask.ndim != 4 or mask.shape[0] != n or mask.shape[1] not in (1, c) or mask.shape[2:] != (h, w):
-        raise ValueError(f"`mask` must have shape ({n}, {h}, {w}), ({n}, 1, {h}, {w}) or "
-                         f"({n}, {c}, {h}, {w}) for images of shape {tuple(preds.shape)}, but got "
-                         f"{tuple(mask.shape)}")
-    mask = mask.expand(n, c, h, w).reshape(n * c, 1, h, w)
-    empty = ~mask.flatten(1).any(dim=1)
-    if empty.any():
-        raise ValueError(f"`mask` is empty (all False) for images {empty.nonzero().flatten().tolist()} "
-                         f"(of {n * c}, counted over batch x channels): nothing to score there")
-    return mask.float()
 
 
 def input_versions(*tensors: Tensor | None) -> tuple:

@@ -28,7 +28,7 @@ from lightning_dfd.encoders.backbones import (
 )
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
 from lightning_dfd.preprocess import to_rgb, to_signed_unit
-from lightning_dfd.weights import load_checkpoint
+from lightning_dfd.weights import load_checkpoint, seeds_random_init
 
 #: End index (exclusive) of each LPIPS slice in torchvision's ``features``; taps after the ReLUs.
 LPIPS_SLICES = {"vgg": (4, 9, 16, 23, 30), "alex": (2, 5, 8, 10, 12)}
@@ -53,6 +53,7 @@ class LPIPSNetwork(FeatureDistanceNetwork):
         weights: backbone weights: ``"imagenet"``, a registry name, a file path or ``"random"``.
     """
 
+    @seeds_random_init
     def __init__(self, net: str = "vgg", linear: bool = True, weights: WeightsArg = "imagenet"):
         super().__init__()
         if net not in LPIPS_SLICES:

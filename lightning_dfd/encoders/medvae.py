@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from lightning_dfd import weights as W
 from lightning_dfd.encoders.base import FeatureDistanceNetwork, difference_maps, mean_squared_distance
 from lightning_dfd.encoders.layers import GroupNorm
+from lightning_dfd.weights import seeds_random_init
 
 #: Registry name of the published Med-VAE 8x / 4-channel 2-D checkpoint.
 MEDVAE_WEIGHTS = "medvae-8x4c-2d"
@@ -371,6 +372,7 @@ class MedVAENetwork(FeatureDistanceNetwork):
         [0.0, 0.0]
     """
 
+    @seeds_random_init
     def __init__(
         self, weights: str | os.PathLike = MEDVAE_WEIGHTS, config: MedVAEConfig | None = None
     ):

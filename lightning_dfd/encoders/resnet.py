@@ -26,6 +26,7 @@ from lightning_dfd.encoders.base import (
     parse_layers,
 )
 from lightning_dfd.preprocess import to_rgb
+from lightning_dfd.weights import seeds_random_init
 
 DEFAULT_LAYER = "layer3.3.conv3"
 
@@ -40,6 +41,7 @@ class ResNetFDNetwork(FeatureDistanceNetwork):
         distance: ``"mse"`` or ``"mae"``.
     """
 
+    @seeds_random_init
     def __init__(
         self,
         weights: WeightsArg = "radimagenet",

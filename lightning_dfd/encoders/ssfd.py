@@ -39,6 +39,7 @@ from lightning_dfd.encoders.base import (
 )
 from lightning_dfd.encoders.layers import GroupNorm
 from lightning_dfd.preprocess import is_constant
+from lightning_dfd.weights import seeds_random_init
 
 #: Output channels of ``firstblock``, ``encoder1`` .. ``encoder4``.
 SSFD_CHANNELS: tuple[int, ...] = (20, 40, 80, 160, 320)
@@ -243,6 +244,7 @@ class SSFDNetwork(FeatureDistanceNetwork):
         [0.0, 0.0]
     """
 
+    @seeds_random_init
     def __init__(
         self,
         weights: str | os.PathLike = SSFD_WEIGHTS,

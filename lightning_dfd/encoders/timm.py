@@ -41,6 +41,7 @@ from lightning_dfd.encoders.base import (
     mean_squared_distance,
 )
 from lightning_dfd.preprocess import to_rgb
+from lightning_dfd.weights import seeds_random_init
 
 TIMM_DISTANCES = ("mse", "mae", "unit")
 #: LPIPS' epsilon for the channel-unit normalisation (``lpips.normalize_tensor``).
@@ -83,6 +84,10 @@ def unit_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
 _DISTANCES = {"mse": mean_squared_distance, "mae": mean_absolute_distance, "unit": unit_distance}
 
 
+#: The key prefix of a wrapped model (``self.model = timm.create_model(...)``), stripped on load.
+WRAPPER_PREFIX = "model."
+
+
 def _normalized_key(key: str) -> str:
     """Module paths compared up to ``.`` vs ``_`` (timm flattens ``stages.0`` to ``stages_0``)."""
     return key.replace("_", ".")
@@ -92,7 +97,9 @@ def read_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
     """A registry name or a file (``.safetensors`` or a torch file) -> a flat state dict.
 
     Torch files are read with ``torch.load(weights_only=True)``; a leading ``module.`` is
-    stripped; a ``state_dict`` / ``model`` / ``state_dict_ema`` entry is unwrapped.
+    stripped (a tensor stored both plain and prefixed is refused); a ``state_dict`` / ``model`` /
+    ``state_dict_ema`` entry is unwrapped. A wrapper's ``model.`` prefix is handled by
+    :func:`unwrapped`.
     """
     path = W.resolve(weights)
     if path.suffix == ".safetensors":
@@ -107,6 +114,19 @@ def read_state_dict(weights: str | os.PathLike) -> dict[str, Tensor]:
                                         f"({type(err).__name__})") from err
         return W.state_dict_from(state)
     return W.state_dict_from(W.load_checkpoint(path), "state_dict", "model", "state_dict_ema")
+
+
+def unwrapped(model: nn.Module, state: Mapping[str, Tensor], *, source: str) -> Mapping[str, Tensor]:
+    """``state`` without the ``model.`` prefix of a wrapper (a LightningModule's ``self.model``).
+
+    Stripped only when the file's keys carry it and ``model``'s own keys are not already among
+    them (timm's ``FeatureGetterNet`` names its own keys ``model.*``). A file holding tensors both
+    plain and prefixed is refused, naming the duplicated keys.
+    """
+    if not any(key.startswith(WRAPPER_PREFIX) for key in state):
+        return state
+    stripped = W.without_prefix(state, WRAPPER_PREFIX, source=f"weights {source}")
+    return state if set(model.state_dict()) <= set(state) else stripped
 
 
 def map_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, source: str,
@@ -199,6 +219,7 @@ class TimmFDNetwork(FeatureDistanceNetwork):
             ``dynamic_img_size``...).
     """
 
+    @seeds_random_init
     def __init__(
         self,
         model_name: str = "convnext_tiny",
@@ -221,7 +242,9 @@ class TimmFDNetwork(FeatureDistanceNetwork):
         self.body = create_features_model(model_name, layers, kwargs)
         if weights_key != "random":
             prefix = "model." if type(self.body).__name__ == "FeatureGetterNet" else ""
-            state = map_state_dict(self.body, read_state_dict(weights_key), source=weights_key, prefix=prefix)
+            state = read_state_dict(weights_key)
+            state = map_state_dict(self.body, unwrapped(self.body, state, source=weights_key),
+                                   source=weights_key, prefix=prefix)
             self.body.load_state_dict(state, strict=True)
         cfg = getattr(self.body, "pretrained_cfg", None) or {}
         mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))

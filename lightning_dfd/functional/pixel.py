@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_dfd.encoders.encoder_pass import validated_mask
+from lightning_dfd.masks import validated_mask
 from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice, validated_images
 
 SSIM_WIN_SIZE = 7

@@ -36,11 +36,11 @@ from lightning_dfd.encoders.encoder_pass import (
     input_versions,
     make_feature_cache,
     pass_key,
-    validated_mask,
 )
 from lightning_dfd.encoders.identity import weights_digest
 from lightning_dfd.encoders.options import CompileArg, EncoderOptions
 from lightning_dfd.feature_cache import TargetFeatureCache
+from lightning_dfd.masks import validated_mask
 from lightning_dfd.metrics.sync import IdleRankSafeSync
 from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice
 from lightning_dfd.spatial import SpatialDFDMixin

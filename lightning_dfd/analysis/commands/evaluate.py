@@ -165,6 +165,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="slices per metric update")
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of --weights random encoders (default 0: equal runs, equal ranks; written into "
+        "<out>_columns.csv)",
+    )
+    parser.add_argument(
         "--device",
         default="auto",
         help="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1' (ignored when --accelerator is given)",
@@ -189,9 +196,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--mask",
         choices=("none", "foreground"),
         default="none",
-        help="score every metric over the foreground of each reference slice only (Otsu threshold, "
-        "holes filled, largest component); DFD feature maps averaged over the mask resized to each "
-        "layer, DISTS with mask-weighted channel statistics; receptive fields still reach past the edge",
+        help="score every metric over the foreground of each reference slice only (the object "
+        "above the background noise, holes filled, largest component); DFD feature maps averaged "
+        "over the mask resized to each layer, DISTS with mask-weighted channel statistics; "
+        "receptive fields still reach past the edge",
     )
     parser.add_argument(
         "--strategy",
@@ -280,6 +288,7 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
         maps_dir=args.maps,
         maps_format=args.maps_format,
         protocol=args.protocol,
+        seed=args.seed,
     )
 
 
