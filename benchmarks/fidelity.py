@@ -281,10 +281,12 @@ def score_dfd(name: str, data: DegradationSet, chunk: int = 8, seed: int = 0,
     cpu = {"fp32": 0.0, "bf16": 0.0}
 
     def encode(x: Tensor, precision: str) -> list[Tensor]:
-        net.set_options(channels_last=True, precision=precision)
+        from lightning_dfd.encoders.options import EncoderOptions
+
+        options = EncoderOptions(channels_last=True, precision=precision)
         start = time.process_time()
         with torch.inference_mode():
-            out = net(x)
+            out = net(x, options)
         cpu[precision] += time.process_time() - start
         return out
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lightning_dfd import SSFD
 from lightning_dfd.encoders.layers import GroupNorm
 from lightning_dfd.encoders.medvae import MedVAEConfig, MedVAENetwork
+from lightning_dfd.encoders.options import EncoderOptions
 
 
 def test_channels_last_group_norm_matches_float64_and_keeps_the_layout():
@@ -55,6 +56,5 @@ def test_medvae_channels_last_equals_contiguous():
     x = _close_pair(96)[1].abs()[:, None]
     with torch.no_grad():
         contiguous = net(x)[0]
-        net.set_options(channels_last=True)
-        channels_last = net(x)[0]
+        channels_last = net(x, EncoderOptions(channels_last=True))[0]
     torch.testing.assert_close(channels_last, contiguous, rtol=1e-5, atol=1e-5)

@@ -1,8 +1,12 @@
 """LPIPS networks (VGG-16 / AlexNet trunks with the `lpips` package's learned linear layers).
 
 The trunk is torchvision's ``features`` cut at the five LPIPS taps; the input scaling layer,
-unit-normalisation, linear layers and their shipped weights (``lpips/weights/v0.1``) come from
-the ``lpips`` package itself.
+linear layers and their shipped weights (``lpips/weights/v0.1``) come from the ``lpips`` package
+itself. The unit normalisation of each tap is ``lpips.normalize_tensor`` made scale-safe
+(:func:`~lightning_dfd.encoders.layers.unit_normalize`: bit-identical up to activations of
+~1e12; beyond, where ``lpips``' squared norm overflows and every feature becomes 0, the exact
+value instead of 0), so ``normalization="none"`` on huge images scores them instead of
+returning 0.
 
 Example:
     >>> import torch
@@ -27,6 +31,7 @@ from lightning_dfd.encoders.backbones import (
     vgg16_features,
 )
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.layers import unit_normalize
 from lightning_dfd.preprocess import to_rgb, to_signed_unit
 from lightning_dfd.weights import load_checkpoint, seeds_random_init
 
@@ -84,12 +89,12 @@ class LPIPSNetwork(FeatureDistanceNetwork):
         return to_rgb(to_signed_unit(images))
 
     def features(self, x: Tensor) -> list[Tensor]:
-        """Unit-normalised activations at the five LPIPS taps."""
+        """Unit-normalised activations at the five LPIPS taps (scale-safe, see the module doc)."""
         h = self.scaling(x)
         out = []
         for block in self.slices:
             h = block(h)
-            out.append(lpips_pkg.normalize_tensor(h))
+            out.append(unit_normalize(h))
         return out
 
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:

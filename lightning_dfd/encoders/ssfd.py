@@ -37,7 +37,7 @@ from lightning_dfd.encoders.base import (
     mean_squared_distance,
     parse_layers,
 )
-from lightning_dfd.encoders.layers import GroupNorm
+from lightning_dfd.encoders.layers import GroupNorm, max_magnitude, power_of_two
 from lightning_dfd.preprocess import is_constant
 from lightning_dfd.weights import seeds_random_init
 
@@ -212,7 +212,9 @@ def zscore(images: Tensor) -> Tensor:
 
     A constant image (spread below float rounding of its own magnitude, see
     :func:`lightning_dfd.preprocess.is_constant`) maps to zeros, never to NaN; any other image is
-    scaled exactly, however small its units (raw k-space magnitudes ~1e-9 included).
+    scaled exactly, however small or large its units (raw k-space magnitudes ~1e-9, or 1e-30 and
+    1e30, whose squared deviations under- or overflow float32): each image is first divided by the
+    power of two nearest below its largest magnitude (exact, and cancelled by the z-score).
 
     Example:
         >>> z = zscore(torch.rand(3, 1, 8, 8) * 7 + 2)
@@ -220,7 +222,11 @@ def zscore(images: Tensor) -> Tensor:
         (True, 1.0)
         >>> float(zscore(torch.full((1, 1, 4, 4), 3.0)).abs().max())
         0.0
+        >>> x = torch.rand(2, 1, 8, 8)
+        >>> [bool(torch.equal(zscore(x * 2.0**k), zscore(x))) for k in (100, -100)]
+        [True, True]
     """
+    images = images / power_of_two(max_magnitude(images, dim=(1, 2, 3))).to(images.dtype)
     flat = images.flatten(1)
     mean = flat.mean(dim=1).view(-1, 1, 1, 1)
     std = flat.std(dim=1).view(-1, 1, 1, 1) if flat.shape[1] > 1 else torch.zeros_like(mean)

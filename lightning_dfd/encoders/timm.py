@@ -10,7 +10,12 @@ or loading fails with an error naming the missing keys. Keys a features model do
 classifier head, blocks after the last tapped one) are ignored.
 
 Images in [0, 1] are replicated to 3 channels and normalised with the model's own
-``pretrained_cfg`` mean / std. Vision transformers (anything whose constructor takes
+``pretrained_cfg`` mean / std. Every LayerNorm / GroupNorm / RMSNorm of the model (torch's and
+timm's, e.g. ConvNeXt's ``LayerNorm2d`` and ViT's ``nn.LayerNorm``) gets a forward pre-hook that
+divides each of its normalisation units by a power of two (:func:`make_norms_scale_safe`), so
+with ``normalization="none"`` their variances do not overflow on huge images (which silently
+mapped every image to the same features): values are unchanged, bit for bit, up to magnitudes
+of ~1e12. Vision transformers (anything whose constructor takes
 ``dynamic_img_size``) are built with ``dynamic_img_size=True, dynamic_img_pad=True`` unless
 ``model_kwargs`` says otherwise, so any image size works (positional embeddings are
 interpolated, the input is padded to a multiple of the patch size).
@@ -40,12 +45,11 @@ from lightning_dfd.encoders.base import (
     mean_absolute_distance,
     mean_squared_distance,
 )
+from lightning_dfd.encoders.layers import scale_down, scale_down_groups, unit_normalize
 from lightning_dfd.preprocess import to_rgb
 from lightning_dfd.weights import seeds_random_init
 
 TIMM_DISTANCES = ("mse", "mae", "unit")
-#: LPIPS' epsilon for the channel-unit normalisation (``lpips.normalize_tensor``).
-UNIT_EPS = 1e-10
 _VIT_DEFAULTS = {"dynamic_img_size": True, "dynamic_img_pad": True}
 
 
@@ -63,11 +67,6 @@ def import_timm() -> Any:
     return timm
 
 
-def unit_normalize(x: Tensor, eps: float = UNIT_EPS) -> Tensor:
-    """Divide each position's feature vector by its L2 norm over channels (LPIPS' normalisation)."""
-    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-
-
 def unit_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
     """LPIPS without linear layers on any features: ``(M,)``.
 
@@ -82,6 +81,56 @@ def unit_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
 
 
 _DISTANCES = {"mse": mean_squared_distance, "mae": mean_absolute_distance, "unit": unit_distance}
+
+#: timm's own scale-invariant normalisations that do not subclass a torch one.
+_TIMM_NORMS = frozenset({"RmsNorm", "RmsNorm2d", "RmsNormFp32", "RmsNorm2dFp32",
+                         "SimpleNorm", "SimpleNorm2d", "SimpleNormFp32", "SimpleNorm2dFp32"})
+
+
+def _normalized_dims(module: nn.Module) -> tuple[int, ...] | str | None:
+    """The dims one unit of ``module`` normalises over (``"groups"`` for GroupNorm; None: not a norm)."""
+    if isinstance(module, nn.GroupNorm):
+        return "groups"
+    names = {cls.__name__ for cls in type(module).__mro__}
+    if not isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and not names & _TIMM_NORMS:
+        return None
+    if any("2d" in name for name in names & (_TIMM_NORMS | {type(module).__name__})):
+        return (1,)  # timm's *2d norms normalise the channels of (N, C, H, W) maps
+    shape = getattr(module, "normalized_shape", None)
+    k = len(shape) if shape is not None else 1
+    return tuple(range(-k, 0))
+
+
+def _scale_down_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a scale-invariant normalisation: its input scaled per unit (exact)."""
+    x, *rest = args
+    dims = _normalized_dims(module)
+    x = scale_down_groups(x, module.num_groups) if dims == "groups" else scale_down(x, dims)
+    return (x, *rest)
+
+
+def make_norms_scale_safe(model: nn.Module) -> int:
+    """Hook every LayerNorm / GroupNorm / RMSNorm in ``model`` to scale its input down when huge.
+
+    Each unit the layer normalises (a token's channels, a position's channels for timm's
+    ``*2d`` norms, an image's channel group) is divided by a power of two that is exactly 1 up to
+    magnitudes of 2**40, so the output is unchanged (bit for bit) there and, beyond, equal to the
+    exact one instead of the bias that an overflowed variance gives. Returns the number of layers
+    hooked.
+
+    Example:
+        >>> ln, x = nn.LayerNorm(4), torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+        >>> bool(torch.isfinite(ln(x * 1e20)).all())  # the variance overflowed
+        False
+        >>> make_norms_scale_safe(ln), bool(torch.allclose(ln(x * 1e20), ln(x * 1e10)))
+        (1, True)
+    """
+    count = 0
+    for module in model.modules():
+        if _normalized_dims(module) is not None:
+            module.register_forward_pre_hook(_scale_down_input)
+            count += 1
+    return count
 
 
 #: The key prefix of a wrapped model (``self.model = timm.create_model(...)``), stripped on load.
@@ -240,6 +289,7 @@ class TimmFDNetwork(FeatureDistanceNetwork):
         if spec is not None and spec.arch != f"timm:{model_name}":
             raise ValueError(f"weights {weights_key!r} are for {spec.arch!r}, not timm:{model_name!r}")
         self.body = create_features_model(model_name, layers, kwargs)
+        make_norms_scale_safe(self.body)
         if weights_key != "random":
             prefix = "model." if type(self.body).__name__ == "FeatureGetterNet" else ""
             state = read_state_dict(weights_key)
