@@ -44,6 +44,7 @@ from lightning_dfd.preprocess import (
     channels_per_image,
     check_choice,
     normalize_pair,
+    real_pair_hint,
     validated_images,
 )
 
@@ -227,7 +228,7 @@ class EncoderPass(nn.Module):
         if min(p.shape[-2:]) < smallest:
             raise ValueError(
                 f"{type(self.network).__name__} ({self.network.identity}) needs images of at least "
-                f"{smallest}x{smallest} pixels, but got {tuple(p.shape[-2:])}"
+                f"{smallest}x{smallest} pixels, but got {tuple(p.shape[-2:])}{real_pair_hint(preds)}"
             )
         channels = channels_per_image(preds)
         ids = expand_ids(sample_ids, preds.shape[0], channels, keep.device)

@@ -59,8 +59,11 @@ def build_metric_collection(
         metrics[name] = build_metric(name)
     for name, kwargs in dfds.items():
         if not is_dfd(name):
+            from lightning_dfd.metrics import METRICS
+
+            known = ", ".join(n for n in METRICS if is_dfd(n))
             raise ValueError(f"Argument `dfds` has an unknown deep feature distance {name!r}; "
-                             "see lightning_dfd.metrics.METRICS")
+                             f"known names: {known}")
         if name in metrics:
             raise ValueError(f"Metric {name!r} is configured twice")
         # Validation targets never change: cache their features (keyed by sample id) by default.
