@@ -206,7 +206,7 @@ def test_collection_update_is_all_or_nothing(resnet):
 
 # ------------------------------------------------------------------------- checkpoints, dtypes
 def test_lightning_checkpoint_has_no_encoder_and_loads_strictly(resnet):
-    import lightning.pytorch as pl
+    pl = pytest.importorskip("lightning.pytorch")  # the [recon] extra
 
     class Module(pl.LightningModule):
         def __init__(self):
