@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 # OpenMP threads spin-wait by default; with DDP test processes sharing 2 cores that costs 5-25x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo demo-ssfd test test-fast lint bench clean
+.PHONY: venv demo demo-ssfd test test-fast test-lowest lint bench clean
 
 venv: $(STAMP)
 
@@ -49,4 +49,21 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(LOWEST_VENV) .pytest_cache build *.egg-info
+
+# The declared lower bounds (constraints-lowest.txt: torch 2.4.1, torchmetrics 1.4, numpy 1.24, ...)
+# in their own venv, core install only, and the metric-core tests (tests needing an extra skip).
+# About 4-5 min to build the venv (torch 2.4.1 pulls ~3 GB of CUDA wheels from PyPI) and 2.5 min of
+# tests on 2 shared cores.
+LOWEST_VENV := .venv-lowest
+LOWEST_TESTS := tests/test_metrics_parity.py tests/test_spatial.py tests/test_composition.py \
+	tests/test_ssfd_metric.py tests/test_weights.py tests/test_metric_harness.py
+$(LOWEST_VENV)/.installed: pyproject.toml constraints-lowest.txt
+	test -x $(LOWEST_VENV)/bin/python || $(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q -c constraints-lowest.txt -e . \
+		"pytest>=8" "pytest-timeout>=2.3" "scikit-image>=0.21"
+	touch $@
+
+test-lowest: $(LOWEST_VENV)/.installed
+	$(LOWEST_VENV)/bin/python -m pytest -q -m "not slow" $(LOWEST_TESTS)

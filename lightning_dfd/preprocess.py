@@ -205,6 +205,23 @@ def complex_from_real_pair(x: Tensor) -> Tensor:
     return torch.view_as_complex(x.float().contiguous())
 
 
+def real_pair_hint(x: Tensor) -> str:
+    """For an error about ``x``'s image size: a hint when ``x`` looks like the (real, imag) layout.
+
+    Only used to explain an error; such tensors are never converted implicitly.
+
+    Example:
+        >>> real_pair_hint(torch.zeros(2, 64, 2)).startswith("; a last dimension of 2")
+        True
+        >>> real_pair_hint(torch.zeros(2, 64, 64))
+        ''
+    """
+    if x.ndim >= 3 and x.shape[-1] == 2 and x.shape[-2] > 2 and not x.is_complex():
+        return ("; a last dimension of 2 looks like fastMRI's (real, imaginary) layout: convert it "
+                "with lightning_dfd.preprocess.complex_from_real_pair(x) first")
+    return ""
+
+
 def validated_images(
     preds: Tensor, target: Tensor, nan_strategy: str
 ) -> tuple[Tensor, Tensor, Tensor]:

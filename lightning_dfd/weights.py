@@ -571,16 +571,32 @@ def _check_file(path: str | os.PathLike, what: str = "weights file") -> str:
     return text
 
 
-def _missing_message(spec: WeightSpec, reason: str) -> str:
+#: Said by every missing-weights error: the way to try things out before any file is fetched.
+TRY_RANDOM = ('To try things out without it, use weights="random" (command lines: --weights random, '
+              'recon-train --dfd_weights random); values are then not comparable with pretrained ones.')
+
+
+def _missing_message(spec: WeightSpec, reason: str, *, fetching: bool = False) -> str:
+    """What is missing, where it was looked for and what to do.
+
+    ``fetching``: raised while downloading (``weights fetch`` itself), so running ``weights fetch``
+    is no advice; offline, unsetting ``LIGHTNING_DFD_OFFLINE`` is.
+    """
     places = ", ".join(str(p) for p in search_paths(spec))
     if spec.source == "package":
         return (f"weights {spec.name!r} ({spec.description}) not found: {reason}. It ships inside the "
-                f"{spec.package} package: reinstall it; looked in: {places}")
+                f"{spec.package} package: reinstall it; looked in: {places}. {TRY_RANDOM}")
     checksum = spec.checksum or "not published"
+    if not fetching:
+        fetch = f", or run `lightning-dfd weights fetch {spec.name}`"
+    elif offline():
+        fetch = f", or unset ${OFFLINE_ENV} to let `lightning-dfd weights fetch` download it"
+    else:
+        fetch = ""
     return (
         f"weights {spec.name!r} ({spec.description or spec.arch}) not found: {reason}. "
         f"Download {spec.url} (sha256 {checksum}) and save it as {weights_home() / spec.filename} "
-        f"(or set ${HOME_ENV}), or run `lightning-dfd weights fetch {spec.name}`; looked in: {places}"
+        f"(or set ${HOME_ENV}){fetch}; looked in: {places}. {TRY_RANDOM}"
     )
 
 
@@ -602,7 +618,7 @@ def download(spec: WeightSpec, *, timeout: float | None = None, allow_offline: b
     if spec.source != "url":
         raise MissingWeightsError(_missing_message(spec, "package files cannot be downloaded"))
     if offline() and not allow_offline:
-        raise MissingWeightsError(_missing_message(spec, f"offline (${OFFLINE_ENV}=1)"))
+        raise MissingWeightsError(_missing_message(spec, f"offline (${OFFLINE_ENV}=1)", fetching=True))
     timeout = download_timeout() if timeout is None else timeout
     dst = contained_path(weights_home(), spec.filename, what="weights file name")
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,8 @@
 
 Usage::
 
+    recon-train --version
+    recon-train fit --config unet        # a shipped config by name (recon_models/configs/unet.yaml)
     recon-train fit --config examples/configs/unet.yaml
     recon-train fit --config examples/configs/unet.yaml --ckpt_path last      # continue that run
     recon-train fit --config examples/configs/unet.yaml --ckpt_path last-if-present
@@ -35,6 +37,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import re
 import sys
@@ -56,6 +59,7 @@ from recon_models.checkpoints import (
     is_url,
     load_checkpoint,
 )
+from recon_models.configs import config_names, resolve_config_args
 from recon_models.data import FastMRIDataModule
 from recon_models.modules import ReconModule, fit_summary, format_fit_summary
 
@@ -70,11 +74,15 @@ Other commands:
   recon-train ssfd-pretrain {fit,validate,test,predict} ...   SSFD encoder pretraining (SSFDPretrainModule)
   recon-train export-ssfd CKPT OUT                          write a pretraining checkpoint's SSFD encoder
 
+Shipped configs (--config NAME, from recon_models/configs/; paths in them are relative to the
+working directory): {configs}
+
 Options read by recon-train itself (any sub-command):
+  --version              print the version and exit
   --verbose              show the full traceback of an error (default: one line, exit status 1)
   --dfd_weights random   (fit/validate/test/predict) set `weights` of every configured DFD
   --ckpt_path last | last-if-present | FILE | URL   resume / load (always weights_only=True)
-"""
+""".replace("{configs}", ", ".join(config_names()))
 
 _LAST_NAME = re.compile(r"^last(-\d+)?\.ckpt$")
 
@@ -122,10 +130,23 @@ class SafeCheckpointCLI(LightningCLI):
         """Parse ``args`` (or ``sys.argv``) without Lightning's "args parameter" warning."""
         from jsonargparse import Namespace
 
-        if isinstance(args, dict | Namespace):
-            self.config = parser.parse_object(args)
-        else:
-            self.config = parser.parse_args(args)
+        parsers = [parser, *_subparsers(parser).values()]
+        exit_on_error = parser.exit_on_error
+        for each in parsers:
+            each.exit_on_error = False
+        try:
+            if isinstance(args, dict | Namespace):
+                self.config = parser.parse_object(args)
+            else:
+                self.config = parser.parse_args(args)
+        except argparse.ArgumentError as error:  # one short message, not jsonargparse's usage dump
+            if not exit_on_error:
+                raise
+            print(format_parse_error(parser, error, args), file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        finally:
+            for each in parsers:
+                each.exit_on_error = exit_on_error
 
     def _parse_ckpt_path(self) -> None:
         """Read a checkpoint file or URL (``weights_only=True``); take only its network from it."""
@@ -289,7 +310,8 @@ def run_cli(args: Sequence[str] | None = None) -> ReconCLI:
         >>> cli = run_cli(["fit", "--config", "examples/configs/demo.yaml"])  # doctest: +SKIP
         >>> cli.summary["best_checkpoint"]  # doctest: +SKIP
     """
-    return ReconCLI(ReconModule, FastMRIDataModule, args=list(sys.argv[1:] if args is None else args))
+    args = resolve_config_args(list(sys.argv[1:] if args is None else args))
+    return ReconCLI(ReconModule, FastMRIDataModule, args=args)
 
 
 def run_ssfd_cli(args: Sequence[str] | None = None) -> LightningCLI:
@@ -300,9 +322,76 @@ def run_ssfd_cli(args: Sequence[str] | None = None) -> LightningCLI:
                    "(SSFDPretrainModule).\n\n--verbose shows the full traceback of an error; --ckpt_path "
                    "last | last-if-present | FILE | URL (always weights_only=True).")
     return SafeCheckpointCLI(SSFDPretrainModule, FastMRIDataModule,
-                             args=list(sys.argv[2:] if args is None else args),
+                             args=resolve_config_args(list(sys.argv[2:] if args is None else args)),
                              parser_kwargs={"description": description, "prog": SafeCheckpointCLI.prog,
                                             "formatter_class": _HelpFormatter})
+
+
+def format_parse_error(parser: LightningArgumentParser, error: BaseException, args: Any = None) -> str:
+    """A parse error in a few lines: the message, a "did you mean" for a mistyped key, the help.
+
+    Example:
+        >>> from jsonargparse import ArgumentParser
+        >>> parser = ArgumentParser(prog="recon-train")
+        >>> _ = parser.add_argument("--model.network", type=str)
+        >>> print(format_parse_error(parser, ValueError("does not accept option 'model.netwrok'")))
+        recon-train: error: does not accept option 'model.netwrok'
+          did you mean model.network?
+          recon-train --help lists every option
+    """
+    message = _short_message(str(error))
+    subcommand = next((a for a in (args or []) if isinstance(a, str) and a in _subparsers(parser)), None)
+    target = _subparsers(parser).get(subcommand, parser)
+    keys = {action.dest for action in target._actions if action.dest not in ("help", argparse.SUPPRESS)}
+    lines = [f"{parser.prog.replace(' [options]', '')}: error: {message}"]
+    for class_path, key in re.findall(r"class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message):
+        close = difflib.get_close_matches(key, _init_parameters(class_path), n=3, cutoff=0.75)
+        if close:
+            lines.append(f"  did you mean {' or '.join(close)} (an init_arg of {class_path})?")
+    for key in dict.fromkeys(re.findall(r"option '([\w.]+)'", message)):
+        if key in keys:
+            continue
+        close = difflib.get_close_matches(key, sorted(keys), n=3, cutoff=0.75)
+        if close:
+            lines.append(f"  did you mean {' or '.join(close)}?")
+    lines.append(f"  {parser.prog.replace(' [options]', '')}{' ' + subcommand if subcommand else ''} "
+                 "--help lists every option")
+    return "\n".join(lines)
+
+
+def _short_message(message: str) -> str:
+    """The message of jsonargparse without the lines that list every accepted type and the given value."""
+    lines = [line.rstrip() for line in message.strip().splitlines()]
+    if len(lines) <= 3:
+        return "\n".join(lines)
+    keep = [lines[0]] + [line for line in lines[1:] if re.search(
+        r"Problem with given class_path|is not accepted|does not accept|not expected|Expected a|"
+        r"[Ii]nvalid|not found|No such", line) and "NoneType" not in line]
+    return "\n".join(keep)
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    """The ``__init__`` parameter names of ``class_path`` and its bases (for "did you mean")."""
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: set[str] = set()
+    for klass in inspect.getmro(cls):
+        try:
+            names.update(inspect.signature(klass.__init__).parameters)
+        except (TypeError, ValueError):
+            continue
+    return sorted(names - {"self", "args", "kwargs"})
+
+
+def _subparsers(parser: Any) -> dict[str, Any]:
+    action = getattr(parser, "_subcommands_action", None)
+    return dict(getattr(action, "_name_parser_map", {}) or {})
 
 
 def _one_line(error: BaseException) -> str:
@@ -318,6 +407,11 @@ def main(args: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if args is None else args)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
+    if argv[:1] == ["--version"]:
+        from lightning_dfd import __version__
+
+        print(f"recon-train (lightning-dfd) {__version__}")
+        return 0
     try:
         if argv[:1] == ["export-ssfd"]:
             from recon_models import export

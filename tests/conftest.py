@@ -6,13 +6,19 @@ import importlib.util
 
 import pytest
 
+#: What the synthetic-data fixtures import (the ``[recon]`` extra). Without it (the core install,
+#: ``make test-lowest``) only the metric fixtures load, and the tests that need data cannot run.
+_RECON_MODULES = ("lightning", "fastmri", "h5py", "sigpy")
+
 # Fixture plugins contributed by the data pipeline and the metric tests; the checkout guard (a
 # session that creates or changes a file in the checkout fails, see tests/checkout_guard.py);
 # pytester, which tests that guard.
 pytest_plugins = [
     name
-    for name in ("tests.data_fixtures", "tests.metric_fixtures", "tests.checkout_guard")
+    for name, needs in (("tests.data_fixtures", _RECON_MODULES), ("tests.metric_fixtures", ()),
+                        ("tests.checkout_guard", ()))
     if importlib.util.find_spec(name) is not None
+    and all(importlib.util.find_spec(module) is not None for module in needs)
 ] + ["pytester"]
 
 

@@ -209,7 +209,7 @@ def test_collection_update_is_all_or_nothing(resnet):
 
 # ------------------------------------------------------------------------- checkpoints, dtypes
 def test_lightning_checkpoint_has_no_encoder_and_loads_strictly(resnet):
-    import lightning.pytorch as pl
+    pl = pytest.importorskip("lightning.pytorch")  # the [recon] extra
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -353,7 +353,9 @@ def test_public_api_is_complete_and_light():
         assert getattr(lightning_dfd, name) is getattr(M, name)
     for name in ("lpips", "dists", "resnet_fd", "ssfd", "vae_fd", "psnr", "ssim", "nmse"):
         assert callable(getattr(F, name))
-    assert not hasattr(lightning_dfd, "__getattr__") and not hasattr(M, "__getattr__")
+    # lightning_dfd resolves its names on first use (so that `lightning-dfd --help` needs no torch);
+    # lightning_dfd.metrics imports them eagerly.
+    assert set(lightning_dfd.__all__) <= set(dir(lightning_dfd)) and not hasattr(M, "__getattr__")
     assert is_dfd("ssfd") and not is_dfd("psnr") and not is_dfd(PSNR())
     # torchmetrics itself imports matplotlib when it is installed: count only what we add. lightning
     # is imported when installed (for the DFDCallback export); tests/test_install.py shows that a

@@ -40,6 +40,8 @@ NETWORKS = {
 
 @pytest.fixture(scope="module", params=sorted(NETWORKS))
 def network(request):
+    if request.param.startswith("timm"):
+        pytest.importorskip("timm")  # the [timm] extra
     torch.manual_seed(0)
     return NETWORKS[request.param]().network
 
@@ -326,7 +328,7 @@ def test_metric_update_with_mask_equals_the_masked_function_and_full_mask_equals
 
 @pytest.mark.parametrize("name", ["psnr", "ssim", "nmse"])
 def test_pixel_metric_update_with_mask(name):
-    from fastmri import evaluate
+    evaluate = pytest.importorskip("fastmri.evaluate")  # the [recon] extra
 
     from lightning_dfd import NMSE, PSNR, SSIM
     from lightning_dfd.spatial import masked_nmse, masked_psnr, masked_ssim

@@ -49,7 +49,7 @@ from lightning_dfd.encoders.identity import state_token, weights_digest
 from lightning_dfd.encoders.options import EncoderOptions
 from lightning_dfd.feature_cache import TargetFeatureCache
 from lightning_dfd.masks import validated_mask
-from lightning_dfd.preprocess import channels_per_image, normalize_pair, validated_images
+from lightning_dfd.preprocess import channels_per_image, normalize_pair, real_pair_hint, validated_images
 
 __all__ = ["Chunk", "EncodedBatch", "EncoderPass", "FeatureCacheArg", "PreparedBatch", "expand_ids",
            "input_versions", "make_feature_cache", "pass_key", "sharing", "validated_mask"]
@@ -260,7 +260,7 @@ class EncoderPass(nn.Module):
         if min(p.shape[-2:]) < smallest:
             raise ValueError(
                 f"{type(self.network).__name__} ({self.network.identity}) needs images of at least "
-                f"{smallest}x{smallest} pixels, but got {tuple(p.shape[-2:])}"
+                f"{smallest}x{smallest} pixels, but got {tuple(p.shape[-2:])}{real_pair_hint(preds)}"
             )
         channels = channels_per_image(preds)
         ids = expand_ids(sample_ids, preds.shape[0], channels, keep.device)

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_dfd.masks import validated_mask
-from lightning_dfd.preprocess import REDUCTIONS, channels_per_image, check_choice, validated_images
+from lightning_dfd.preprocess import (
+    REDUCTIONS,
+    channels_per_image,
+    check_choice,
+    real_pair_hint,
+    validated_images,
+)
 
 SSIM_WIN_SIZE = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -170,7 +176,7 @@ def ssim_map(preds: Tensor, target: Tensor, data_range: Tensor, window: str = "u
     if min(preds.shape[-2:]) < size:
         raise ValueError(
             f"SSIM (window={window!r}) needs images of at least {size}x{size}, got "
-            f"{tuple(preds.shape[-2:])}"
+            f"{tuple(preds.shape[-2:])}{real_pair_hint(preds)}"
         )
     x, y = target.double(), preds.double()
     if window == "uniform":

@@ -157,6 +157,10 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
         self.reduction = reduction
         self.network = network
         self.encoder = EncoderPass(network, options, feature_cache=feature_cache)
+        # Equal on every process, different for different DFDs: see the module docstring. The
+        # first state, as torchmetrics < 1.6.2 compares only the first state of two metrics.
+        self.add_state("fingerprint", torch.zeros(_FINGERPRINT_BYTES, dtype=torch.long),
+                       dist_reduce_fx="max")
         if reduction == "mean":
             self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -164,11 +168,12 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             self.add_state("values", [], dist_reduce_fx="cat")
             self.add_state("ids", [], dist_reduce_fx="cat")
         self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        # Equal on every process, different for different DFDs: see the module docstring.
-        self.add_state("fingerprint", torch.zeros(_FINGERPRINT_BYTES, dtype=torch.long),
-                       dist_reduce_fx="max")
         self._register_state_dict_hook(_drop_encoder_keys)
-        self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
+        # The public name arrived in torch 2.5; torch 2.4 has only the private one it wraps.
+        if hasattr(self, "register_load_state_dict_pre_hook"):
+            self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
+        else:  # torch < 2.5
+            self._register_load_state_dict_pre_hook(_keep_encoder_tensors, with_module=True)
 
     # ------------------------------------------------------------------ options (one object)
     @property
