@@ -222,7 +222,7 @@ def test_bad_files_are_named_and_the_rest_is_still_scored(tmp_path, capsys):
 def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys):
     _make_dataset(tmp_path, n_volumes=1)
     assert main(_argv(tmp_path, "--metrics", "psnr,sharpness")) == 2
-    assert "but got ['psnr', 'sharpness']" in capsys.readouterr().err
+    assert "Unknown metric 'sharpness'; known names: psnr" in capsys.readouterr().err
     assert main(["evaluate", "--target", str(tmp_path / "nope"), "--predictions", str(tmp_path / "rec")]) == 2
     assert "target folder not found" in capsys.readouterr().err
     # the default ImageNet weights are not there offline: say which file is missing
@@ -367,12 +367,12 @@ def test_no_pairs_is_a_clear_error(tmp_path, capsys):
 @pytest.fixture
 def no_scoring(monkeypatch):
     """Fail the test if any file gets scored."""
-    from lightning_dfd.analysis import evaluation
+    from lightning_dfd.analysis import engine
 
     def refuse(*args, **kwargs):
         raise AssertionError("scoring started although --out is unusable")
 
-    monkeypatch.setattr(evaluation, "evaluate", refuse)
+    monkeypatch.setattr(engine, "evaluate", refuse)
 
 
 def test_bad_out_is_refused_before_any_scoring(tmp_path, capsys, monkeypatch, no_scoring):
@@ -396,7 +396,7 @@ def test_bad_out_is_refused_before_any_scoring(tmp_path, capsys, monkeypatch, no
 
 
 def test_an_interrupted_run_leaves_no_current_looking_result(tmp_path, capsys, monkeypatch):
-    from lightning_dfd.analysis import evaluation
+    from lightning_dfd.analysis import engine
 
     _make_dataset(tmp_path, n_volumes=1)
     out = tmp_path / "results.csv"
@@ -406,7 +406,7 @@ def test_an_interrupted_run_leaves_no_current_looking_result(tmp_path, capsys, m
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluation, "evaluate", interrupted)
+    monkeypatch.setattr(engine, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main(_argv(tmp_path, "--metrics", "psnr", "--out", str(out)))
     # the earlier result is kept, but only under a name that says it is not this run's

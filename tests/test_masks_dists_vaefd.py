@@ -326,8 +326,9 @@ def test_masked_update_runs_at_the_metrics_precision():
         metric = random_dists(precision=precision, reduction="none")
         metric.update(preds, target, mask=mask)
         values[precision] = metric.compute()
-        assert metric.network.precision == precision
-        torch.testing.assert_close(values[precision], masked_distances(metric.network, preds, target, mask))
+        assert metric.precision == precision
+    # The functional form runs fp32: the fp32 metric equals it, the bf16 one only within bf16 rounding.
+    torch.testing.assert_close(values["fp32"], masked_distances(metric.network, preds, target, mask))
     assert (values["bf16"] - values["fp32"]).abs().max() > 1e-6  # bf16 really ran
     torch.testing.assert_close(values["bf16"], values["fp32"], rtol=5e-2, atol=0)
 

@@ -126,7 +126,8 @@ def test_image_grid_has_a_dfd_map_tile_of_the_first_dfd_with_a_map(monkeypatch):
     batch = ReconSample(*(x[None] if isinstance(x, torch.Tensor) else [x] for x in sample))
     pred = batch.target.clone()
     pred[0, 8:14, 8:14] += 0.5  # a local error in the crop's lower-right quarter (crop 6..11)
-    module._log_images(batch, pred)
+    name, maps = module._first_dfd_map(pred[:, 2:14, 2:14].abs(), batch.target[:, 2:14, 2:14].abs())
+    module._log_images(batch, pred, (name, maps[0]))  # validation_step hands in the scored map
     assert list(logged) == ["target", "zero_filled", "reconstruction", "error", "resnet_fd_map"]
     dfd_map = logged["resnet_fd_map"]  # DISTS has no spatial map: the first DFD with one is used
     assert dfd_map.shape == (12, 12) and float(dfd_map.max()) == pytest.approx(1.0, rel=1e-5)
