@@ -245,7 +245,7 @@ class EvaluationModule(LightningModule):
             return
         file = batch["file"]
         state = self._pending.setdefault(file, {"failed": False, "rows": [], "values": {}, "maps": [],
-                                                "masks": []})
+                                                "masks": [], "references": []})
         if state["failed"]:
             return
         if "error" in batch:
@@ -290,6 +290,9 @@ class EvaluationModule(LightningModule):
                 state["maps_error"] = f"maps not computed: {describe_error(err)}"
             if "mask" in masked:
                 state["masks"].append(masked["mask"].cpu().numpy())
+            if self.config.maps_underlay:  # the reference the maps are drawn over (PNG only)
+                reference = target.detach().float().abs().reshape(n, *target.shape[-2:])  # (n, H, W)
+                state["references"].append(reference.cpu().numpy())
         volume = self.dataset.entries[batch["file"]].pair.volume
         state["rows"] += [
             {"volume": volume, "slice": s, **{name: float(v[i]) for name, v in values.items()}}
@@ -341,8 +344,9 @@ class EvaluationModule(LightningModule):
                      "prediction_key": config.prediction_key, "target_key": config.target_key}
             metric_attrs = {n: {"normalization": getattr(self.image_metrics[n], "normalization", ""),
                                 "weights": str(config.weights_for(n) or "default")} for n in names}
+            underlay = np.concatenate(state["references"]) if state["references"] else None
             self.map_writer.write(entry.pair.volume, maps, [r["slice"] for r in state["rows"]], mask,
-                                  attrs, metric_attrs)
+                                  attrs, metric_attrs, underlay=underlay)
         except Exception as err:  # a full disk, ...: the scores stand, the maps are missing
             self.problems.append(FileProblem(entry.pair.name, f"maps not written: {describe_error(err)}",
                                              "maps"))
@@ -350,6 +354,7 @@ class EvaluationModule(LightningModule):
         finally:
             state.pop("maps", None)
             state.pop("masks", None)
+            state.pop("references", None)
         self.maps_written += 1
 
     def _finish(self, entry: VolumeEntry, state: dict[str, Any]) -> None:
