@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Correlate a per-image metrics table (as written by `lightning-dfd evaluate`) with a "
             "long-form reader table (key columns, a Reader column, one column per score). "
             "Writes srocc.csv, irv.csv, per_image.csv, unmatched.csv (if any), PNG figures and "
-            "figures.csv (which figure shows which score / subgroup). SROCC ranks +inf highest "
+            "figures.csv (which figure shows which score / subgroup). The printed table marks with "
+            "* the correlations whose CI excludes 0. SROCC ranks +inf highest "
             "and -inf lowest (PSNR of a perfect reconstruction); NaN is left out and counted "
             "(n_nan)."
         ),
@@ -81,7 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--marker-by", default=None, help="column picking scatter markers")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage")
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="coverage of the BCa bootstrap CIs of the signed SROCC; a correlation is marked "
+        "significant when its CI excludes 0 (|SROCC| CIs are derived from the signed ones)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
         "--out",
