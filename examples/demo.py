@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,16 +62,16 @@ WEIGHTS_ARG = {"vgg16-imagenet": "imagenet", "resnet50-radimagenet": "radimagene
 MONITOR = "val/ssfd"
 PIXEL = ("val/psnr", "val/ssim")
 DFDS = ("val/ssfd", "val/lpips_vgg", "val/dists", "val/resnet_fd")
-#: Panel name -> y-axis label (with units).
+#: Panel name -> y-axis label (with units and which way is better).
 CURVES: dict[str, str] = {
-    "val/loss": "image L1 loss (unitless)",
-    "val/psnr": "PSNR (dB)",
-    "val/ssim": "SSIM (unitless)",
-    "val/nmse": "NMSE (unitless)",
-    "val/ssfd": "SSFD (unitless)",
-    "val/lpips_vgg": "LPIPS-VGG (unitless)",
-    "val/dists": "DISTS (unitless)",
-    "val/resnet_fd": "ResNetFD (unitless)",
+    "val/loss": "image L1 loss (unitless, lower is better)",
+    "val/psnr": "PSNR (dB, higher is better)",
+    "val/ssim": "SSIM (unitless, higher is better)",
+    "val/nmse": "NMSE (unitless, lower is better)",
+    "val/ssfd": "SSFD (unitless, lower is better)",
+    "val/lpips_vgg": "LPIPS-VGG (unitless, lower is better)",
+    "val/dists": "DISTS (unitless, lower is better)",
+    "val/resnet_fd": "ResNetFD (unitless, lower is better)",
 }
 #: The claim checked on screen: Spearman(DFD, PSNR) over epochs at most this.
 RHO_TARGET = -0.6
@@ -352,7 +353,7 @@ def metric_curve_figure(metrics_csv: Path, best_epoch: int | None = None,
         note = (notes or {}).get(name)
         ax.set_title("loss" if name == "val/loss" and train else name + (f" ({note})" if note else ""))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(CURVES[name])
+        ax.set_ylabel(textwrap.fill(CURVES[name], 24))  # fits the 2.8-inch panel
     for ax in axes[len(names):]:
         ax.set_visible(False)
     fig.suptitle(f"{title}; dotted: best epoch by {MONITOR}")

@@ -93,7 +93,7 @@ def test_srocc_matches_scipy_with_subgroups_plots_and_irv(tables, tmp_path, caps
     )
     assert code == 0
     printed = capsys.readouterr()
-    assert "lpips_vgg" in printed.out and "abs_srocc" in printed.out
+    assert "lpips_vgg" in printed.out and "|SROCC| 95% CI" in printed.out
     assert "joining on ['volume', 'slice']" in printed.err
 
     table = pd.read_csv(out / "srocc.csv")
@@ -181,6 +181,7 @@ def test_bootstrap_matches_scipy_on_each_resample():
     np.testing.assert_allclose(rhos, expected, atol=1e-12)
     low, high, abs_low, abs_high = corr.bootstrap_srocc_ci(x, y, n_boot=500, seed=1)
     assert low <= corr.srocc(x, y) <= high and 0 <= abs_low <= abs_high <= 1
+    assert corr.srocc(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
 
 
 def test_irv_equals_hand_computed_value():
@@ -417,8 +418,15 @@ def test_figure_names_are_unique_and_indexed_and_figures_are_labelled(tmp_path, 
         title = figures[f"srocc_bars_Acceleration={group}.png"]._suptitle.get_text()
         assert title.startswith(f"subgroup Acceleration = {group} (8 images)")
     assert figures["srocc_bars.png"]._suptitle is None
-    labels = [ax.get_ylabel() for ax in figures["scatter_Aliasing.png"].axes if ax.get_visible()]
+    labels = [_unwrap(ax.get_ylabel()) for ax in figures["scatter_Aliasing.png"].axes if ax.get_visible()]
     assert labels == ["PSNR (dB, higher is better)", "LPIPS-VGG distance (lower is better)", "noise"]
+
+
+def _unwrap(label: str) -> str:
+    """Undo :func:`lightning_dfd.analysis.plots.wrap_label` (it breaks after spaces, ``_ / -``)."""
+    import re
+
+    return re.sub(r"(?<=[_/-])\n", "", label).replace("\n", " ")
 
 
 def test_a_negative_irv_line_is_drawn_inside_the_axis(tmp_path, monkeypatch):
@@ -470,3 +478,212 @@ def test_an_out_folder_where_a_table_would_replace_an_input_is_refused(tables, t
     assert (folder / "per_image.csv").read_bytes() == before
     assert sorted(p.name for p in folder.iterdir()) == ["per_image.csv"]
     assert _run([*argv, "--out", str(tmp_path / "new")]) == 0
+
+
+# --- issue 21: |SROCC| intervals derived from the signed one, estimates inside, significance
+
+
+@pytest.mark.parametrize(
+    ("signed", "expected"),
+    [
+        ((-0.333, 0.487), (0.0, 0.487)),  # the issue's example: the bootstrap of |rho| gave [0.009, 0.493]
+        ((-0.547, 0.521), (0.0, 0.547)),  # contains 0: from 0 to the larger bound
+        ((0.2, 0.6), (0.2, 0.6)),  # positive: unchanged
+        ((-0.9, -0.4), (0.4, 0.9)),  # negative: |.| of the bounds, in order
+        ((0.0, 0.3), (0.0, 0.3)),  # touches 0: contains it
+        ((-1.0, 1.0), (0.0, 1.0)),
+    ],
+)
+def test_abs_interval_is_derived_from_the_signed_one(signed, expected):
+    assert corr.abs_interval(*signed) == pytest.approx(expected, abs=0)
+    ci = corr.SroccInterval(*signed, *corr.abs_interval(*signed))
+    assert ci.significant == (signed[0] > 0 or signed[1] < 0)
+
+
+def test_abs_interval_holds_the_abs_of_every_signed_value_and_rejects_bad_bounds():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        low, high = np.sort(rng.uniform(-1, 1, 2))
+        abs_low, abs_high = corr.abs_interval(low, high)
+        inside = np.abs(np.linspace(low, high, 101))
+        assert abs_low == pytest.approx(inside.min(), abs=0.02) and abs_high == pytest.approx(inside.max())
+        assert abs_low <= inside.min() and inside.max() <= abs_high
+    # the newcomer's run: |SROCC| 0.002 printed with [0.006, 0.547]; derived, 0.002 lies inside
+    abs_low, abs_high = corr.abs_interval(-0.547, 0.512)
+    assert abs_low <= 0.002 <= abs_high
+    assert all(math.isnan(v) for v in corr.abs_interval(float("nan"), 0.3))
+    with pytest.raises(ValueError, match="must be <= `high`"):
+        corr.abs_interval(0.5, 0.2)
+
+
+def test_an_uncorrelated_metric_gets_abs_ci_from_0_and_is_not_significant():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=40), rng.normal(size=40)
+    rho = corr.srocc(x, y)
+    ci = corr.bootstrap_srocc_ci(x, y, n_boot=500, seed=0)
+    assert ci.low < 0 < ci.high and not ci.significant
+    assert ci.abs_low == 0.0 and ci.abs_high == max(-ci.low, ci.high)
+    assert ci.low <= rho <= ci.high and ci.abs_low <= abs(rho) <= ci.abs_high
+    # what the old code did: percentiles of |rho*| never reach 0 (biased away from it)
+    biased_low = np.percentile(np.abs(corr.bootstrap_srocc(x, y, n_boot=500, seed=0)), 2.5)
+    assert biased_low > 0.0
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_correlated_and_anti_correlated_metrics_are_significant(sign):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=30)
+    y = sign * x + 0.3 * rng.normal(size=30)
+    rho = corr.srocc(x, y)
+    ci = corr.bootstrap_srocc_ci(x, y, n_boot=500, seed=0)
+    assert ci.significant and np.sign(ci.low) == np.sign(ci.high) == sign
+    assert ci.low <= rho <= ci.high and ci.abs_low <= abs(rho) <= ci.abs_high
+    assert (ci.abs_low, ci.abs_high) == (min(abs(ci.low), abs(ci.high)), max(abs(ci.low), abs(ci.high)))
+
+
+def test_bca_interval_equals_scipys_bca_on_the_same_resamples():
+    def spearman_rows(x, y, axis=-1):
+        return corr._rank_correlation(np.atleast_2d(x), np.atleast_2d(y)).reshape(np.shape(x)[:-1])
+
+    rng = np.random.default_rng(5)
+    for n in (12, 40):
+        x = rng.normal(size=n)
+        y = x + 1.5 * rng.normal(size=n)
+        ours = corr.bootstrap_srocc_ci(x, y, n_boot=1000, confidence=0.9, seed=3)
+        options = dict(paired=True, vectorized=True, n_resamples=1000, confidence_level=0.9, method="BCa")
+        try:  # scipy >= 1.15 names the generator `rng`; older releases `random_state`
+            reference = stats.bootstrap((x, y), spearman_rows, **options, rng=np.random.default_rng(3))
+        except TypeError:
+            generator = np.random.default_rng(3)
+            reference = stats.bootstrap((x, y), spearman_rows, **options, random_state=generator)
+        assert (ours.low, ours.high) == pytest.approx(tuple(reference.confidence_interval), abs=1e-12)
+
+
+def test_the_percentile_interval_can_exclude_the_estimate_the_default_interval_cannot():
+    # 5 images, 4 tied scores: every resample ranks at least as well as the sample itself
+    x, y = np.arange(5.0), np.array([3.0, 8, 8, 8, 8])
+    rho = corr.srocc(x, y)
+    percentile = corr.bootstrap_srocc_ci(x, y, n_boot=1000, confidence=0.8, seed=0, method="percentile")
+    assert rho < percentile.low  # the plain percentile interval leaves its estimate out
+    default = corr.bootstrap_srocc_ci(x, y, n_boot=1000, confidence=0.8, seed=0)
+    assert default.low <= rho <= default.high
+    # and over many small samples with ties, at several coverages: always inside, signed and |.|
+    rng = np.random.default_rng(2)
+    for trial in range(150):
+        n = int(rng.integers(3, 12))
+        x = rng.normal(size=n)
+        y = np.round(x + rng.choice([0.0, 0.3, 1.0, 3.0]) * rng.normal(size=n))
+        rho = corr.srocc(x, y)
+        if not np.isfinite(rho):
+            continue
+        for confidence in (0.5, 0.8, 0.95):
+            ci = corr.bootstrap_srocc_ci(x, y, n_boot=300, confidence=confidence, seed=trial)
+            assert ci.low <= rho <= ci.high, (x, y, confidence, ci)
+            assert ci.abs_low <= abs(rho) <= ci.abs_high, (x, y, confidence, ci)
+    with pytest.raises(ValueError, match="Argument `method` must be one of"):
+        corr.bootstrap_srocc_ci(x, y, method="basic")
+
+
+def test_correlate_marks_significance_and_keeps_every_estimate_inside_its_interval(tmp_path, capsys):
+    metrics, scores = _make_tables(seed=1)  # seed 1: "noise" is unrelated to the scores (rho -0.008)
+    metrics_csv, scores_csv = tmp_path / "m.csv", tmp_path / "s.csv"
+    metrics.to_csv(metrics_csv, index=False)
+    scores.to_csv(scores_csv, index=False)
+    out = tmp_path / "out"
+    argv = ["--metrics", str(metrics_csv), "--scores", str(scores_csv), "--by", "Acceleration",
+            "--n-boot", str(N_BOOT), "--confidence", "0.9", "--no-plots", "--out", str(out)]  # fmt: skip
+    assert _run(argv) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(out / "srocc.csv")
+    assert {"significant", "confidence"} <= set(table.columns)
+    assert (table["confidence"] == 0.9).all()
+    for _, row in table.iterrows():  # every row, subgroups (8 images) included
+        assert row["ci_low"] <= row["srocc"] <= row["ci_high"], row.to_dict()
+        assert row["abs_ci_low"] <= row["abs_srocc"] <= row["abs_ci_high"], row.to_dict()
+        expected = corr.abs_interval(row["ci_low"], row["ci_high"])
+        assert (row["abs_ci_low"], row["abs_ci_high"]) == pytest.approx(expected, abs=1e-12)
+        assert row["significant"] == bool(row["ci_low"] > 0 or row["ci_high"] < 0)
+    overall = table[table["group"] == "all"].set_index(["metric", "score"])
+    assert overall.loc[("psnr", "Aliasing"), "significant"]  # correlated
+    assert overall.loc[("lpips_vgg", "Aliasing"), "significant"]  # anti-correlated
+    noise = overall.loc[("noise", "Aliasing")]
+    assert not noise["significant"] and noise["abs_ci_low"] == 0.0  # unrelated
+    lines = printed.splitlines()
+    header = lines[0]
+    assert "|SROCC| 90% CI" in header and "SROCC 90% CI" in header and "sig" in header
+    assert "sig * : the 90% CI of the signed SROCC excludes 0" in printed
+    assert f"BCa bootstrap over images ({N_BOOT} resamples, seed 0)" in printed
+    psnr_line = next(line for line in lines if line.split()[:3] == ["psnr", "Aliasing", "all"])
+    noise_line = next(line for line in lines if line.split()[:3] == ["noise", "Aliasing", "all"])
+    assert " * " in psnr_line and "*" not in noise_line
+    assert f"[0.000, {noise['abs_ci_high']:.3f}]" in noise_line
+
+
+def _text_boxes(fig):
+    """Window extents of every visible, non-empty text of each visible axes, after a draw."""
+    renderer = fig.canvas.get_renderer()
+    boxes = {}
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+        for ticks, labels, (low, high) in ((ax.get_xticks(), ax.get_xticklabels(), sorted(ax.get_xlim())),
+                                           (ax.get_yticks(), ax.get_yticklabels(), sorted(ax.get_ylim()))):
+            span = 1e-9 * (high - low)  # labels of ticks outside the view are not drawn
+            texts += [label for tick, label in zip(ticks, labels) if low - span <= tick <= high + span]
+        boxes[ax] = [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+    return boxes
+
+
+def _assert_no_text_overlaps(fig):
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = _text_boxes(fig)
+    page = Bbox.from_extents(0, 0, *fig.canvas.get_width_height())
+    legends = [legend.get_window_extent(renderer) for legend in fig.legends]
+    for ax, texts in boxes.items():
+        for box in texts:  # nothing cut off at the edge of the figure
+            assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1, box
+            assert page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1, box
+        for other, other_texts in boxes.items():
+            if other is ax:
+                continue
+            panel = other.get_window_extent(renderer)
+            for box in texts:  # no text of one panel on another panel's texts or plot area
+                assert not box.overlaps(panel), (ax.get_title(), box, other.get_title())
+                for other_box in other_texts:
+                    assert not box.overlaps(other_box), (ax.get_title(), box, other.get_title(), other_box)
+        for legend in legends:  # figure legends sit outside the panels
+            assert not legend.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+            assert not any(legend.overlaps(box) for box in texts), ax.get_title()
+
+
+def test_figures_with_long_metric_names_have_no_overlapping_text(tmp_path, monkeypatch):
+    from lightning_dfd.analysis import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.setdefault(Path(path).name, fig)
+                        and Path(path))  # fmt: skip
+    rng = np.random.default_rng(0)
+    names = [*plots.METRIC_LABELS, "noise_metric_with_a_rather_long_name", "a very long metric column name"]
+    data = pd.DataFrame({name: rng.normal(size=30) for name in names})
+    data["Cartilage/Meniscus"] = rng.integers(1, 10, size=30).astype(float)
+    data["Acceleration"] = np.repeat([2, 4, 6], 10)
+    plots.plot_metric_scatter(data, names, "Cartilage/Meniscus", tmp_path / "scatter.png",
+                              color_by="Acceleration")
+    table = corr.correlation_table(data.assign(Aliasing=data["Cartilage/Meniscus"]), names,
+                                   ["Aliasing", "Cartilage/Meniscus"], n_boot=20)  # fmt: skip
+    plots.plot_srocc_bars(table, tmp_path / "bars.png", irv={"Aliasing": 0.8, "Cartilage/Meniscus": 0.7})
+    readers = pd.DataFrame({"Reader": np.repeat(["R1", "a_reader_with_a_long_name", "R3"], 10),
+                            "score": rng.integers(1, 10, 30), "others_mean": rng.uniform(1, 9, 30)})
+    plots.plot_inter_reader(readers, tmp_path / "irv.png", score="Cartilage/Meniscus")
+    assert sorted(figures) == ["bars.png", "irv.png", "scatter.png"]
+    for fig in figures.values():
+        _assert_no_text_overlaps(fig)
+    scatter = figures["scatter.png"]
+    ylabels = [ax.get_ylabel() for ax in scatter.axes if ax.get_visible()]
+    assert [_unwrap(label) for label in ylabels[:2]] == [plots.METRIC_LABELS[n] for n in ("psnr", "ssim")]
+    assert "\n" in ylabels[1]  # wrapped, not shortened
+    assert len(scatter.legends) == 1 and not any(ax.get_legend() for ax in scatter.axes)

@@ -91,10 +91,12 @@ def test_metric_curve_panels_have_y_labels_with_units(demo, tmp_path):
     csv = write_metrics_csv(tmp_path / "metrics.csv", psnr=[18, 19, 20], ssim=[0.3, 0.4, 0.45],
                             ssfd=[0.5, 0.4, 0.3], lpips=[0.1, 0.09, 0.08])
     fig = demo.metric_curve_figure(csv, best_epoch=2, notes={"val/lpips_vgg": "random weights"})
-    labels = {ax.get_title(): ax.get_ylabel() for ax in fig.axes if ax.get_visible()}
-    assert labels == {"loss": "image L1 loss (unitless)", "val/psnr": "PSNR (dB)",
-                      "val/ssim": "SSIM (unitless)", "val/ssfd": "SSFD (unitless)",
-                      "val/lpips_vgg (random weights)": "LPIPS-VGG (unitless)"}
+    labels = {ax.get_title(): ax.get_ylabel().replace("\n", " ") for ax in fig.axes if ax.get_visible()}
+    assert labels == {"loss": "image L1 loss (unitless, lower is better)",
+                      "val/psnr": "PSNR (dB, higher is better)",
+                      "val/ssim": "SSIM (unitless, higher is better)",
+                      "val/ssfd": "SSFD (unitless, lower is better)",
+                      "val/lpips_vgg (random weights)": "LPIPS-VGG (unitless, lower is better)"}
     loss = next(ax for ax in fig.axes if ax.get_title() == "loss")
     assert [t.get_text() for t in loss.get_legend().get_texts()] == ["val", "train"]
     assert all(ax.get_xlabel() == "epoch" for ax in fig.axes if ax.get_visible())

@@ -110,10 +110,14 @@ def test_identical_volumes_give_all_zero_maps_and_protocol_paper_maps_the_centre
     assert stored["dataset_attrs"]["lpips_alex"]["png_vmax"] == 1.0  # all-zero map: scale 1
 
 
-def test_pngs_decode_at_the_image_size_with_the_documented_scale(tmp_path, alexnet_random):
+def _upscaled(rgb: np.ndarray, factor: int) -> np.ndarray:
+    return rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def test_pngs_show_the_map_upscaled_with_a_colour_bar_of_the_stored_scale(tmp_path, alexnet_random):
     from PIL import Image
 
-    from lightning_dfd.analysis.maps import png_scale, to_rgb
+    from lightning_dfd.analysis.maps import COLORBAR_WIDTH, colorbar_panel, png_scale, to_rgb
 
     rng = np.random.default_rng(4)
     target = _phantom(rng)
@@ -123,21 +127,131 @@ def test_pngs_decode_at_the_image_size_with_the_documented_scale(tmp_path, alexn
     _write(tmp_path / "rec" / "vol.h5", "reconstruction", preds)
     assert main(_argv(tmp_path, "--metrics", "lpips_alex", "--weights", str(alexnet_random))) == 0
     stored = _read(tmp_path / "maps" / "vol.h5")
+    assert stored["lpips_alex"].shape == SHAPE  # the h5 keeps the native size
     vmax = stored["dataset_attrs"]["lpips_alex"]["png_vmax"]
     assert vmax == pytest.approx(float(np.percentile(stored["lpips_alex"].astype(np.float64), 99)))
     assert vmax == png_scale(stored["lpips_alex"])
     files = sorted(p.name for p in (tmp_path / "maps" / "vol").iterdir())
     assert files == [f"lpips_alex_slice{s:03d}.png" for s in range(SHAPE[0])]
+    k = 7  # 40 px * 7 = 280 >= 256: the smallest integer factor to a 256 px shorter side
+    height, width = SHAPE[1] * k, SHAPE[2] * k
+    panel = colorbar_panel(height, vmax, "lpips_alex")
     for s in range(SHAPE[0]):
         with Image.open(tmp_path / "maps" / "vol" / f"lpips_alex_slice{s:03d}.png") as image:
-            assert image.size == (SHAPE[2], SHAPE[1]) and image.mode == "RGB"
+            assert image.size == (width + COLORBAR_WIDTH, height) and image.mode == "RGB"
             assert float(image.text["png_vmax"]) == vmax and image.text["colormap"] == "magma"
+            assert image.text["upscale"] == str(k) and image.text["map_box"] == f"0,0,{width},{height}"
+            assert image.text["underlay"] == "none" and image.text["metric"] == "lpips_alex"
             pixels = np.asarray(image)
-        np.testing.assert_array_equal(pixels, to_rgb(stored["lpips_alex"][s], vmax))
+        # the map region is the stored map in the stored scale, each pixel a k x k block
+        expected = _upscaled(to_rgb(stored["lpips_alex"][s], vmax), k)
+        np.testing.assert_array_equal(pixels[:, :width], expected)
+        np.testing.assert_array_equal(pixels[:, width:], panel)  # the colour bar of that scale
         # brighter (larger map) inside the corrupted patch than in the far corner
-        brightness = pixels.astype(float).sum(-1)
-        assert brightness[30:42, 24:36].mean() > brightness[:10, :10].mean()
+        brightness = pixels[:, :width].astype(float).sum(-1)
+        assert brightness[30 * k:42 * k, 24 * k:36 * k].mean() > brightness[:10 * k, :10 * k].mean()
     assert _listing(tmp_path / "maps") == ["vol", "vol.h5"]  # no temp left
+
+
+@pytest.mark.parametrize(("shape", "factor"), [((48, 48), 6), ((640, 368), 1), ((48, 40), 7)])
+def test_render_png_upscales_to_256_px_and_appends_the_colour_bar(shape, factor):
+    from lightning_dfd.analysis.maps import COLORBAR_WIDTH, render_png, to_rgb, upscale_factor
+
+    rng = np.random.default_rng(0)
+    image = rng.random(shape).astype(np.float32)
+    assert upscale_factor(shape) == factor and min(shape) * factor >= 256
+    pixels = render_png(image, 0.5, "lpips_vgg")
+    assert pixels.shape == (shape[0] * factor, shape[1] * factor + COLORBAR_WIDTH, 3)
+    np.testing.assert_array_equal(pixels[:, : shape[1] * factor], _upscaled(to_rgb(image, 0.5), factor))
+
+
+@pytest.mark.parametrize("height", [288, 336, 640])
+def test_the_colour_bar_spans_0_to_the_stored_scale_with_labelled_ticks_and_the_metric(height):
+    from matplotlib import colormaps
+    from matplotlib.transforms import Bbox
+
+    from lightning_dfd.analysis.maps import COLORBAR_WIDTH, colorbar_figure, colorbar_panel
+
+    vmax = 0.0123
+    fig = colorbar_figure(height, vmax, "lpips_vgg_nolin")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (bar,) = fig.axes
+    assert bar.get_ylim() == pytest.approx((0.0, vmax))
+    ticks = [t for t in bar.get_yticklabels() if t.get_text()]
+    assert [t.get_text() for t in ticks] == ["0", "0.00615", "0.0123 p99"]
+    assert bar.get_yticks()[[0, -1]].tolist() == pytest.approx([0.0, vmax])
+    assert "lpips_vgg_nolin" in bar.get_ylabel().replace("\n", "")
+    page = Bbox.from_extents(0, 0, COLORBAR_WIDTH, height)
+    for text in [*ticks, bar.yaxis.label]:  # nothing cut off at the edge of the PNG
+        box = text.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, box
+    # the bar's colours: magma from 0 (bottom) to vmax (top), sampled along its centre column
+    pixels = colorbar_panel(height, vmax, "lpips_vgg_nolin")
+    assert pixels.shape == (height, COLORBAR_WIDTH, 3)
+    box = bar.get_window_extent(renderer)
+    column = int(round((box.x0 + box.x1) / 2))
+    lut = colormaps["magma"]
+    for fraction in (0.05, 0.25, 0.5, 0.75, 0.95):
+        y = box.y0 + fraction * box.height  # the axes box spans 0..vmax; the triangle lies above
+        row = height - 1 - int(y)
+        expected = np.asarray(lut(fraction)[:3]) * 255
+        found = pixels[row, column].astype(float)
+        assert np.abs(found - expected).max() <= 12, (fraction, found, expected)
+
+
+def test_maps_underlay_draws_the_png_maps_over_the_reference_and_leaves_the_h5_unchanged(tmp_path,
+                                                                                        alexnet_random):
+    from PIL import Image
+
+    from lightning_dfd.analysis.maps import UNDERLAY_OPACITY, to_rgb
+
+    volumes = _dataset(tmp_path, n_volumes=1)
+    (preds, target), = volumes.values()
+    common = ["--metrics", "lpips_alex", "--weights", str(alexnet_random)]
+    assert main(_argv(tmp_path, *common)) == 0
+    plain = _read(tmp_path / "maps" / "file0.h5")
+    with Image.open(tmp_path / "maps" / "file0" / "lpips_alex_slice001.png") as image:
+        plain_png = np.asarray(image)
+    assert main(_argv(tmp_path, *common, "--maps-underlay")) == 0
+    under = _read(tmp_path / "maps" / "file0.h5")
+    for key in ("lpips_alex", "slice_num"):  # the h5 maps do not change
+        np.testing.assert_array_equal(under[key], plain[key])
+        assert under[key].dtype == plain[key].dtype
+    assert under["dataset_attrs"] == plain["dataset_attrs"]
+    vmax = under["dataset_attrs"]["lpips_alex"]["png_vmax"]
+    scale = float(np.percentile(np.abs(target).astype(np.float64), 99.5))  # the reference volume's white
+    k, width = 7, SHAPE[2] * 7
+    for s in range(SHAPE[0]):
+        with Image.open(tmp_path / "maps" / "file0" / f"lpips_alex_slice{s:03d}.png") as image:
+            assert image.text["underlay"] == "reference"
+            assert float(image.text["underlay_scale"]) == pytest.approx(scale)
+            pixels = np.asarray(image)
+        expected = to_rgb(under["lpips_alex"][s], vmax, underlay=target[s], underlay_scale=scale)
+        np.testing.assert_array_equal(pixels[:, :width], _upscaled(expected, k))
+        if s == 1:
+            np.testing.assert_array_equal(pixels[:, width:], plain_png[:, width:])  # the same colour bar
+    # by hand: the gray reference, and the map's colour over it with opacity rising with the value
+    value, ref = under["lpips_alex"][0], target[0]
+    gray = np.clip(np.abs(ref) / scale, 0, 1)[..., None] * 255
+    alpha = UNDERLAY_OPACITY * np.clip(value / vmax, 0, 1)[..., None]
+    by_hand = (1 - alpha) * gray + alpha * to_rgb(value, vmax).astype(float)
+    assert np.abs(to_rgb(value, vmax, underlay=ref, underlay_scale=scale) - by_hand).max() <= 0.5 + 1e-9
+    low = value < 1e-3 * vmax  # where the map is ~0 the anatomy shows through in gray
+    if low.any():
+        shown = to_rgb(value, vmax, underlay=ref, underlay_scale=scale)[low].astype(int)
+        assert np.abs(shown - gray[low].round()).max() <= 1
+
+
+def test_maps_underlay_needs_png_maps(tmp_path, capsys):
+    _dataset(tmp_path, n_volumes=1)
+    argv = _argv(tmp_path, "--metrics", "psnr", "--maps-underlay")
+    assert main([*argv, "--maps-format", "h5"]) == 2
+    assert "`maps_underlay` draws the PNG maps over the reference" in capsys.readouterr().err
+    without_maps = [a for a in argv if a not in ("--maps", str(tmp_path / "maps"))]
+    assert main(without_maps) == 2
+    assert "it needs `maps_dir`" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.csv").exists()
 
 
 def test_mask_foreground_zeroes_the_maps_outside_the_object(tmp_path, alexnet_random):
@@ -214,8 +328,8 @@ def test_a_failing_map_write_leaves_no_file_and_keeps_the_scores(tmp_path, alexn
     _dataset(tmp_path)
     real = MapWriter._write_pngs
 
-    def full_disk(folder, arrays, slices, scales):
-        real(folder, arrays, slices, scales)  # the PNGs are there under the temp name ...
+    def full_disk(folder, arrays, slices, scales, *rest):
+        real(folder, arrays, slices, scales, *rest)  # the PNGs are there under the temp name ...
         raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
 
     monkeypatch.setattr(MapWriter, "_write_pngs", staticmethod(full_disk))

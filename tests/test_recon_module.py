@@ -128,10 +128,13 @@ def test_image_grid_has_a_dfd_map_tile_of_the_first_dfd_with_a_map(monkeypatch):
     pred[0, 8:14, 8:14] += 0.5  # a local error in the crop's lower-right quarter (crop 6..11)
     name, maps = module._first_dfd_map(pred[:, 2:14, 2:14].abs(), batch.target[:, 2:14, 2:14].abs())
     module._log_images(batch, pred, (name, maps[0]))  # validation_step hands in the scored map
-    assert list(logged) == ["target", "zero_filled", "reconstruction", "error", "resnet_fd_map"]
-    dfd_map = logged["resnet_fd_map"]  # DISTS has no spatial map: the first DFD with one is used
+    # the labels say what a tile's brightness means: the error amplified, the map relative to its max
+    assert list(logged) == ["target", "zero_filled", "reconstruction", "error x5", "resnet_fd map (0 to max)"]
+    crop = (slice(2, 14), slice(2, 14))
+    error = (pred[0].abs()[crop] - batch.target[0].abs()[crop]).abs() * 5
+    torch.testing.assert_close(logged["error x5"], error)
+    dfd_map = logged["resnet_fd map (0 to max)"]  # DISTS has no spatial map: the first DFD with one is used
     assert dfd_map.shape == (12, 12) and float(dfd_map.max()) == pytest.approx(1.0, rel=1e-5)
     metric = dict(module.val_metrics.items(keep_base=True, copy_state=False))["resnet_fd"]
-    crop = (slice(2, 14), slice(2, 14))
     expected = metric.distance_map(pred[0].abs()[crop][None], batch.target[0].abs()[crop][None])[0, 0]
     torch.testing.assert_close(dfd_map, expected / expected.max())  # localisation: tests/test_spatial.py

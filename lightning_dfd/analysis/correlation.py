@@ -7,13 +7,26 @@ Pure functions on :class:`pandas.DataFrame` tables:
 * :func:`join_tables` joins a per-image metrics table with those means and reports what did not
   match (:class:`JoinReport`), so nothing is dropped silently.
 * :func:`srocc` and :func:`bootstrap_srocc_ci` give the Spearman rank-order correlation and a
-  seeded percentile bootstrap confidence interval (images resampled with replacement).
+  seeded bootstrap confidence interval of it (images resampled with replacement; BCa, see below).
+* :func:`abs_interval` turns the interval of the signed SROCC into the interval of ``|SROCC|``.
 * :func:`inter_reader_variability` correlates each reader with the mean of the other readers and
   averages (the paper's IRV, its Fig. 4).
 * :func:`correlation_table` puts it together for every metric x score, optionally per subgroup.
 
 The paper reports ``|SROCC|`` (distances fall while quality rises); every table here carries
 the signed value and the absolute value side by side.
+
+Confidence intervals (:data:`CI_RULE`): the interval is computed for the *signed* rho, as a
+bias-corrected and accelerated (BCa, Efron 1987) bootstrap interval: the percentile interval
+shifted for the bootstrap distribution's median bias and skew (the jackknife's), which in small
+samples can otherwise lie wholly on one side of the estimate. The estimate and every resample use
+one definition (Pearson correlation of average ranks), and where the bootstrap distribution lies
+(almost) entirely on one side of the estimate, so that even BCa would leave it out (a handful of
+images), the interval is extended to the estimate: every estimate lies in its interval. The
+``|SROCC|`` interval is derived from the signed one (:func:`abs_interval`) rather than
+bootstrapped itself: a bootstrap of ``|rho|`` never reaches 0 and is biased away from it (a
+signed interval [-0.333, 0.487] gave [0.009, 0.493]). A correlation is *significant* at the
+chosen confidence when its signed interval excludes 0.
 
 Infinite and missing values (:data:`INFINITY_RULE`): ``+inf`` ranks above every finite value and
 ``-inf`` below (PSNR is ``+inf`` for a perfect reconstruction: the best image, not a missing one);
@@ -25,14 +38,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 __all__ = [
+    "CI_RULE",
     "DuplicateKeyError",
     "JoinReport",
+    "SroccInterval",
+    "abs_interval",
     "bootstrap_srocc_ci",
     "correlation_table",
     "duplicated_keys",
@@ -48,6 +65,16 @@ ALL_GROUP = "all"
 
 INFINITY_RULE = "+inf ranks highest, -inf lowest, NaN is left out (counted in n_nan)"
 """How SROCC treats non-finite values (the ``srocc.csv`` rule)."""
+
+CI_RULE = (
+    "BCa bootstrap interval of the signed SROCC (extended to the estimate where the bootstrap "
+    "leaves it out); |SROCC| interval = |signed interval|, from 0 when that contains 0; "
+    "significant = the signed interval excludes 0"
+)
+"""How the confidence intervals and the significance flag are made (the ``srocc.csv`` rule)."""
+
+CI_METHODS = ("bca", "percentile")
+"""Bootstrap intervals :func:`bootstrap_srocc_ci` can make (``"bca"`` is the default)."""
 
 
 class DuplicateKeyError(ValueError):
@@ -246,9 +273,11 @@ def join_tables(
 
 
 def srocc(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> float:
-    """Signed Spearman rank-order correlation coefficient (``scipy.stats.spearmanr``).
+    """Signed Spearman rank-order correlation coefficient (what ``scipy.stats.spearmanr`` computes).
 
-    Pairs where either value is NaN are left out; ``+inf`` ranks highest and ``-inf`` lowest
+    The Pearson correlation of average ranks, computed exactly as for the bootstrap resamples of
+    :func:`bootstrap_srocc` (so an estimate and its interval share one definition). Pairs where
+    either value is NaN are left out; ``+inf`` ranks highest and ``-inf`` lowest
     (:data:`INFINITY_RULE`). Returns NaN for fewer than 3 pairs or a constant input.
 
     Example:
@@ -260,7 +289,7 @@ def srocc(x: np.ndarray | pd.Series, y: np.ndarray | pd.Series) -> float:
     x, y = _finite_pairs(x, y)
     if len(x) < 3 or _constant(x) or _constant(y):
         return float("nan")
-    return float(stats.spearmanr(stats.rankdata(x), stats.rankdata(y)).statistic)
+    return float(_rank_correlation(x[None], y[None])[0])
 
 
 def _constant(x: np.ndarray) -> bool:
@@ -282,7 +311,25 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = b - b.mean(axis=1, keepdims=True)
     denom = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(axis=1) / denom, np.nan)
+        return np.clip(np.where(denom > 0, (a * b).sum(axis=1) / denom, np.nan), -1.0, 1.0)
+
+
+def _rank_correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair of ``(rows, n)`` arrays (average ranks; NaN if constant)."""
+    return _rowwise_pearson(stats.rankdata(x, axis=1), stats.rankdata(y, axis=1))
+
+
+def _jackknife_srocc(x: np.ndarray, y: np.ndarray, max_elements: int = 4_000_000) -> np.ndarray:
+    """SROCC with each pair left out in turn (``len(x)`` values), in chunks of bounded memory."""
+    n = len(x)
+    rest = np.arange(n - 1)
+    chunk = max(1, max_elements // max(1, n))
+    out = []
+    for start in range(0, n, chunk):
+        left_out = np.arange(start, min(n, start + chunk))
+        index = rest[None, :] + (rest[None, :] >= left_out[:, None])  # skips the left-out pair
+        out.append(_rank_correlation(x[index], y[index]))
+    return np.concatenate(out)
 
 
 def bootstrap_srocc(
@@ -310,9 +357,74 @@ def bootstrap_srocc(
         return np.full(n_boot, np.nan)
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(x), size=(n_boot, len(x)))
-    rank_x = stats.rankdata(x[index], axis=1)
-    rank_y = stats.rankdata(y[index], axis=1)
-    return _rowwise_pearson(rank_x, rank_y)
+    return _rank_correlation(x[index], y[index])
+
+
+class SroccInterval(NamedTuple):
+    """A confidence interval of the signed SROCC and the ``|SROCC|`` interval derived from it.
+
+    Attributes:
+        low: Lower bound of the signed interval.
+        high: Upper bound of the signed interval.
+        abs_low: Lower bound of the ``|SROCC|`` interval (:func:`abs_interval`).
+        abs_high: Upper bound of the ``|SROCC|`` interval.
+    """
+
+    low: float
+    high: float
+    abs_low: float
+    abs_high: float
+
+    @property
+    def significant(self) -> bool:
+        """True when the signed interval excludes 0 (False when it is NaN)."""
+        return bool(self.low > 0 or self.high < 0)
+
+
+def abs_interval(low: float, high: float) -> tuple[float, float]:
+    """The interval of ``|rho|`` implied by an interval ``[low, high]`` of the signed rho.
+
+    ``|.|`` of the bounds, in order; when the signed interval contains 0 the ``|rho|`` interval
+    starts at 0 and ends at ``max(|low|, |high|)``. Any rho in ``[low, high]`` has its ``|rho|``
+    in the result. NaN bounds give NaN.
+
+    Example:
+        >>> abs_interval(-0.333, 0.487)  # contains 0: not significant
+        (0.0, 0.487)
+        >>> abs_interval(-0.9, -0.4)  # anti-correlated: |.| of the bounds, in order
+        (0.4, 0.9)
+    """
+    low, high = float(low), float(high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return float("nan"), float("nan")
+    if low > high:
+        raise ValueError(f"Argument `low` must be <= `high`, but got [{low}, {high}]")
+    if low <= 0.0 <= high:
+        return 0.0, max(-low, high)
+    return min(abs(low), abs(high)), max(abs(low), abs(high))
+
+
+def _bca_levels(
+    rhos: np.ndarray, estimate: float, jackknife: np.ndarray, confidence: float
+) -> tuple[float, float]:
+    """BCa quantile levels of the bootstrap distribution (Efron & Tibshirani 1993, 14.3)."""
+    # Bias correction: where the estimate lies in the bootstrap distribution (ties count half,
+    # kept half a resample inside (0, 1) so that the correction stays finite).
+    share = (np.sum(rhos < estimate) + np.sum(rhos <= estimate)) / (2.0 * rhos.size)
+    share = np.clip(share, 0.5 / rhos.size, 1.0 - 0.5 / rhos.size)
+    z0 = special.ndtri(share)
+    # Acceleration: the skewness of the jackknife values.
+    jackknife = jackknife[np.isfinite(jackknife)]
+    spread = jackknife.mean() - jackknife if jackknife.size else np.zeros(1)
+    denominator = 6.0 * np.sum(spread**2) ** 1.5
+    accel = float(np.sum(spread**3) / denominator) if denominator > 0 else 0.0
+    levels = []
+    for z in (special.ndtri((1.0 - confidence) / 2.0), special.ndtri((1.0 + confidence) / 2.0)):
+        shifted = z0 + z
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = special.ndtr(z0 + shifted / (1.0 - accel * shifted))
+        levels.append(float(np.clip(np.nan_to_num(level, nan=special.ndtr(z)), 0.0, 1.0)))
+    return levels[0], levels[1]
 
 
 def bootstrap_srocc_ci(
@@ -321,8 +433,14 @@ def bootstrap_srocc_ci(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float, float]:
-    """Percentile bootstrap confidence intervals of the signed and the absolute SROCC.
+    method: str = "bca",
+) -> SroccInterval:
+    """Bootstrap confidence interval of the signed SROCC, and the ``|SROCC|`` interval from it.
+
+    The signed interval is a BCa interval (``method="bca"``, default; the module docstring
+    says why) or the plain percentile interval (``"percentile"``) of the :func:`bootstrap_srocc`
+    resamples that give a finite rho. With ``"bca"`` it is extended, where needed, to contain the
+    estimate :func:`srocc` ``(x, y)``. The ``|SROCC|`` interval is :func:`abs_interval` of it.
 
     Args:
         x: Metric values, one per image.
@@ -330,28 +448,40 @@ def bootstrap_srocc_ci(
         n_boot: Number of resamples.
         confidence: Coverage of the interval, in (0, 1).
         seed: Seed of ``numpy.random.default_rng``; equal seeds give equal intervals.
+        method: ``"bca"`` or ``"percentile"``.
 
     Returns:
-        ``(low, high, abs_low, abs_high)``: the interval of rho and the interval of ``|rho|``.
-        NaN when no resample gives a finite rho.
+        ``(low, high, abs_low, abs_high)`` as a :class:`SroccInterval` (with ``.significant``);
+        NaN when the estimate is NaN or no resample gives a finite rho.
 
     Example:
         >>> rng = np.random.default_rng(0)
         >>> x = np.arange(50.0); y = x + rng.normal(0, 10, 50)
-        >>> low, high, _, _ = bootstrap_srocc_ci(x, y, n_boot=200)
-        >>> bool(low < srocc(x, y) < high)
-        True
+        >>> ci = bootstrap_srocc_ci(x, y, n_boot=200)
+        >>> bool(ci.low <= srocc(x, y) <= ci.high), ci.significant
+        (True, True)
+        >>> noise = bootstrap_srocc_ci(x, rng.normal(size=50), n_boot=200)
+        >>> noise.abs_low, noise.significant  # the signed interval contains 0
+        (0.0, False)
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"Argument `confidence` must be in (0, 1), but got {confidence}")
+    if method not in CI_METHODS:
+        raise ValueError(f"Argument `method` must be one of {CI_METHODS}, but got {method!r}")
+    x, y = _finite_pairs(x, y)
+    estimate = srocc(x, y)
     rhos = bootstrap_srocc(x, y, n_boot=n_boot, seed=seed)
     rhos = rhos[np.isfinite(rhos)]
-    if rhos.size == 0:
-        return (float("nan"),) * 4
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(rhos, [tail, 100.0 - tail])
-    abs_low, abs_high = np.percentile(np.abs(rhos), [tail, 100.0 - tail])
-    return float(low), float(high), float(abs_low), float(abs_high)
+    if rhos.size == 0 or not np.isfinite(estimate):
+        return SroccInterval(*(float("nan"),) * 4)
+    if method == "percentile":
+        levels = ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0)
+    else:
+        levels = _bca_levels(rhos, estimate, _jackknife_srocc(x, y), confidence)
+    low, high = (float(v) for v in np.quantile(rhos, levels))
+    if method == "bca":
+        low, high = min(low, estimate), max(high, estimate)
+    return SroccInterval(low, high, *abs_interval(low, high))
 
 
 def inter_reader_table(
@@ -459,8 +589,12 @@ def correlation_table(
 
     Returns:
         Columns ``metric, score, by, group, n, n_nan, srocc, ci_low, ci_high, abs_srocc,
-        abs_ci_low, abs_ci_high, p_value``; ``by`` is empty and ``group`` is ``"all"`` for the
-        overall rows; ``n`` images were ranked (infinite values included), ``n_nan`` left out.
+        abs_ci_low, abs_ci_high, significant, confidence, p_value``; ``by`` is empty and
+        ``group`` is ``"all"`` for the overall rows; ``n`` images were ranked (infinite values
+        included), ``n_nan`` left out; ``ci_low, ci_high`` is the BCa bootstrap interval of the
+        signed ``srocc`` and ``abs_ci_low, abs_ci_high`` the ``|SROCC|`` interval derived from it
+        (:data:`CI_RULE`); ``significant`` (bool): the signed interval excludes 0; ``confidence``:
+        the intervals' coverage; ``p_value``: scipy's two-sided test of rho = 0 (t distribution).
 
     Example:
         >>> d = pd.DataFrame({"psnr": [20.0, 25, 30, 35], "Aliasing": [2.0, 4, 5, 8]})
@@ -479,9 +613,7 @@ def correlation_table(
                     if np.isfinite(rho)
                     else float("nan")
                 )
-                low, high, abs_low, abs_high = bootstrap_srocc_ci(
-                    x, y, n_boot=n_boot, confidence=confidence, seed=seed
-                )
+                ci = bootstrap_srocc_ci(x, y, n_boot=n_boot, confidence=confidence, seed=seed)
                 rows.append(
                     {
                         "metric": metric,
@@ -491,11 +623,13 @@ def correlation_table(
                         "n": len(x),
                         "n_nan": len(part) - len(x),
                         "srocc": rho,
-                        "ci_low": low,
-                        "ci_high": high,
+                        "ci_low": ci.low,
+                        "ci_high": ci.high,
                         "abs_srocc": abs(rho),
-                        "abs_ci_low": abs_low,
-                        "abs_ci_high": abs_high,
+                        "abs_ci_low": ci.abs_low,
+                        "abs_ci_high": ci.abs_high,
+                        "significant": ci.significant,
+                        "confidence": confidence,
                         "p_value": p_value,
                     }
                 )

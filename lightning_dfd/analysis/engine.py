@@ -247,7 +247,7 @@ class EvaluationModule(LightningModule):
             return
         file = batch["file"]
         state = self._pending.setdefault(file, {"failed": False, "rows": [], "values": {}, "maps": [],
-                                                "masks": []})
+                                                "masks": [], "references": []})
         if state["failed"]:
             return
         if "error" in batch:
@@ -287,6 +287,9 @@ class EvaluationModule(LightningModule):
                     state["maps_error"] = f"maps not computed: {describe_error(err)}"
                 if "mask" in masked:
                     state["masks"].append(masked["mask"].cpu().numpy())
+                if self.config.maps_underlay:  # the reference the maps are drawn over (PNG only)
+                    reference = target.detach().float().abs().reshape(n, *target.shape[-2:])  # (n, H, W)
+                    state["references"].append(reference.cpu().numpy())
         values: dict[str, np.ndarray] = {}
         for name in self.config.metrics:
             values[name] = computed[name].detach().double().cpu().numpy().reshape(-1)
@@ -349,8 +352,9 @@ class EvaluationModule(LightningModule):
                                 "weights": str(config.weights_for(n) or "default"),
                                 **({"seed": config.seed} if config.weights_for(n) == "random" else {})}
                             for n in names}
+            underlay = np.concatenate(state["references"]) if state["references"] else None
             self.map_writer.write(entry.pair.volume, maps, [r["slice"] for r in state["rows"]], mask,
-                                  attrs, metric_attrs)
+                                  attrs, metric_attrs, underlay=underlay)
         except Exception as err:  # a full disk, ...: the scores stand, the maps are missing
             self.problems.append(FileProblem(entry.pair.name, f"maps not written: {describe_error(err)}",
                                              "maps"))
@@ -358,6 +362,7 @@ class EvaluationModule(LightningModule):
         finally:
             state.pop("maps", None)
             state.pop("masks", None)
+            state.pop("references", None)
         self.maps_written += 1
 
     def _finish(self, entry: VolumeEntry, state: dict[str, Any]) -> None:

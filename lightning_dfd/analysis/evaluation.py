@@ -155,6 +155,8 @@ class EvaluationConfig:
         maps_dir: Write per-pixel DFD maps of every scored volume into this folder
             (:mod:`lightning_dfd.analysis.maps`); None (default): no maps.
         maps_format: Any of ``("png", "h5")`` (default both).
+        maps_underlay: Draw the PNG maps over the reference image in gray (needs ``maps_dir``
+            and the ``png`` format; the h5 maps do not change).
         protocol: The ``--protocol`` name the other fields came from (written into the map files;
             informational, None: not from a preset).
         seed: The seed every ``weights="random"`` encoder is built under
@@ -175,6 +177,7 @@ class EvaluationConfig:
     mask: str = "none"
     maps_dir: Path | None = None
     maps_format: tuple[str, ...] = ("png", "h5")
+    maps_underlay: bool = False
     protocol: str | None = None
     seed: int = 0
 
@@ -205,6 +208,10 @@ class EvaluationConfig:
         if not formats or any(f not in MAP_FORMATS for f in formats):
             raise ValueError(f"Argument `maps_format` must name formats among {MAP_FORMATS}, but got "
                              f"{list(formats)}")
+        if self.maps_underlay and (self.maps_dir is None or "png" not in formats):
+            raise ValueError("Argument `maps_underlay` draws the PNG maps over the reference: it needs "
+                             f"`maps_dir` and the png format, but got maps_dir={self.maps_dir}, "
+                             f"maps_format={list(formats)}")
         if self.batch_size < 1:
             raise ValueError(f"Argument `batch_size` must be >= 1, got {self.batch_size}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:

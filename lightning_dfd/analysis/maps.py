@@ -13,13 +13,22 @@ any other whose ``distance_map`` does not raise :class:`NotImplementedError`):
   ``data_range``, ``scale``, ``mask``, ``precision``, ``prediction`` / ``target`` (input paths) and
   ``prediction_key`` / ``target_key``; dataset attributes: ``normalization`` and ``weights`` of
   the metric and ``png_vmax`` (the PNG scale below).
-* ``DIR/<stem>/<metric>_slice<NNN>.png`` (format ``png``): 8-bit RGB, matplotlib's ``magma``
-  colour map, 0 (black) at 0 and white-yellow at ``png_vmax``, values above clipped. ``png_vmax``
-  is fixed per volume and metric: the 99th percentile of the metric's map over every pixel of
-  every scored slice of the volume (inside the mask with ``--mask foreground``; 1.0 for an
-  all-zero map), so the slices of one volume share a scale. It is written into each PNG's text
-  chunk ``png_vmax`` and into the h5 dataset's attributes, so the colours can be read back:
-  ``value = png_vmax * position in the colour map``.
+* ``DIR/<stem>/<metric>_slice<NNN>.png`` (format ``png``): for viewing (the h5 holds the values).
+  8-bit RGB: the map in matplotlib's ``magma`` colour map, 0 (black) at 0 and white-yellow at
+  ``png_vmax``, values above clipped, upscaled by the smallest integer factor (nearest neighbour,
+  pixels stay sharp) that makes its shorter side at least :data:`MIN_SIDE` pixels, in the
+  top-left corner; right of it a colour bar from 0 to ``png_vmax`` (ticks in the map's unit, the
+  top one marked ``p99``, a triangle for the clipped values above) labelled with the metric.
+  ``png_vmax`` is fixed per volume and metric: the 99th percentile of the metric's map over every
+  pixel of every scored slice of the volume (inside the mask with ``--mask foreground``; 1.0 for
+  an all-zero map), so the slices of one volume share a scale. With an underlay (``evaluate
+  --maps-underlay``) the map is drawn over the reference image in gray (0 to the reference
+  volume's 99.5th percentile), opaque in proportion to its value (transparent at 0,
+  :data:`UNDERLAY_OPACITY` at ``png_vmax``), so the anatomy shows where the map is low. Text
+  chunks: ``metric``, ``png_vmax``, ``colormap``, ``upscale`` (the factor), ``map_box`` (``left,
+  top, right, bottom`` of the map in the PNG), ``underlay`` (``none`` or ``reference``) and
+  ``underlay_scale``; so the colours can be read back: ``value = png_vmax * position in the
+  colour map`` (without an underlay).
 
 Both are written under unique temp names in ``DIR`` and renamed (``os.replace``) only when
 complete, so a failing write never leaves a half-written file.
@@ -71,8 +80,22 @@ from lightning_dfd.files import (
     write_text_atomically,
 )
 
-__all__ = ["COLORMAP", "MANIFEST", "MAP_FORMATS", "PNG_PERCENTILE", "MapWriter", "MapsOwnershipError",
-           "png_scale", "to_rgb"]
+__all__ = [
+    "COLORMAP",
+    "MANIFEST",
+    "MAP_FORMATS",
+    "MIN_SIDE",
+    "PNG_PERCENTILE",
+    "UNDERLAY_OPACITY",
+    "UNDERLAY_PERCENTILE",
+    "MapWriter",
+    "MapsOwnershipError",
+    "colorbar_panel",
+    "png_scale",
+    "render_png",
+    "to_rgb",
+    "upscale_factor",
+]
 
 #: What ``--maps-format`` accepts.
 MAP_FORMATS = ("png", "h5")
@@ -80,9 +103,17 @@ MAP_FORMATS = ("png", "h5")
 COLORMAP = "magma"
 #: The PNG scale of a volume: this percentile of the map's values.
 PNG_PERCENTILE = 99.0
+#: Shorter side, in pixels, a map is upscaled to (at least) in its PNG.
+MIN_SIDE = 256
+#: Width in pixels of the colour-bar panel right of the map.
+COLORBAR_WIDTH = 128
+#: Opacity of the map at ``png_vmax`` over an underlay (it falls linearly to 0 at 0).
+UNDERLAY_OPACITY = 0.85
+#: The underlay's gray scale: 0 to this percentile of the reference volume's magnitudes.
+UNDERLAY_PERCENTILE = 99.5
 
 
-def png_scale(maps: np.ndarray, mask: np.ndarray | None = None) -> float:
+def png_scale(maps: np.ndarray, mask: np.ndarray | None = None, percentile: float = PNG_PERCENTILE) -> float:
     """The PNG scale of one volume's map: its 99th percentile (inside ``mask``); 1.0 when that is 0.
 
     Example:
@@ -92,22 +123,127 @@ def png_scale(maps: np.ndarray, mask: np.ndarray | None = None) -> float:
     values = np.asarray(maps, dtype=np.float64)
     if mask is not None and mask.any():
         values = values[np.broadcast_to(mask, values.shape)]
-    vmax = float(np.percentile(values, PNG_PERCENTILE)) if values.size else 0.0
+    vmax = float(np.percentile(values, percentile)) if values.size else 0.0
     return vmax if np.isfinite(vmax) and vmax > 0 else 1.0
 
 
-def to_rgb(image: np.ndarray, vmax: float) -> np.ndarray:
+def to_rgb(
+    image: np.ndarray, vmax: float, underlay: np.ndarray | None = None, underlay_scale: float = 1.0
+) -> np.ndarray:
     """``(H, W)`` map -> ``(H, W, 3)`` uint8 in :data:`COLORMAP`, 0 -> first colour, ``vmax`` -> last.
+
+    With ``underlay`` (an ``(H, W)`` image, e.g. the reference magnitude) the colours are blended
+    over it in gray (``underlay / underlay_scale`` clipped to [0, 1]) with opacity
+    ``UNDERLAY_OPACITY * clip(image / vmax, 0, 1)``.
 
     Example:
         >>> to_rgb(np.array([[0.0, 2.0]]), vmax=1.0).tolist()
         [[[0, 0, 3], [251, 252, 191]]]
+        >>> to_rgb(np.array([[0.0, 2.0]]), vmax=1.0, underlay=np.array([[1.0, 0.0]])).tolist()
+        [[[255, 255, 255], [213, 214, 162]]]
     """
     from matplotlib import colormaps
 
     scaled = np.clip(np.nan_to_num(np.asarray(image, dtype=np.float64) / vmax), 0.0, 1.0)
-    rgba = colormaps[COLORMAP](scaled, bytes=True)
-    return np.ascontiguousarray(rgba[..., :3])
+    rgb = colormaps[COLORMAP](scaled, bytes=True)[..., :3]
+    if underlay is not None:
+        underlay = np.asarray(underlay, dtype=np.float64)
+        if underlay.shape != scaled.shape:
+            raise ValueError(f"the underlay has shape {underlay.shape}; the map {scaled.shape}")
+        gray = np.clip(np.nan_to_num(np.abs(underlay) / underlay_scale), 0.0, 1.0)[..., None] * 255.0
+        alpha = UNDERLAY_OPACITY * scaled[..., None]
+        rgb = np.rint((1.0 - alpha) * gray + alpha * rgb).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def upscale_factor(shape: Sequence[int], min_side: int = MIN_SIDE) -> int:
+    """The smallest integer factor that makes the shorter side of ``shape`` at least ``min_side``.
+
+    Example:
+        >>> upscale_factor((48, 48)), upscale_factor((640, 368)), upscale_factor((48, 40))
+        (6, 1, 7)
+    """
+    return max(1, -(-int(min_side) // max(1, min(int(shape[0]), int(shape[1])))))
+
+
+def colorbar_panel(height: int, vmax: float, metric: str, width: int = COLORBAR_WIDTH) -> np.ndarray:
+    """``(height, width, 3)`` uint8 panel: a vertical :data:`COLORMAP` bar from 0 to ``vmax``.
+
+    Ticks at 0, ``vmax / 2`` and ``vmax`` (labelled ``p99``: the volume's 99th percentile), a
+    triangle on top for the clipped values above ``vmax``, and the metric's name along the bar.
+    Built from :func:`colorbar_figure`.
+
+    Example:
+        >>> colorbar_panel(288, 0.25, "lpips_vgg").shape
+        (288, 128, 3)
+    """
+    fig = colorbar_figure(height, vmax, metric, width)
+    fig.canvas.draw()
+    return np.ascontiguousarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+
+
+def colorbar_figure(height: int, vmax: float, metric: str, width: int = COLORBAR_WIDTH):
+    """The matplotlib figure of :func:`colorbar_panel` (``width`` x ``height`` pixels at 100 dpi)."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    from lightning_dfd.analysis.plots import wrap_label
+
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    fontsize = 8 if height < 400 else 9
+    margin = 14 / height  # room above and below for the end tick labels
+    bar = fig.add_axes((10 / width, margin, 14 / width, 1.0 - 2.0 * margin))
+    mappable = ScalarMappable(norm=Normalize(0.0, vmax), cmap=colormaps[COLORMAP])
+    colorbar = fig.colorbar(mappable, cax=bar, extend="max", extendfrac=0.04)
+    colorbar.set_ticks([0.0, vmax / 2.0, vmax],
+                       labels=["0", f"{vmax / 2.0:.3g}", f"{vmax:.3g} p99"])  # fmt: skip
+    colorbar.ax.tick_params(labelsize=fontsize, length=3, pad=2)
+    label = wrap_label(f"{metric} per pixel", (1.0 - 2.0 * margin) * height / dpi, fontsize)
+    colorbar.set_label(label, fontsize=fontsize, labelpad=3)
+    return fig
+
+
+def render_png(
+    image: np.ndarray,
+    vmax: float,
+    metric: str,
+    underlay: np.ndarray | None = None,
+    underlay_scale: float = 1.0,
+    min_side: int = MIN_SIDE,
+    panel: np.ndarray | None = None,
+) -> np.ndarray:
+    """One map PNG's pixels: :func:`to_rgb` upscaled (:func:`upscale_factor`), the colour bar right.
+
+    Args:
+        image: ``(H, W)`` map.
+        vmax: The colour scale's top (``png_vmax``).
+        metric: Name on the colour bar.
+        underlay: Optional ``(H, W)`` reference image drawn in gray below the map.
+        underlay_scale: The underlay's white.
+        min_side: Shorter side of the upscaled map, at least.
+        panel: A :func:`colorbar_panel` of the right height to reuse (it depends only on the
+            height, ``vmax`` and ``metric``).
+
+    Returns:
+        ``(H * k, W * k + COLORBAR_WIDTH, 3)`` uint8; the map fills ``[:H * k, :W * k]``.
+
+    Example:
+        >>> render_png(np.zeros((48, 40)), 1.0, "lpips_vgg").shape  # 7x: 280 >= 256 px
+        (336, 408, 3)
+    """
+    factor = upscale_factor(np.shape(image), min_side)
+    rgb = to_rgb(image, vmax, underlay, underlay_scale)
+    rgb = rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+    if panel is None:
+        panel = colorbar_panel(rgb.shape[0], vmax, metric)
+    if panel.shape[0] != rgb.shape[0]:
+        raise ValueError(f"the colour-bar panel is {panel.shape[0]} px high; the map {rgb.shape[0]} px")
+    return np.ascontiguousarray(np.concatenate([rgb, panel], axis=1))
 
 
 MANIFEST = ".lightning-dfd-maps.json"
@@ -241,6 +377,7 @@ class MapWriter:
         mask: np.ndarray | None = None,
         attrs: Mapping[str, Any] | None = None,
         metric_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+        underlay: np.ndarray | None = None,
     ) -> list[Path]:
         """Write one volume's maps; nothing appears under the real names unless every write succeeded.
 
@@ -251,6 +388,8 @@ class MapWriter:
             mask: Optional boolean ``(slices, H, W)`` mask (stored, and the PNG scale uses it).
             attrs: File attributes of the h5 file.
             metric_attrs: Per metric name, attributes of its dataset.
+            underlay: Optional ``(slices, H, W)`` reference images to draw the PNG maps over (in
+                gray); the h5 file does not change.
 
         Returns:
             The paths written.
@@ -278,7 +417,7 @@ class MapWriter:
             if "png" in self.formats:
                 temp = new_temp_folder(self.folder, _TEMP_PREFIX)
                 staged.append((temp, finals[-1]))
-                self._write_pngs(Path(temp), arrays, slices, scales)
+                self._write_pngs(Path(temp), arrays, slices, scales, underlay)
             new = {}
             for temp, final in staged:
                 relative = final.relative_to(self.folder).as_posix()
@@ -396,16 +535,29 @@ class MapWriter:
 
     @staticmethod
     def _write_pngs(folder: Path, arrays: Mapping[str, np.ndarray], slices: np.ndarray,
-                    scales: Mapping[str, float]) -> None:
+                    scales: Mapping[str, float], underlay: np.ndarray | None = None) -> None:
         from PIL import Image, PngImagePlugin
 
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True)  # a new temp folder (lightning_dfd.files.new_temp_folder)
+        underlay_scale = 1.0
+        if underlay is not None:
+            underlay = np.abs(np.asarray(underlay, dtype=np.float64))
+            shape = next(iter(arrays.values())).shape if arrays else underlay.shape
+            if underlay.shape != shape:
+                raise ValueError(f"the underlay has shape {underlay.shape}; the maps {shape}")
+            underlay_scale = png_scale(underlay, percentile=UNDERLAY_PERCENTILE)
         for name, value in arrays.items():
+            factor = upscale_factor(value.shape[1:])
+            height, width = value.shape[1] * factor, value.shape[2] * factor
+            panel = colorbar_panel(height, scales[name], name)  # one per volume and metric
             info = PngImagePlugin.PngInfo()
-            info.add_text("metric", name)
-            info.add_text("png_vmax", repr(scales[name]))
-            info.add_text("colormap", COLORMAP)
-            for image, s in zip(value, slices):
-                Image.fromarray(to_rgb(image, scales[name])).save(
-                    folder / f"{name}_slice{int(s):03d}.png", pnginfo=info
-                )
+            for key, text in (("metric", name), ("png_vmax", repr(scales[name])), ("colormap", COLORMAP),
+                              ("upscale", str(factor)), ("map_box", f"0,0,{width},{height}"),
+                              ("underlay", "none" if underlay is None else "reference"),
+                              ("underlay_scale", repr(underlay_scale) if underlay is not None else "")):
+                info.add_text(key, text)
+            for index, (image, s) in enumerate(zip(value, slices)):
+                pixels = render_png(image, scales[name], name,
+                                    None if underlay is None else underlay[index], underlay_scale,
+                                    panel=panel)  # fmt: skip
+                Image.fromarray(pixels).save(folder / f"{name}_slice{int(s):03d}.png", pnginfo=info)

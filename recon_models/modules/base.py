@@ -125,15 +125,23 @@ LABEL_HEIGHT = 28
 
 
 def _label_strip(text: str, width: int, height: int = LABEL_HEIGHT) -> Tensor:
-    """A ``(height, width)`` float strip with ``text`` in white on black (PIL's bundled font)."""
+    """A ``(height, width)`` float strip with ``text`` in white on black (PIL's bundled font).
+
+    The font shrinks (down to 8 px) until the text fits the strip's width.
+    """
     from PIL import Image, ImageDraw, ImageFont
 
     strip = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(strip)
-    try:
-        font = ImageFont.load_default(size=max(10, height - 10))
-    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or without FreeType: bitmap font
-        font = ImageFont.load_default()
+    for size in range(max(10, height - 10), 7, -1):
+        try:
+            font = ImageFont.load_default(size=size)
+        except (TypeError, ImportError, OSError):  # Pillow < 10.1 or without FreeType: bitmap font
+            font = ImageFont.load_default()
+            break
+        left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+        if right - left <= width - 4:
+            break
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = max(2, (width - (right - left)) // 2 - left)
     y = (height - (bottom - top)) // 2 - top

@@ -209,12 +209,12 @@ class ReconModule(ImageQualityModule):
             "target": target,
             "zero_filled": center_crop(zero_filled.abs(), size),
             "reconstruction": recon,
-            "error": (recon - target).abs() * self.error_scale,
+            f"error x{self.error_scale:g}": (recon - target).abs() * self.error_scale,  # the tile says so
         }
         scale = batch.max_value[0]
         if dfd_map is not None:  # where the first DFD with a spatial map sees the error
-            name, values = dfd_map
-            images[f"{name}_map"] = values / values.max().clamp_min(1e-12) * scale
+            name, values = dfd_map  # shown relative to its own maximum (white), which the label says
+            images[f"{name} map (0 to max)"] = values / values.max().clamp_min(1e-12) * scale
         self.log_image_grid("val/images", images, scale=scale)
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 from lightning_dfd.analysis import correlation as corr
 from lightning_dfd.analysis.commands import EXIT_BAD_INPUT, EXIT_OK, EXIT_PARTIAL
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser", "format_table", "run"]
 
 _PREFIX = "lightning-dfd correlate"
 DEFAULT_OUT = Path("runs") / "correlate"
@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Correlate a per-image metrics table (as written by `lightning-dfd evaluate`) with a "
             "long-form reader table (key columns, a Reader column, one column per score). "
             "Writes srocc.csv, irv.csv, per_image.csv, unmatched.csv (if any), PNG figures and "
-            "figures.csv (which figure shows which score / subgroup). SROCC ranks +inf highest "
+            "figures.csv (which figure shows which score / subgroup). The printed table marks with "
+            "* the correlations whose CI excludes 0. SROCC ranks +inf highest "
             "and -inf lowest (PSNR of a perfect reconstruction); NaN is left out and counted "
             "(n_nan)."
         ),
@@ -81,7 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--marker-by", default=None, help="column picking scatter markers")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--confidence", type=float, default=0.95, help="CI coverage")
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="coverage of the BCa bootstrap CIs of the signed SROCC; a correlation is marked "
+        "significant when its CI excludes 0 (|SROCC| CIs are derived from the signed ones)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument(
         "--out",
@@ -245,14 +252,59 @@ def figure_names(names: list[str]) -> dict[str, str]:
     }
 
 
-def _format_table(table: pd.DataFrame) -> str:
-    shown = table.assign(
-        ci=[f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(table["abs_ci_low"], table["abs_ci_high"])]
+def _format_interval(low: float, high: float, signed: bool) -> str:
+    spec = "+.3f" if signed else ".3f"
+    return f"[{low:{spec}}, {high:{spec}}]"
+
+
+def format_table(table: pd.DataFrame, confidence: float, n_boot: int, seed: int) -> str:
+    """The printed SROCC table: |SROCC| and signed SROCC with their intervals and significance.
+
+    The header states the confidence level; a ``*`` in column ``sig`` marks a signed interval
+    that excludes 0; the lines below the table say how the intervals were made.
+
+    Example:
+        >>> t = pd.DataFrame({"metric": ["psnr", "noise"], "score": ["Aliasing"] * 2,
+        ...     "group": ["all"] * 2, "n": [30, 30], "srocc": [0.8, -0.1], "ci_low": [0.6, -0.45],
+        ...     "ci_high": [0.9, 0.3], "abs_srocc": [0.8, 0.1], "abs_ci_low": [0.6, 0.0],
+        ...     "abs_ci_high": [0.9, 0.45], "significant": [True, False], "irv": [0.85, 0.85]})
+        >>> print(format_table(t, 0.95, 1000, 0))  # doctest: +NORMALIZE_WHITESPACE
+        metric    score  n |SROCC| |SROCC| 95% CI  SROCC    SROCC 95% CI sig   IRV
+          psnr Aliasing 30   0.800 [0.600, 0.900] +0.800 [+0.600, +0.900]   * 0.850
+         noise Aliasing 30   0.100 [0.000, 0.450] -0.100 [-0.450, +0.300]     0.850
+        sig * : the 95% CI of the signed SROCC excludes 0 (significant at that level).
+        CIs: BCa bootstrap over images (1000 resamples, seed 0); the |SROCC| CI is |signed CI|,
+        from 0 where that contains 0.
+    """
+    level = f"{100 * confidence:g}%"
+    shown = pd.DataFrame(
+        {
+            "metric": table["metric"],
+            "score": table["score"],
+            "group": table["group"],
+            "n": table["n"],
+            "|SROCC|": table["abs_srocc"].map("{:.3f}".format),
+            f"|SROCC| {level} CI": [
+                _format_interval(lo, hi, signed=False)
+                for lo, hi in zip(table["abs_ci_low"], table["abs_ci_high"])
+            ],
+            "SROCC": table["srocc"].map("{:+.3f}".format),
+            f"SROCC {level} CI": [
+                _format_interval(lo, hi, signed=True)
+                for lo, hi in zip(table["ci_low"], table["ci_high"])
+            ],
+            "sig": ["*" if flag else "" for flag in table["significant"].astype(bool)],
+            "IRV": table["irv"].map("{:.3f}".format),
+        }
     )
-    columns = ["metric", "score", "group", "n", "abs_srocc", "ci", "srocc", "irv"]
     if (shown["group"].astype(str) == corr.ALL_GROUP).all():
-        columns.remove("group")
-    return shown[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        shown = shown.drop(columns="group")
+    legend = [
+        f"sig * : the {level} CI of the signed SROCC excludes 0 (significant at that level).",
+        f"CIs: BCa bootstrap over images ({n_boot} resamples, seed {seed}); the |SROCC| CI is "
+        "|signed CI|, from 0 where that contains 0.",
+    ]
+    return "\n".join([shown.to_string(index=False), *legend])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -376,7 +428,7 @@ def _run(args: argparse.Namespace) -> int:
         figures = _plots(out, table, joined, scores, on, metric_columns, score_columns, reader, args)
         figures.to_csv(out / "figures.csv", index=False)
 
-    print(_format_table(table))
+    print(format_table(table, args.confidence, args.n_boot, args.seed))
     _note(f"wrote {out}/srocc.csv, irv.csv, per_image.csv" + ("" if args.no_plots else " and PNGs"))
     if args.strict and not report.complete:
         return EXIT_PARTIAL

@@ -220,16 +220,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="also write per-pixel DFD maps (metric.distance_map of the scored images, 0 outside "
         "--mask) of every scored volume: DIR/<volume>.h5 (one float32 (slices, H, W) dataset per "
-        "DFD, slice_num, attributes) and DIR/<volume>/<metric>_slice<NNN>.png (magma colour map, "
-        "0 to the volume's 99th percentile). Costs one more encoder pass per DFD and batch. DFDs "
-        "without a per-position form (e.g. DISTS) and pixel metrics are skipped with a note; each "
-        "DDP process writes the maps of its own files",
+        "DFD, slice_num, attributes) and DIR/<volume>/<metric>_slice<NNN>.png (for viewing: magma "
+        "colour map from 0 to the volume's 99th percentile, upscaled to >= 256 px, with a colour "
+        "bar). Costs one more encoder pass per DFD and batch. DFDs without a per-position form "
+        "(e.g. DISTS) and pixel metrics are skipped with a note; each DDP process writes the maps "
+        "of its own files",
     )
     parser.add_argument(
         "--maps-format",
         type=_formats,
         default=("png", "h5"),
         help="what --maps writes: png, h5 or png,h5 (default)",
+    )
+    parser.add_argument(
+        "--maps-underlay",
+        action="store_true",
+        help="draw the PNG maps over the reference image in gray (the map's opacity rises with its "
+        "value), to see the anatomy under the error; the h5 maps do not change",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -287,6 +294,7 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
         mask=args.mask,
         maps_dir=args.maps,
         maps_format=args.maps_format,
+        maps_underlay=args.maps_underlay,
         protocol=args.protocol,
         seed=args.seed,
     )
