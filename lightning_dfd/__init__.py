@@ -11,6 +11,7 @@ from typing import Any
 
 from lightning_dfd.metrics import (
     DISTS,
+    HFFD,
     LPIPS,
     NMSE,
     PSNR,
@@ -19,6 +20,7 @@ from lightning_dfd.metrics import (
     VAEFD,
     DeepFeatureDistance,
     DFDCollection,
+    FrechetDFD,
     ResNetFD,
     TimmFD,
     build_metric,
@@ -39,5 +41,5 @@ except ModuleNotFoundError as _err:
                               "of lightning-dfd does not include: pip install 'lightning-dfd[recon]'")
 
 __version__ = "0.1.0"
-__all__ = ["DFDCallback", "DFDCollection", "DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
-           "DeepFeatureDistance", "ResNetFD", "TimmFD", "build_metric", "is_dfd"]
+__all__ = ["DFDCallback", "DFDCollection", "DISTS", "HFFD", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
+           "DeepFeatureDistance", "FrechetDFD", "ResNetFD", "TimmFD", "build_metric", "is_dfd"]

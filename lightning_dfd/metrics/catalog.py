@@ -27,6 +27,7 @@ METRICS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "ssfd": ("lightning_dfd.metrics.ssfd", "SSFD", {}),
     "vaefd": ("lightning_dfd.metrics.vaefd", "VAEFD", {}),
     "timm_fd": ("lightning_dfd.metrics.timm", "TimmFD", {}),
+    "hf_fd": ("lightning_dfd.metrics.hf", "HFFD", {}),
 }
 #: The one list of pixel metrics (every other catalog name is a DFD).
 PIXEL_METRICS: tuple[str, ...] = ("psnr", "ssim", "nmse")
