@@ -44,12 +44,13 @@ instead), so every feature position covers the image and maps and masks align wi
 Example:
     >>> import tempfile, torch
     >>> from transformers import ViTConfig, ViTModel
-    >>> folder = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory(); folder = tmp.name
     >>> ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
     ...                    intermediate_size=64, patch_size=8, image_size=32)).save_pretrained(folder)
     >>> net = HFFDNetwork(folder, layers=(1, -1))
     >>> [tuple(f.shape) for f in net(torch.rand(2, 1, 40, 48))]
     [(2, 32, 5, 6), (2, 32, 5, 6)]
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 Example:
     >>> import tempfile, torch
     >>> from transformers import ViTConfig, ViTModel
-    >>> folder = tempfile.mkdtemp()
+    >>> tmp = tempfile.TemporaryDirectory(); folder = tmp.name
     >>> ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
     ...                    intermediate_size=64, patch_size=8, image_size=32)).save_pretrained(folder)
     >>> x = torch.rand(2, 32, 32)
     >>> float(hf_fd(x, x, model_name_or_path=folder))
     0.0
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class HFFD(DeepFeatureDistance):
         >>> import tempfile, torch
         >>> from transformers import Dinov2Config, Dinov2Model
         >>> from lightning_dfd import HFFD
-        >>> folder = tempfile.mkdtemp()
+        >>> tmp = tempfile.TemporaryDirectory(); folder = tmp.name
         >>> _ = torch.manual_seed(0)
         >>> Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         ...                          intermediate_size=64, patch_size=14)).save_pretrained(folder)
@@ -50,6 +50,7 @@ class HFFD(DeepFeatureDistance):
         >>> metric.update(x, x)
         >>> float(metric.compute())
         0.0
+        >>> tmp.cleanup()
     """
 
     def __init__(
