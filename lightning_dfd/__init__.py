@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 #: Every public name and the module it comes from (imported on first access, then kept here).
-__all__ = ["DFDCallback", "DFDCollection", "DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
-           "DeepFeatureDistance", "ResNetFD", "TimmFD", "build_metric", "build_suite", "is_dfd"]
+__all__ = ["DFDCallback", "DFDCollection", "DISTS", "HFFD", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
+           "DeepFeatureDistance", "FrechetDFD", "ResNetFD", "TimmFD", "build_metric", "build_suite", "is_dfd"]
 _EXPORTS = {name: "lightning_dfd.callbacks" if name == "DFDCallback" else "lightning_dfd.metrics"
             for name in __all__}
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see: the same names, imported ea
     from lightning_dfd.callbacks import DFDCallback
     from lightning_dfd.metrics import (
         DISTS,
+        HFFD,
         LPIPS,
         NMSE,
         PSNR,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see: the same names, imported ea
         VAEFD,
         DeepFeatureDistance,
         DFDCollection,
+        FrechetDFD,
         ResNetFD,
         TimmFD,
         build_metric,

@@ -112,6 +112,8 @@ _ROWS = (
                convention=_DFD_CONVENTION),
     MetricSpec("timm_fd", "lightning_dfd.metrics.timm:TimmFD", label="timm feature distance", maps=True,
                convention=_DFD_CONVENTION),
+    MetricSpec("hf_fd", "lightning_dfd.metrics.hf:HFFD", label="Hugging Face feature distance", maps=True,
+               convention=_DFD_CONVENTION),
 )
 
 #: name -> :class:`MetricSpec`, the one table.

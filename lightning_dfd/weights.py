@@ -25,6 +25,11 @@ twice): a file that differs from the pinned version is refused with its own and 
 (``$LIGHTNING_DFD_DOWNLOAD_TIMEOUT`` seconds, default 60), and are renamed into place only when
 complete and verified: an interrupted or wrong download never sits under the real name.
 
+**Model folders** (the Hugging Face rows of ``HFFD``, ``arch="hf:<model_type>"``) are the folder
+``$LIGHTNING_DFD_HOME/<name>/`` holding ``model.safetensors`` (the registered ``filename``
+``<name>/model.safetensors``: the one file resolved, checked against pins and pinned) and its
+``companions`` ``config.json`` and ``preprocessor_config.json`` (fetched with it, not checksummed).
+
 Every file is loaded with ``torch.load(weights_only=True)``: a checkpoint that carries code is
 refused, and the code never runs.
 
@@ -188,6 +193,11 @@ class WeightSpec:
         source: ``"url"`` (downloadable) or ``"package"`` (shipped inside ``package``).
         package: the installed package that ships the file (``source="package"``).
         prefix_paths: other places the package's installer may put it, relative to ``sys.prefix``.
+        license: the license of the weights as their publisher states it (SPDX id where there is
+            one; "see model card" where this table does not know), shown by ``weights list``.
+        companions: other files of a model *folder*, published next to ``url`` and fetched into
+            the folder of ``filename`` with it (a Hugging Face folder: ``config.json``,
+            ``preprocessor_config.json``); only ``filename`` itself is checked against sha256s.
     """
 
     name: str
@@ -201,12 +211,19 @@ class WeightSpec:
     source: str = "url"
     package: str | None = None
     prefix_paths: tuple[str, ...] = ()
+    license: str = "see model card"
+    companions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # The file name decides where a download is written: one plain name inside the weights
-        # home; a package file is a relative path that stays inside its package / sys.prefix.
+        # home (a model folder with companions: ``folder/file``, both plain); a package file is a
+        # relative path that stays inside its package / sys.prefix.
         if self.source == "url":
-            check_plain_name(self.filename, f"weights {self.name!r}: file name")
+            parts = Path(self.filename).parts
+            if len(parts) != (2 if self.companions else 1):
+                check_plain_name(self.filename, f"weights {self.name!r}: file name")
+            for name in (*parts, *self.companions):
+                check_plain_name(name, f"weights {self.name!r}: file name")
         for relative in (self.filename, *self.prefix_paths):
             if Path(relative).is_absolute():
                 raise ValueError(f"weights {self.name!r}: {relative!r} must be a relative path")
@@ -222,6 +239,14 @@ class WeightSpec:
     def origin(self) -> str:
         """Where the file comes from: its URL, or ``package <name>``."""
         return f"package {self.package} ({self.filename})" if self.source == "package" else self.url
+
+    @property
+    def hub_id(self) -> str | None:
+        """The Hugging Face repository of a model-folder row (``arch="hf:..."``), else None."""
+        prefix = "https://huggingface.co/"
+        if not self.arch.startswith("hf:") or not self.url.startswith(prefix):
+            return None
+        return "/".join(self.url[len(prefix):].split("/")[:2])
 
 
 _SSFD_HUB = "https://huggingface.co/philadamson93/SSFD/resolve/main/"
@@ -247,14 +272,37 @@ SSFD_VARIANTS: dict[str, str] = {
 TIMM_WEIGHTS = [
     WeightSpec(name=f"{model}.{tag}", filename=f"timm-{model}.{tag}.safetensors",
                url=f"https://huggingface.co/timm/{model}.{tag}/resolve/main/model.safetensors",
-               arch=f"timm:{model}", description=f"timm {model} ({what})")
-    for model, tag, what in (
-        ("convnext_tiny", "fb_in1k", "ConvNeXt-T, ImageNet-1k"),
-        ("convnext_tiny", "in12k_ft_in1k", "ConvNeXt-T, ImageNet-12k fine-tuned on 1k"),
-        ("efficientnet_b0", "ra_in1k", "EfficientNet-B0, ImageNet-1k, RandAugment"),
-        ("vit_small_patch14_dinov2", "lvd142m", "DINOv2 ViT-S/14, self-supervised on LVD-142M"),
-        ("vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-S/16, ImageNet-21k fine-tuned on 1k"),
-        ("resnet50", "a1_in1k", "ResNet-50, ImageNet-1k, timm A1 recipe"),
+               arch=f"timm:{model}", description=f"timm {model} ({what})", license=license)
+    for model, tag, what, license in (
+        ("convnext_tiny", "fb_in1k", "ConvNeXt-T, ImageNet-1k", "see model card"),
+        ("convnext_tiny", "in12k_ft_in1k", "ConvNeXt-T, ImageNet-12k fine-tuned on 1k", "see model card"),
+        ("efficientnet_b0", "ra_in1k", "EfficientNet-B0, ImageNet-1k, RandAugment", "Apache-2.0"),
+        ("vit_small_patch14_dinov2", "lvd142m", "DINOv2 ViT-S/14, self-supervised on LVD-142M",
+         "Apache-2.0"),
+        ("vit_small_patch16_224", "augreg_in21k_ft_in1k", "ViT-S/16, ImageNet-21k fine-tuned on 1k",
+         "Apache-2.0"),
+        ("resnet50", "a1_in1k", "ResNet-50, ImageNet-1k, timm A1 recipe", "Apache-2.0"),
+    )
+]
+
+#: Hugging Face model folders for ``HFFD(model_name_or_path=<name or hub id>)``: ``arch`` is
+#: ``hf:<model_type>``. A row is the folder ``$LIGHTNING_DFD_HOME/<name>/`` holding the hub's
+#: ``model.safetensors`` (``filename``: the file that is checked, pinned and resolved) and its
+#: ``companions`` (``config.json``, ``preprocessor_config.json``: fetched with it, not checksummed).
+#: The hub publishes no sha256 that could be checked here offline: unpinned (``weights verify
+#: --record <name> <folder>/model.safetensors`` pins a copy you trust).
+HF_FOLDERS = [
+    WeightSpec(name=name, filename=f"{name}/model.safetensors",
+               url=f"https://huggingface.co/{hub_id}/resolve/main/model.safetensors",
+               arch=f"hf:{model_type}", description=f"{what} ({hub_id}; transformers folder)",
+               license=license, companions=("config.json", "preprocessor_config.json"))
+    for name, hub_id, model_type, what, license in (
+        ("rad-dino", "microsoft/rad-dino", "dinov2",
+         "RAD-DINO: DINOv2 ViT-B/14 trained on chest X-rays", "MIT"),
+        ("medsam-vit-base", "wanglab/medsam-vit-base", "sam",
+         "MedSAM: SAM ViT-B fine-tuned on medical image-mask pairs", "Apache-2.0"),
+        ("dinov2-small", "facebook/dinov2-small", "dinov2", "DINOv2 ViT-S/14 (LVD-142M)", "Apache-2.0"),
+        ("dinov2-base", "facebook/dinov2-base", "dinov2", "DINOv2 ViT-B/14 (LVD-142M)", "Apache-2.0"),
     )
 ]
 
@@ -264,19 +312,19 @@ TABLE: tuple[WeightSpec, ...] = (
         name="vgg16-imagenet", filename="vgg16-397923af.pth",
         url="https://download.pytorch.org/models/vgg16-397923af.pth", arch="vgg16",
         sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
-        sha256_prefix="397923af",
+        sha256_prefix="397923af", license="BSD-3-Clause",
         description="torchvision VGG-16 (IMAGENET1K_V1): the LPIPS and DISTS backbone",
     ),
     WeightSpec(
         name="alexnet-imagenet", filename="alexnet-owt-7be5be79.pth",
         url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", arch="alexnet",
-        sha256_prefix="7be5be79",
+        sha256_prefix="7be5be79", license="BSD-3-Clause",
         description="torchvision AlexNet (IMAGENET1K_V1): the LPIPS-Alex backbone",
     ),
     WeightSpec(
         name="resnet50-imagenet", filename="resnet50-0676ba61.pth",
         url="https://download.pytorch.org/models/resnet50-0676ba61.pth", arch="resnet50",
-        sha256_prefix="0676ba61",
+        sha256_prefix="0676ba61", license="BSD-3-Clause",
         description="torchvision ResNet-50 (IMAGENET1K_V1)",
     ),
     WeightSpec(
@@ -309,7 +357,7 @@ TABLE: tuple[WeightSpec, ...] = (
         WeightSpec(
             name=f"lpips-{net}-{version}", filename=f"weights/{version}/{net}.pth",
             url="https://pypi.org/project/lpips/0.1.4/", arch=f"lpips-linear-{net}", sha256=digest,
-            size=size, source="package", package="lpips",
+            size=size, source="package", package="lpips", license="BSD-2-Clause",
             description=f"LPIPS linear layers for {net} ({version}), shipped in the lpips wheel",
         )
         for net, version, digest, size in (
@@ -325,10 +373,11 @@ TABLE: tuple[WeightSpec, ...] = (
         name="dists-alpha-beta", filename="weights.pt", url="https://pypi.org/project/DISTS-pytorch/0.1/",
         arch="dists-alpha-beta",
         sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218", size=12288,
-        source="package", package="DISTS_pytorch", prefix_paths=("weights.pt",),
+        source="package", package="DISTS_pytorch", prefix_paths=("weights.pt",), license="MIT",
         description="DISTS alpha/beta, shipped in the DISTS_pytorch wheel (inside it or at sys.prefix)",
     ),
     *TIMM_WEIGHTS,
+    *HF_FOLDERS,
 )
 
 _REGISTRY: dict[str, WeightSpec] = {spec.name: spec for spec in TABLE}
@@ -415,8 +464,15 @@ def search_paths(spec: WeightSpec) -> list[Path]:
         folder = _package_dir(spec.package or "")
         inside = [folder / spec.filename] if folder is not None else []
         return inside + [Path(sys.prefix) / p for p in spec.prefix_paths]
+    if spec.companions:  # a model folder lives in the weights home only
+        return [weights_home() / spec.filename]
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     return [weights_home() / spec.filename, hub / spec.filename]
+
+
+def missing_companions(spec: WeightSpec, path: Path) -> list[str]:
+    """The companion files of a model-folder row that are not next to ``path`` (its main file)."""
+    return [name for name in spec.companions if not (path.parent / name).is_file()]
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -593,6 +649,15 @@ def _missing_message(spec: WeightSpec, reason: str, *, fetching: bool = False) -
         fetch = f", or unset ${OFFLINE_ENV} to let `lightning-dfd weights fetch` download it"
     else:
         fetch = ""
+    if spec.companions:
+        folder = (weights_home() / spec.filename).parent
+        base = spec.url.rsplit("/", 1)[0]
+        files = ", ".join((Path(spec.filename).name, *spec.companions))
+        return (
+            f"weights {spec.name!r} ({spec.description or spec.arch}) not found: {reason}. It is a "
+            f"model folder: put {files} from {base}/ (sha256 of {Path(spec.filename).name}: {checksum}) "
+            f"into {folder}/ (or set ${HOME_ENV}){fetch}. {TRY_RANDOM}"
+        )
     return (
         f"weights {spec.name!r} ({spec.description or spec.arch}) not found: {reason}. "
         f"Download {spec.url} (sha256 {checksum}) and save it as {weights_home() / spec.filename} "
@@ -603,8 +668,54 @@ def _missing_message(spec: WeightSpec, reason: str, *, fetching: bool = False) -
 # -- download --------------------------------------------------------------------------------------
 
 
+def _stream(spec: WeightSpec, url: str, dst: Path, timeout: float) -> tuple[Path, str, int]:
+    """Download ``url`` to a temporary file next to ``dst``: ``(temporary path, sha256, size)``.
+
+    Raises:
+        MissingWeightsError: a network error, a timeout or a short body (nothing is kept).
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest, size = hashlib.sha256(), 0
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "lightning-dfd"})
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    size += len(block)
+            if length is not None and size != int(length):
+                raise ConnectionError(f"the connection closed after {size} of {length} bytes")
+        except TimeoutError as err:
+            raise MissingWeightsError(_missing_message(
+                spec, f"download from {url} timed out after {timeout:g} s without data "
+                      f"(${TIMEOUT_ENV} sets the limit)")) from err
+        except (OSError, urllib.error.URLError, ValueError, ConnectionError) as err:
+            if isinstance(getattr(err, "reason", None), TimeoutError):
+                raise MissingWeightsError(_missing_message(
+                    spec, f"download from {url} timed out after {timeout:g} s "
+                          f"(${TIMEOUT_ENV} sets the limit)")) from err
+            raise MissingWeightsError(_missing_message(
+                spec, f"download from {url} failed ({type(err).__name__}: {err}); nothing was kept"
+            )) from err
+        except Exception as err:  # http.client.IncompleteRead and friends
+            raise MissingWeightsError(_missing_message(
+                spec, f"download from {url} was interrupted ({type(err).__name__}: {err}); "
+                      "nothing was kept")) from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp, digest.hexdigest(), size
+
+
 def download(spec: WeightSpec, *, timeout: float | None = None, allow_offline: bool = False) -> Path:
     """Download a registered file into :func:`weights_home`, verified before it gets its name.
+
+    A model-folder row (``companions``) first gets its missing companion files (from the folder of
+    ``spec.url``), then its main file, which alone is checked against sha256s.
 
     Args:
         spec: what to download.
@@ -620,44 +731,43 @@ def download(spec: WeightSpec, *, timeout: float | None = None, allow_offline: b
     if offline() and not allow_offline:
         raise MissingWeightsError(_missing_message(spec, f"offline (${OFFLINE_ENV}=1)", fetching=True))
     timeout = download_timeout() if timeout is None else timeout
-    dst = contained_path(weights_home(), spec.filename, what="weights file name")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{spec.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
+    dst = contained_path(weights_home(), *Path(spec.filename).parts, what="weights file name")
+    folder = dst.parent if spec.companions and not dst.parent.exists() else None
     try:
-        digest, size = hashlib.sha256(), 0
-        try:
-            request = urllib.request.Request(spec.url, headers={"User-Agent": "lightning-dfd"})
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as response:
-                length = response.headers.get("Content-Length")
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    digest.update(block)
-                    size += len(block)
-            if length is not None and size != int(length):
-                raise ConnectionError(f"the connection closed after {size} of {length} bytes")
-        except TimeoutError as err:
-            raise MissingWeightsError(_missing_message(
-                spec, f"download from {spec.url} timed out after {timeout:g} s without data "
-                      f"(${TIMEOUT_ENV} sets the limit)")) from err
-        except (OSError, urllib.error.URLError, ValueError, ConnectionError) as err:
-            if isinstance(getattr(err, "reason", None), TimeoutError):
-                raise MissingWeightsError(_missing_message(
-                    spec, f"download from {spec.url} timed out after {timeout:g} s "
-                          f"(${TIMEOUT_ENV} sets the limit)")) from err
-            raise MissingWeightsError(_missing_message(
-                spec, f"download from {spec.url} failed ({type(err).__name__}: {err}); nothing was kept"
-            )) from err
-        except Exception as err:  # http.client.IncompleteRead and friends
-            raise MissingWeightsError(_missing_message(
-                spec, f"download from {spec.url} was interrupted ({type(err).__name__}: {err}); "
-                      "nothing was kept")) from err
-        actual, pins = digest.hexdigest(), pinned_sha256(spec)
+        return _download_into(spec, dst, timeout)
+    except BaseException:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # a model folder this call made, left empty: removed again
+        raise
+
+
+def _download_into(spec: WeightSpec, dst: Path, timeout: float) -> Path:
+    """Missing companions, then the main file; on failure the companions written here are removed."""
+    base, written = spec.url.rsplit("/", 1)[0], []
+    try:
+        for name in missing_companions(spec, dst):
+            tmp, _, _ = _stream(spec, f"{base}/{name}", dst.parent / name, timeout)
+            try:
+                os.replace(tmp, dst.parent / name)
+                written.append(dst.parent / name)
+            finally:
+                tmp.unlink(missing_ok=True)
+        return _download_main(spec, dst, timeout)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _download_main(spec: WeightSpec, dst: Path, timeout: float) -> Path:
+    tmp, actual, size = _stream(spec, spec.url, dst, timeout)
+    try:
+        pins = pinned_sha256(spec)
         if spec.sha256 is None and spec.sha256_prefix is None and not pins:
             warnings.warn(f"weights {spec.name!r} from {spec.url} are unpinned (no published sha256): "
                           f"got sha256 {actual} ({size:,} bytes); pin it with `lightning-dfd weights "
                           f"verify --record {spec.name} {dst}` if you trust it", UnpinnedWeightsWarning,
-                          stacklevel=2)
+                          stacklevel=4)
         elif not _accepted(actual, spec, pins):
             raise ChecksumError(
                 f"download of weights {spec.name!r} from {spec.url} failed its checksum: expected "
@@ -809,7 +919,8 @@ def status(spec: WeightSpec) -> tuple[str, Path | None]:
     """Where a registered file is and whether it checks out: ``(state, path)``.
 
     ``state`` is ``"found"``, ``"found (pinned by you)"``, ``"found (unpinned)"``,
-    ``"checksum mismatch"``, ``"not a file"`` or ``"missing"``.
+    ``"checksum mismatch"``, ``"not a file"``, ``"incomplete (no <files>)"`` (a model folder without
+    its companion files) or ``"missing"``.
     """
     for path in search_paths(spec):
         if not os.path.lexists(path):
@@ -818,6 +929,8 @@ def status(spec: WeightSpec) -> tuple[str, Path | None]:
             _check_file(path)
         except MissingWeightsError:
             return "not a file", path
+        if missing_companions(spec, path):
+            return f"incomplete (no {', '.join(missing_companions(spec, path))})", path
         pins = pinned_sha256(spec)
         ok = checksum_ok(path, spec)
         if ok is None:

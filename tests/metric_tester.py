@@ -7,8 +7,9 @@ a :class:`MetricCase`; ``tests/test_metric_harness.py`` runs every check on ever
 
 Weights: the DFDs are built from seeded random checkpoint files (torchvision layouts for
 LPIPS/DISTS/ResNetFD, the published SSFD layout, a small Med-VAE in the ``medvae`` package's
-layout). That is ``weights="random"`` made reproducible: the class, its functional form, the
-reference packages and every DDP process read exactly the same weights.
+layout, a tiny DINOv2 folder written by ``save_pretrained`` for HFFD). That is ``weights="random"``
+made reproducible: the class, its functional form, the reference packages and every DDP process
+read exactly the same weights.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lightning_dfd import DISTS, LPIPS, NMSE, PSNR, SSFD, SSIM, VAEFD, ResNetFD
+from lightning_dfd import DISTS, HFFD, LPIPS, NMSE, PSNR, SSFD, SSIM, VAEFD, ResNetFD
 from lightning_dfd import functional as F
 from tests.metric_fixtures import minmax01, mr_like_pair, rgb
 
@@ -43,6 +44,7 @@ class Weights:
     resnet50: Path
     ssfd: Path
     vaefd: Path
+    hf: Path  #: a transformers model folder (tiny DINOv2, ``tests/hf_models.py``)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def batches(n_batches: int = 2, seed: int = 11) -> list[tuple[Tensor, Tensor]]:
 
 
 def _dfd_cases(weights: Weights) -> list[MetricCase]:
+    from lightning_dfd.functional.hf import hf_fd
     from lightning_dfd.functional.ssfd import ssfd
     from lightning_dfd.functional.vaefd import vae_fd as vaefd
 
@@ -93,6 +96,8 @@ def _dfd_cases(weights: Weights) -> list[MetricCase]:
          functools.partial(F.resnet_fd, weights=weights.resnet50)),
         ("ssfd", SSFD, {"weights": weights.ssfd}, functools.partial(ssfd, weights=weights.ssfd)),
         ("vaefd", VAEFD, {"weights": weights.vaefd}, functools.partial(vaefd, weights=weights.vaefd)),
+        ("hf_fd", HFFD, {"model_name_or_path": weights.hf, "layers": (1, 2)},
+         functools.partial(hf_fd, model_name_or_path=weights.hf, layers=(1, 2))),
     ]
     cases = []
     for name, cls, kwargs, fn in specs:
@@ -144,7 +149,7 @@ def all_cases(weights: Weights) -> list[MetricCase]:
 
 
 CASE_NAMES = [f"{n}-{r}" for n in ("lpips_vgg", "lpips_alex", "lpips_vgg_nolin", "dists", "resnet_fd",
-                                   "ssfd", "vaefd", "psnr", "ssim", "ssim_gaussian", "nmse")
+                                   "ssfd", "vaefd", "hf_fd", "psnr", "ssim", "ssim_gaussian", "nmse")
               for r in DFD_REDUCTIONS]
 
 
@@ -210,6 +215,26 @@ def _vaefd_reference(model: torch.nn.Module) -> Callable[[Tensor, Tensor], Tenso
     return score
 
 
+def _hf_reference(folder: Path) -> Callable[[Tensor, Tensor], Tensor]:
+    """The tiny DINOv2 by its own transformers class: 64 px -> 70 px (5 patches of 14), tokens by hand."""
+    from tests.hf_models import mean_std_of, reference_tower
+
+    model = reference_tower("dinov2", folder)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in mean_std_of(folder))
+
+    def encode(x: Tensor) -> list[Tensor]:
+        x = torch.nn.functional.interpolate(minmax01(x)[:, None], size=(70, 70), mode="bilinear",
+                                            align_corners=False)[:, 0]
+        states = model(pixel_values=(rgb(x) - mean) / std, output_hidden_states=True).hidden_states
+        return [states[i][:, 1:].reshape(len(x), 5, 5, -1) for i in (1, 2)]  # CLS first
+
+    def score(preds: Tensor, target: Tensor) -> Tensor:
+        with torch.no_grad():
+            return sum((a - b).pow(2).mean(dim=(1, 2, 3)) for a, b in zip(encode(preds), encode(target)))
+
+    return score
+
+
 def _pixel_reference(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """scikit-image / fastMRI per image, data range = the target image's maximum."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -244,6 +269,7 @@ def references(weights: Weights, vae_model: torch.nn.Module,
         "resnet_fd": _resnet_reference(resnet_checkpoint),
         "ssfd": _ssfd_reference(),
         "vaefd": _vaefd_reference(vae_model),
+        "hf_fd": _hf_reference(weights.hf),
     }
     for name in ("psnr", "ssim", "ssim_gaussian", "nmse"):
         refs[name] = _pixel_reference(name)

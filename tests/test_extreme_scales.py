@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_dfd import DISTS, LPIPS, SSFD, VAEFD, ResNetFD, TimmFD
+from lightning_dfd import DISTS, HFFD, LPIPS, SSFD, VAEFD, ResNetFD, TimmFD
 from lightning_dfd.encoders.layers import GroupNorm
 from lightning_dfd.encoders.medvae import MedVAEConfig
 from lightning_dfd.encoders.ssfd import zscore
@@ -69,14 +70,27 @@ CASES: dict[str, Callable[..., DeepFeatureDistance]] = {
     "timm_convnext_mse": lambda **kw: TimmFD("convnext_atto", layers=(1, 2), weights="random", **kw),
     "timm_vit_unit": lambda **kw: TimmFD("vit_tiny_patch16_224", layers=(1, 3), weights="random",
                                          distance="unit", **kw),
+    "hf_dinov2_mse": lambda **kw: HFFD(_TINY_HF["dinov2"], layers=(1, 2), **kw),
+    "hf_dinov2_unit": lambda **kw: HFFD(_TINY_HF["dinov2"], layers=(1, 2), distance="unit", **kw),
 }
+#: kind -> folder of a tiny saved transformers model (written under pytest's tmp folder)
+_TINY_HF: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_hf_models(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from tests.hf_models import save_tiny
+
+    _TINY_HF["dinov2"] = save_tiny("dinov2", tmp_path_factory.mktemp("hf") / "dinov2")
 #: every DFD of the catalog -> the case that tests it (random weights stand in for the presets' files)
 CATALOG_CASES = {"lpips_vgg": "lpips_vgg", "lpips_alex": "lpips_alex", "lpips_vgg_nolin": "lpips_vgg_nolin",
                  "dists": "dists", "resnet_fd": "resnetfd", "rinfd": "resnetfd", "ssfd": "ssfd",
-                 "vaefd": "vaefd", "timm_fd": "timm_resnet18_mse"}
+                 "vaefd": "vaefd", "timm_fd": "timm_resnet18_mse", "hf_fd": "hf_dinov2_mse"}
 #: degree k of value(s * images) = s**k * value(images) for huge s (0: every other case, whose
 #: features are normalised; a mean squared distance has k = 2 but overflows float32 there)
-HOMOGENEITY_DEGREE = {"resnetfd_mae": 1, "timm_resnet18_mae": 1, "resnetfd": 2, "timm_resnet18_mse": 2}
+HOMOGENEITY_DEGREE = {"resnetfd_mae": 1, "timm_resnet18_mae": 1, "resnetfd": 2, "timm_resnet18_mse": 2,
+                      "hf_dinov2_mse": 2}
 #: relative / absolute tolerance against the float64 reference (and against scale 1 for minmax)
 TOLERANCE = {"fp32": (1e-3, 1e-6), "bf16": (5e-2, 1e-4)}
 

@@ -27,14 +27,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 #: What the extras bring; none may be installed by, or imported under, the core install.
 EXTRAS = ("lightning", "pytorch_lightning", "fastmri", "sigpy", "h5py", "pandas", "matplotlib",
-          "tensorboard", "jsonargparse", "timm")
+          "tensorboard", "jsonargparse", "timm", "transformers")
 
 SCORE = r"""
 import importlib.util, json, sys
 import torch
 torch.manual_seed(0)
 import lightning_dfd
-from lightning_dfd import DISTS, LPIPS, NMSE, PSNR, SSIM, ResNetFD, SSFD, VAEFD, TimmFD, DFDCallback
+from lightning_dfd import DISTS, LPIPS, NMSE, PSNR, SSIM, ResNetFD, SSFD, VAEFD, TimmFD, HFFD, DFDCallback
+from lightning_dfd import FrechetDFD
 from lightning_dfd import functional
 
 g = torch.Generator().manual_seed(1)
@@ -56,14 +57,20 @@ for name, build in builders.items():
     metric = build()
     metric.update(preds, target)
     scores[name] = float(metric.compute())
+torch.manual_seed(0)
+frechet = FrechetDFD("resnet_fd", weights="random")
+frechet.update(target, real=True)
+frechet.update(preds, real=False)
+scores["frechet_resnet_fd"] = float(frechet.compute())
 errors = {}
 optional = {"TimmFD": lambda: TimmFD("resnet18", weights="random"),
+            "HFFD": lambda: HFFD("microsoft/rad-dino", weights="random"),
             "DFDCallback": lambda: DFDCallback(["psnr"])}
 for name, build in optional.items():
     try:
         build()
         errors[name] = None
-    except ImportError as err:
+    except (ImportError, FileNotFoundError) as err:  # not installed; HFFD: no rad-dino folder here
         errors[name] = str(err)
 print(json.dumps({
     "scores": scores,
@@ -138,9 +145,11 @@ def test_wheel_installs_and_scores_without_extras(tmp_path, request):
     assert Path(installed["file"]).is_relative_to(venv), installed["file"]  # the wheel, not the source
     assert installed["imported"] == [] and installed["installed"] == [], installed
     assert "pip install 'lightning-dfd[timm]'" in installed["errors"]["TimmFD"]
+    assert "pip install 'lightning-dfd[hf]'" in installed["errors"]["HFFD"]
     assert "pip install 'lightning-dfd[recon]'" in installed["errors"]["DFDCallback"]
     assert set(installed["scores"]) == {"lpips_vgg", "lpips_alex", "lpips_vgg_nolin", "dists",
-                                        "resnet_fd", "ssfd", "vaefd", "psnr", "ssim", "nmse"}
+                                        "resnet_fd", "ssfd", "vaefd", "psnr", "ssim", "nmse",
+                                        "frechet_resnet_fd"}
 
     # The same numbers as the development environment (same seeds, same code).
     dev_env = dict(env, PYTHONPATH=str(ROOT))

@@ -41,8 +41,10 @@ def weights(torchvision_checkpoint, tmp_path_factory) -> Weights:
     torch.save({"model_state_dict": published_state()}, ssfd)
     vae = folder / "vaefd.ckpt"
     torch.save({"state_dict": _vae_model().state_dict()}, vae)
+    from tests.hf_models import save_tiny
+
     return Weights(vgg16=small["vgg16"], alexnet=small["alexnet"], resnet50=small["resnet50"],
-                   ssfd=ssfd, vaefd=vae)
+                   ssfd=ssfd, vaefd=vae, hf=save_tiny("dinov2", folder / "hf_dinov2", seed=5))
 
 
 _VAE: dict[str, torch.nn.Module] = {}
@@ -84,7 +86,7 @@ def test_every_metric_class_is_covered(cases):
 
     assert sorted(cases) == sorted(CASE_NAMES)
     classes = {type(case.build()).__name__ for case in cases.values()}
-    assert classes == {"LPIPS", "DISTS", "ResNetFD", "SSFD", "VAEFD", "PSNR", "SSIM", "NMSE"}
+    assert classes == {"LPIPS", "DISTS", "ResNetFD", "SSFD", "VAEFD", "HFFD", "PSNR", "SSIM", "NMSE"}
     for case in cases.values():
         assert isinstance(case.build(), _VolumeMetric if case.pixel else DeepFeatureDistance)
 

@@ -106,6 +106,26 @@ def test_weights_list_command(capsys, tmp_path):
     assert "offline" in capsys.readouterr().out
 
 
+def test_weights_list_shows_licenses_and_model_folders(capsys):
+    folder = W.weights_home() / "rad-dino"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
+    assert lines["name"].split() == ["name", "state", "license", "file"]
+    assert "incomplete (no config.json, preprocessor_config.json)" in lines["rad-dino"]
+    assert " MIT " in lines["rad-dino"] and str(folder / "model.safetensors") in lines["rad-dino"]
+    for name, license in (("medsam-vit-base", "Apache-2.0"), ("dinov2-small", "Apache-2.0"),
+                          ("dinov2-base", "Apache-2.0"), ("vgg16-imagenet", "BSD-3-Clause"),
+                          ("lpips-vgg-v0.1", "BSD-2-Clause"), ("dists-alpha-beta", "MIT"),
+                          ("ssfd-fastmri-knee", "see model card")):
+        assert f" {license} " in lines[name], lines[name]
+    assert W.get_spec("medsam-vit-base").hub_id == "wanglab/medsam-vit-base"
+    assert W.get_spec("vgg16-imagenet").hub_id is None
+    assert all(spec.license for spec in W.TABLE)
+
+
 # -- one table, provenance, pins ------------------------------------------------------------------
 
 

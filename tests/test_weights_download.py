@@ -148,3 +148,35 @@ def test_served_checkpoint_carrying_code_never_runs(server, online):
             W.load_checkpoint(spec.name)
     assert spec.url in str(info.value) and spec.name in str(info.value)
     assert not server["marker"].exists()
+
+
+def _folder_spec(server, path: str, name: str = "loopback-folder") -> W.WeightSpec:
+    """A model-folder row (as the Hugging Face rows): ``<name>/model.safetensors`` + companions."""
+    return W.register(W.WeightSpec(name, f"{name}/model.safetensors", server["base"] + path, arch="hf:test",
+                                   sha256=hashlib.sha256(server["good"]).hexdigest(),
+                                   companions=("config.json", "preprocessor_config.json")), overwrite=True)
+
+
+def test_model_folder_fetches_its_companions(server, online, capsys):
+    spec = _folder_spec(server, "/repo/good")
+    assert W.status(spec)[0] == "missing"
+    assert main(["weights", "fetch", spec.name, "--timeout", "5"]) == 0
+    assert "found (downloaded)" in capsys.readouterr().out
+    folder = W.weights_home() / spec.name
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors",
+                                                        "preprocessor_config.json"]
+    assert sorted(server["requests"]) == ["/repo/config.json", "/repo/good", "/repo/preprocessor_config.json"]
+    assert W.resolve(spec.name) == folder / "model.safetensors"
+    (folder / "config.json").unlink()  # a folder without its config is reported, and fetched again
+    assert W.status(spec)[0] == "incomplete (no config.json)"
+    assert main(["weights", "fetch", spec.name, "--timeout", "5"]) == 0
+    assert W.status(spec)[0] == "found"
+
+
+def test_model_folder_with_wrong_weights_leaves_nothing(server, online):
+    spec = _folder_spec(server, "/wrong")
+    with pytest.raises(W.ChecksumError, match="deleted"):
+        W.download(spec, timeout=5)
+    assert _leftovers() == []  # the companions it wrote and the folder it made are gone
+    with pytest.raises(W.MissingWeightsError, match=r"model folder: put model.safetensors, config.json"):
+        W.resolve(spec.name, allow_download=False)

@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``weights`` and its three actions."""
     parser = subparsers.add_parser(
         "weights", help="list, download, verify or pin pretrained weights",
-        description="list: where each known checkpoint is and whether it checks out; fetch: download "
+        description="list: where each known checkpoint is, whether it checks out, and its license; "
+                    "fetch: download "
                     "the missing ones (not when LIGHTNING_DFD_OFFLINE=1); verify: check sha256; "
                     "verify --record NAME PATH: pin a file you trust.")
     parser.add_argument("action", choices=("list", "fetch", "verify"))
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown weights {unknown}; known: {sorted(specs)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"weights home: {W.weights_home()}  (offline: {W.offline()})")
+    print(f"{'name':28s} {'state':22s} {'license':16s} file")
     failed = 0
     for name in names:
         spec = specs[name]
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         except W.WeightsError as err:  # an unreadable pins file
             print(str(err), file=sys.stderr)
             return EXIT_BAD_INPUT
-        if args.action == "fetch" and state in ("missing", "checksum mismatch") and spec.source == "url":
+        fetchable = state in ("missing", "checksum mismatch") or state.startswith("incomplete")
+        if args.action == "fetch" and fetchable and spec.source == "url":
             try:
                 path, state = W.download(spec, timeout=args.timeout), "found (downloaded)"
             except W.WeightsError as err:
@@ -83,5 +86,6 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
         where = path or (W.weights_home() / spec.filename if spec.source == "url" else spec.origin)
         checksum = spec.checksum or "unpinned"
-        print(f"{name:28s} {state:22s} {where}\n{'':28s} {spec.origin} (sha256 {checksum})")
+        print(f"{name:28s} {state:22s} {spec.license:16s} {where}\n"
+              f"{'':28s} {spec.origin} (sha256 {checksum})")
     return EXIT_PARTIAL if failed else EXIT_OK
