@@ -21,6 +21,7 @@ from lightning_dfd.metrics import (
     DFDCollection,
     ResNetFD,
     TimmFD,
+    VolumeDFD,
     build_metric,
     is_dfd,
 )
@@ -40,4 +41,5 @@ except ModuleNotFoundError as _err:
 
 __version__ = "0.1.0"
 __all__ = ["DFDCallback", "DFDCollection", "DISTS", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
-           "DeepFeatureDistance", "ResNetFD", "TimmFD", "build_metric", "is_dfd"]
+           "DeepFeatureDistance", "ResNetFD", "TimmFD", "VolumeDFD", "build_metric",
+           "is_dfd"]

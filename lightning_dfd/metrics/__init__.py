@@ -11,7 +11,8 @@ from lightning_dfd.metrics.resnet import ResNetFD
 from lightning_dfd.metrics.ssfd import SSFD
 from lightning_dfd.metrics.timm import TimmFD
 from lightning_dfd.metrics.vaefd import VAEFD
+from lightning_dfd.metrics.volume import VolumeDFD
 
 __all__ = ["DFDCollection", "DISTS", "LPIPS", "METRICS", "NMSE", "PIXEL_METRICS", "PSNR", "SSFD", "SSIM",
-           "VAEFD", "DeepFeatureDistance", "EncoderPass", "ResNetFD", "TimmFD", "build_metric", "is_dfd",
-           "metric_class"]
+           "VAEFD", "DeepFeatureDistance", "EncoderPass", "ResNetFD", "TimmFD", "VolumeDFD", "build_metric",
+           "is_dfd", "metric_class"]
