@@ -22,6 +22,11 @@ one process per device with ``strategy="ddp"``, whole files per process, rows ga
 With ``maps_dir`` every scored volume's per-pixel DFD maps are written too
 (:mod:`lightning_dfd.analysis.maps`).
 
+With ``volumetric=True`` the scored unit is the volume (:func:`build_volume_metrics`): each DFD is a
+:class:`~lightning_dfd.metrics.VolumeDFD` over ``planes`` (after resampling to isotropic voxels
+with ``spacing``), the pixel metrics are fastMRI's per-volume values, and both tables hold one row
+per volume (``volume, n_slices, <metric>...``).
+
 Example:
     >>> import tempfile, h5py, numpy as np
     >>> root = Path(tempfile.mkdtemp())
@@ -59,6 +64,7 @@ __all__ = [
     "FilePair",
     "FileProblem",
     "build_metrics",
+    "build_volume_metrics",
     "column_conventions",
     "protocol_defaults",
     "describe_error",
@@ -163,6 +169,13 @@ class EvaluationConfig:
         maps_format: Any of ``("png", "h5")`` (default both).
         protocol: The ``--protocol`` name the other fields came from (written into the map files;
             informational, None: not from a preset).
+        volumetric: Score whole volumes (one row per volume): every DFD as a
+            :class:`~lightning_dfd.metrics.VolumeDFD`, the pixel metrics per volume as fastMRI.
+            Needs ``slices="all"``, ``data_range="volume"``, ``scale="none"``, ``mask="none"`` and
+            no ``maps_dir``.
+        planes: The planes of the volumetric DFDs (default all three; ``volumetric`` only).
+        spacing: ``(dz, dy, dx)`` voxel sizes in mm: resample every volume to isotropic voxels
+            before the volumetric DFDs slice it (``volumetric`` only; None: the grid as stored).
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -180,6 +193,9 @@ class EvaluationConfig:
     maps_dir: Path | None = None
     maps_format: tuple[str, ...] = ("png", "h5")
     protocol: str | None = None
+    volumetric: bool = False
+    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         from lightning_dfd.metrics import METRICS
@@ -217,6 +233,29 @@ class EvaluationConfig:
             stray = [name for name in self.weights if name not in self.metrics]
             if stray:
                 raise ValueError(f"weights given for metric(s) {stray} not in {list(self.metrics)}")
+        self._check_volumetric()
+
+    def _check_volumetric(self) -> None:
+        from lightning_dfd.metrics.volume import PLANES, parse_planes, parse_spacing
+
+        object.__setattr__(self, "planes", parse_planes(self.planes))
+        object.__setattr__(self, "spacing", parse_spacing(self.spacing))
+        if not self.volumetric:
+            if self.planes != PLANES or self.spacing is not None:
+                raise ValueError("`planes` and `spacing` apply to volumetric scoring only: pass "
+                                 "volumetric=True (--volumetric)")
+            return
+        conflicts = {name: getattr(self, name) for name, wanted in
+                     (("slices", "all"), ("data_range", "volume"), ("scale", "none"), ("mask", "none"))
+                     if getattr(self, name) != wanted}
+        if self.maps_dir is not None:
+            conflicts["maps_dir"] = self.maps_dir
+        if conflicts:
+            raise ValueError(
+                "volumetric scoring takes every slice of each volume with fastMRI's per-volume data "
+                "range, unmasked and without maps (--protocol fastmri, no --slices center, --data-range "
+                f"image, --mask or --maps), but got {conflicts}"
+            )
 
     def weights_for(self, name: str) -> str | None:
         """The weights argument of one metric (None: its default)."""
@@ -357,6 +396,32 @@ def _build(base: str, name: str, kwargs: dict[str, Any]) -> Any:
         raise ValueError(f"metric {name!r} cannot be built with {kwargs}: {err}") from err
 
 
+def build_volume_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
+    """The metrics of a volumetric ``config`` on ``config.device``, each giving one value per volume.
+
+    DFDs become :class:`~lightning_dfd.metrics.VolumeDFD` of the catalog metric (``config.weights``,
+    ``config.precision``) over ``config.planes`` with ``config.spacing``; pixel metrics keep
+    per-volume values (update them with one ``volume_ids`` value and the volume's maximum as
+    ``data_range``, as ``fastmri.evaluate``). ``extra`` keyword arguments go to every metric.
+    """
+    from lightning_dfd.metrics import VolumeDFD, is_dfd
+
+    metrics: dict[str, Any] = {}
+    for name in config.metrics:
+        base, preset = EXTRA_METRICS.get(name, (name, {}))
+        if not is_dfd(base):
+            metrics[name] = _build(base, name, {"reduction": "none", **preset, **extra}).to(config.device)
+            continue
+        kwargs: dict[str, Any] = dict(preset)
+        if config.weights_for(name) is not None:
+            kwargs["weights"] = config.weights_for(name)
+        if config.precision != "fp32":
+            kwargs["precision"] = config.precision
+        metrics[name] = VolumeDFD(_build(base, name, kwargs), planes=config.planes, spacing=config.spacing,
+                                  reduction="none", **extra).to(config.device)
+    return metrics
+
+
 def protocol_defaults(protocol: str) -> dict[str, Any]:
     """:class:`EvaluationConfig` fields of a scoring protocol.
 
@@ -402,6 +467,8 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         f"Gaussian window, sigma 1.5, K1=0.01, K2=0.03; {data_range}",
         "nmse": "NMSE, ||target - prediction||^2 / ||target||^2 (fastmri.evaluate.nmse)",
     }
+    if config.volumetric:
+        return _volume_conventions(config, fixed)
     out = {"volume": "file name without .h5", "slice": f"slice index in the file ({slices})"}
     for name in config.metrics:
         if is_dfd(name):
@@ -414,6 +481,29 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         if config.mask == "foreground":
             out[name] += ("; over the foreground of each reference slice (lightning_dfd.spatial."
                           "foreground_mask: Otsu threshold, holes filled, largest component)")
+    return out
+
+
+def _volume_conventions(config: EvaluationConfig, fixed: dict[str, str]) -> dict[str, str]:
+    """:func:`column_conventions` of volumetric scoring: one row per volume."""
+    from lightning_dfd.metrics import is_dfd
+
+    spacing = "the voxel grid as stored"
+    if config.spacing is not None:
+        spacing = (f"each volume first resampled from spacing (dz, dy, dx) = {config.spacing} mm to "
+                   f"isotropic voxels of {min(config.spacing)} mm (trilinear on the magnitude)")
+    out = {"volume": "file name without .h5", "n_slices": "slices (D) of the stored volume"}
+    for name in config.metrics:
+        if is_dfd(name):
+            weights = config.weights_for(name) or "the metric's default weights"
+            out[name] = (f"VolumeDFD of the deep feature distance {name} (lower is better), weights "
+                         f"{weights}: mean over the planes {', '.join(config.planes)} of the mean over "
+                         "each plane's slices (axial = the stored (H, W) slices, coronal (D, W), sagittal "
+                         "(D, H); a plane thinner than the encoder accepts is skipped with a warning); "
+                         f"{spacing}; each slice min/max-normalised by the metric; encoder in "
+                         f"{config.precision}")
+        else:
+            out[name] = fixed[name] + "; one value per volume as fastmri.evaluate (over all its slices)"
     return out
 
 
@@ -514,6 +604,8 @@ def evaluate(
         Errors of metric construction (unknown weights, missing checkpoint) before any file is
         read.
     """
+    if config.volumetric:
+        return _evaluate_volumes(pairs, config, devices, progress, num_nodes, strategy, accelerator)
     from lightning_dfd.analysis.engine import run_evaluation  # lightning only when scoring
 
     rows, summaries, problems, is_zero, maps = run_evaluation(
@@ -532,3 +624,17 @@ def _collect(rows, summaries, problems, config: EvaluationConfig) -> EvaluationR
     images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
     volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
     return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)
+
+
+def _evaluate_volumes(pairs, config, devices, progress, num_nodes, strategy, accelerator) -> EvaluationResult:
+    """:func:`evaluate` with ``config.volumetric``: both tables hold one row per volume."""
+    from lightning_dfd.analysis.engine import run_volume_evaluation  # lightning only when scoring
+
+    rows, problems, is_zero = run_volume_evaluation(
+        pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
+        progress=progress,
+    )  # fmt: skip
+    columns = ["volume", "n_slices", *config.metrics]
+    volumes = pd.DataFrame(rows, columns=columns).sort_values("volume", ignore_index=True)
+    problems = sorted(problems, key=lambda p: p.file)
+    return EvaluationResult(volumes, volumes.copy(), problems, is_global_zero=is_zero)

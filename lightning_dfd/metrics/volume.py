@@ -66,7 +66,7 @@ from lightning_dfd.metrics.encoder_pass import weights_digest
 from lightning_dfd.metrics.sync import IdleRankSafeSync
 from lightning_dfd.preprocess import REDUCTIONS, check_choice, magnitude
 
-__all__ = ["PLANES", "VolumeDFD", "isotropic"]
+__all__ = ["PLANES", "VolumeDFD", "isotropic", "parse_planes", "parse_spacing"]
 
 #: The planes a volume ``(D, H, W)`` is sliced along (see the module docstring).
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
@@ -83,7 +83,13 @@ def _empty(state: list | Tensor) -> bool:
     return isinstance(state, list) and not state
 
 
-def _checked_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
+def parse_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
+    """The ``planes`` argument as a tuple of distinct plane names; anything else is an error.
+
+    Example:
+        >>> parse_planes("axial"), parse_planes(["coronal", "sagittal"])
+        (('axial',), ('coronal', 'sagittal'))
+    """
     parsed = (planes,) if isinstance(planes, str) else tuple(planes)
     if not parsed or any(p not in PLANES for p in parsed) or len(set(parsed)) != len(parsed):
         raise ValueError(f"Argument `planes` must be a non-empty selection of distinct planes among "
@@ -91,7 +97,13 @@ def _checked_planes(planes: str | Sequence[str]) -> tuple[str, ...]:
     return parsed
 
 
-def _checked_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+def parse_spacing(spacing: Sequence[float] | None) -> tuple[float, float, float] | None:
+    """The ``spacing`` argument as three positive finite floats ``(dz, dy, dx)``, or None.
+
+    Example:
+        >>> parse_spacing([3, 0.5, 0.5])
+        (3.0, 0.5, 0.5)
+    """
     if spacing is None:
         return None
     try:
@@ -130,7 +142,7 @@ def isotropic(volumes: Tensor, spacing: Sequence[float]) -> Tensor:
         >>> isotropic(v, (2.0, 1.0, 1.0))[0, :, 0, 0]  # dz = 2 dx: a sample between each pair
         tensor([0.0000, 0.5000, 1.0000, 1.5000, 2.0000])
     """
-    spacing = _checked_spacing(spacing)
+    spacing = parse_spacing(spacing)
     size = _resampled_shape(volumes.shape[-3:], spacing)
     if size == tuple(volumes.shape[-3:]):
         return volumes
@@ -227,8 +239,8 @@ class VolumeDFD(IdleRankSafeSync, Metric):
                             f"{type(metric).__name__}")
         check_choice("reduction", reduction, REDUCTIONS)
         self.metric = metric
-        self.planes = _checked_planes(planes)
-        self.spacing = _checked_spacing(spacing)
+        self.planes = parse_planes(planes)
+        self.spacing = parse_spacing(spacing)
         self.reduction = reduction
         self._warned = False
         if reduction == "mean":
