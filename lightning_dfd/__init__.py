@@ -21,7 +21,8 @@ __version__ = "0.1.0"
 
 #: Every public name and the module it comes from (imported on first access, then kept here).
 __all__ = ["DFDCallback", "DFDCollection", "DISTS", "HFFD", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
-           "DeepFeatureDistance", "FrechetDFD", "ResNetFD", "TimmFD", "build_metric", "build_suite", "is_dfd"]
+           "DeepFeatureDistance", "FrechetDFD", "ResNetFD", "TimmFD", "VolumeDFD", "build_metric",
+           "build_suite", "is_dfd"]
 _EXPORTS = {name: "lightning_dfd.callbacks" if name == "DFDCallback" else "lightning_dfd.metrics"
             for name in __all__}
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see: the same names, imported ea
         FrechetDFD,
         ResNetFD,
         TimmFD,
+        VolumeDFD,
         build_metric,
         build_suite,
         is_dfd,

@@ -17,6 +17,12 @@
   in DDP each process writes the maps of its own files (disjoint files, so no two processes
   write the same path).
 
+Volumetric scoring (``evaluate --volumetric``, :func:`run_volume_evaluation`) runs the same kind of
+loop over whole volumes: :class:`VolumePairDataset` (one item per file), whole files per process
+(balanced by slice count), and :class:`VolumeEvaluationModule`, which scores each volume with
+:func:`~lightning_dfd.analysis.evaluation.build_volume_metrics` (VolumeDFDs and fastMRI's per-volume
+pixel metrics) and gathers the rows at the end.
+
 Only imported when ``evaluate`` runs (it needs ``lightning``, from the ``[analysis]`` extra).
 """
 
@@ -34,6 +40,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_dfd.analysis.evaluation import (
@@ -44,12 +51,14 @@ from lightning_dfd.analysis.evaluation import (
     FilePair,
     FileProblem,
     build_metrics,
+    build_volume_metrics,
     describe_error,
     load_pair,
     read_shape,
     select_slices,
     volume_of,
 )
+from lightning_dfd.metrics import VolumeDFD
 
 __all__ = [
     "SPAWNING_STRATEGIES",
@@ -57,9 +66,13 @@ __all__ = [
     "FileShardSampler",
     "SlicePairDataset",
     "VolumeEntry",
+    "VolumeEvaluationModule",
+    "VolumePairDataset",
+    "WholeVolumeSampler",
     "evaluate",
     "index_files",
     "run_evaluation",
+    "run_volume_evaluation",
     "shard_files",
 ]
 
@@ -532,6 +545,8 @@ def evaluate(
         Errors of metric construction (unknown weights, missing checkpoint) before any file is
         read.
     """
+    if config.volumetric:
+        return _evaluate_volumes(pairs, config, devices, progress, num_nodes, strategy, accelerator)
     rows, summaries, problems, is_zero, maps = run_evaluation(
         pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy,
         accelerator=accelerator, progress=progress,
@@ -548,3 +563,167 @@ def _collect(rows, summaries, problems, config: EvaluationConfig) -> EvaluationR
     images = pd.DataFrame(rows, columns=columns).sort_values(list(KEY_COLUMNS), ignore_index=True)
     volumes = pd.DataFrame(summaries, columns=["volume", "n_slices", *config.metrics])
     return EvaluationResult(images, volumes.sort_values("volume", ignore_index=True), problems)
+
+
+# ------------------------------------------------------------------ volumetric scoring
+
+
+class VolumePairDataset(Dataset):
+    """The scored volumes, one item per file pair (one volume read at a time).
+
+    Item keys: ``file`` (entry index), ``preds`` and ``target`` (``(D, H, W)`` float32 magnitudes),
+    ``data_range`` (the reference volume's maximum, float64); or ``file`` and ``error`` (a message)
+    when the file's data could not be read.
+    """
+
+    def __init__(self, entries: Sequence[VolumeEntry], config: EvaluationConfig) -> None:
+        self.entries = list(entries)
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            preds, target = load_pair(self.entries[index].pair, self.config)
+        except Exception as err:  # a bad file never stops the others
+            return {"file": index, "error": describe_error(err)}
+        return {"file": index, "preds": torch.from_numpy(np.ascontiguousarray(preds)),
+                "target": torch.from_numpy(np.ascontiguousarray(target)),
+                "data_range": torch.tensor(float(target.max()), dtype=torch.float64)}  # fmt: skip
+
+
+class WholeVolumeSampler(Sampler[list[int]]):
+    """Batches of one dataset index each: this process's volumes (:func:`shard_files` by slice count).
+
+    A process without files yields one empty batch, so that it still runs the epoch-end gather.
+    """
+
+    def __init__(self, sizes: Sequence[int], num_replicas: int = 1, rank: int = 0) -> None:
+        self.batches = [[file] for file in shard_files(sizes, num_replicas)[rank]] or [[]]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _one_volume(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate: a batch is one volume (``{}`` for a process without files)."""
+    return items[0] if items else {}
+
+
+class VolumeEvaluationModule(LightningModule):
+    """Scores one volume per batch with the volumetric suite; rows gathered at the end.
+
+    After ``trainer.predict``, :attr:`gathered` holds ``(rows, problems)`` of every process.
+    """
+
+    def __init__(self, dataset: VolumePairDataset, config: EvaluationConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dataset = dataset
+        # a submodule dict: Lightning moves the metrics to the loop's device
+        self.metrics = nn.ModuleDict(build_volume_metrics(replace(config, device="cpu"),
+                                                          sync_on_compute=False))
+        self.rows: list[dict[str, Any]] = []
+        self.problems: list[FileProblem] = []
+        self.gathered: tuple[list, list] | None = None
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Score one volume; a failure (too thin for every plane, NaN, ...) drops it, never the run."""
+        if not batch:
+            return
+        entry = self.dataset.entries[batch["file"]]
+        if "error" in batch:
+            self.problems.append(FileProblem(entry.pair.name, batch["error"], "read"))
+            return
+        preds, target = batch["preds"], batch["target"]
+        n = preds.shape[0]
+        values = {}
+        try:
+            with torch.no_grad():
+                for name, metric in self.metrics.items():
+                    metric.reset()
+                    if isinstance(metric, VolumeDFD):
+                        metric.update(preds[None], target[None])
+                    else:  # fastMRI: one volume, data range = its reference's maximum
+                        metric.update(preds, target, data_range=batch["data_range"].expand(n),
+                                      volume_ids=torch.zeros(n, dtype=torch.long, device=preds.device))
+                    values[name] = metric.compute()
+        except Exception as err:
+            self.problems.append(FileProblem(entry.pair.name, describe_error(err), "score"))
+            return
+        row: dict[str, Any] = {"volume": entry.pair.volume, "n_slices": n}
+        for name in self.config.metrics:
+            value = values[name].detach().double().cpu().reshape(-1)
+            if value.numel() != 1:
+                self.problems.append(FileProblem(entry.pair.name, f"metric {name!r} gave {value.numel()} "
+                                                 "values for one volume", "score"))
+                return
+            row[name] = float(value[0])
+        self.rows.append(row)
+
+    def on_predict_epoch_end(self) -> None:
+        """Gather every process's rows and problems (``all_gather_object``)."""
+        local = (self.rows, self.problems)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            everyone: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, local)
+        else:
+            everyone = [local]
+        self.gathered = tuple([item for part in everyone for item in part[k]] for k in range(2))  # type: ignore[assignment]
+
+
+def run_volume_evaluation(
+    pairs: Sequence[FilePair],
+    config: EvaluationConfig,
+    devices: int | str | list[int] = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str | None = None,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[FileProblem], bool]:
+    """Score every pair as one volume in a Lightning prediction loop (``config.volumetric``).
+
+    Returns:
+        ``(rows, problems, is_global_zero)``; every process gets every row.
+
+    Raises:
+        ValueError: A strategy whose workers cannot hand the rows back (``ddp_spawn`` ...).
+    """
+    if str(strategy) in SPAWNING_STRATEGIES:
+        raise ValueError(
+            f"--strategy {strategy} runs the scoring in worker processes that cannot hand the rows "
+            "back; use --strategy ddp (one process per device, launched by Lightning or torchrun)"
+        )
+    entries, problems = index_files(pairs, config)
+    dataset = VolumePairDataset(entries, config)
+    module = VolumeEvaluationModule(dataset, config)  # metric construction errors (weights) come first
+    accel, devs = _trainer_device(config, accelerator, devices)
+    with _quiet_lightning():
+        trainer = Trainer(accelerator=accel, devices=devs, num_nodes=num_nodes, strategy=strategy,
+                          logger=False, enable_checkpointing=False, enable_model_summary=False,
+                          enable_progress_bar=progress, use_distributed_sampler=False,
+                          inference_mode=False)  # fmt: skip
+        sampler = WholeVolumeSampler([len(entry.slices) for entry in entries], trainer.world_size,
+                                     trainer.global_rank)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_one_volume, num_workers=0)
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    if module.gathered is None:
+        raise RuntimeError("the evaluation loop did not finish on this process")
+    rows, scored_problems = module.gathered
+    return rows, problems + scored_problems, trainer.is_global_zero
+
+
+def _evaluate_volumes(pairs, config, devices, progress, num_nodes, strategy, accelerator) -> EvaluationResult:
+    """:func:`evaluate` with ``config.volumetric``: both tables hold one row per volume."""
+    rows, problems, is_zero = run_volume_evaluation(
+        pairs, config, devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
+        progress=progress,
+    )  # fmt: skip
+    columns = ["volume", "n_slices", *config.metrics]
+    volumes = pd.DataFrame(rows, columns=columns).sort_values("volume", ignore_index=True)
+    problems = sorted(problems, key=lambda p: p.file)
+    return EvaluationResult(volumes, volumes.copy(), problems, is_global_zero=is_zero)

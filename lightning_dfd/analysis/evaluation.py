@@ -23,6 +23,11 @@ this module holds the pieces it runs on (pairing, reading, configuration, conven
 With ``maps_dir`` every scored volume's per-pixel DFD maps are written too
 (:mod:`lightning_dfd.analysis.maps`).
 
+With ``volumetric=True`` the scored unit is the volume (:func:`build_volume_metrics`): each DFD is a
+:class:`~lightning_dfd.metrics.VolumeDFD` over ``planes`` (after resampling to isotropic voxels
+with ``spacing``), the pixel metrics are fastMRI's per-volume values, and both tables hold one row
+per volume (``volume, n_slices, <metric>...``).
+
 Example:
     >>> pairs, problems = pair_files(Path("predictions"), Path("references"))  # doctest: +SKIP
 
@@ -41,6 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from lightning_dfd.catalog import CATALOG
 from lightning_dfd.preprocess import center_crop
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "FilePair",
     "FileProblem",
     "build_metrics",
+    "build_volume_metrics",
     "column_conventions",
     "protocol_defaults",
     "describe_error",
@@ -161,6 +168,13 @@ class EvaluationConfig:
             informational, None: not from a preset).
         seed: The seed every ``weights="random"`` encoder is built under
             (:func:`lightning_dfd.weights.seeded_random_weights`): equal runs, equal ranks.
+        volumetric: Score whole volumes (one row per volume): every DFD as a
+            :class:`~lightning_dfd.metrics.VolumeDFD`, the pixel metrics per volume as fastMRI.
+            Needs ``slices="all"``, ``data_range="volume"``, ``scale="none"``, ``mask="none"`` and
+            no ``maps_dir``.
+        planes: The planes of the volumetric DFDs (default all three; ``volumetric`` only).
+        spacing: ``(dz, dy, dx)`` voxel sizes in mm: resample every volume to isotropic voxels
+            before the volumetric DFDs slice it (``volumetric`` only; None: the grid as stored).
     """
 
     metrics: tuple[str, ...] = ("psnr", "ssim", "nmse")
@@ -180,6 +194,9 @@ class EvaluationConfig:
     maps_underlay: bool = False
     protocol: str | None = None
     seed: int = 0
+    volumetric: bool = False
+    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         from lightning_dfd.catalog import check_names
@@ -220,6 +237,29 @@ class EvaluationConfig:
             stray = [name for name in self.weights if name not in self.metrics]
             if stray:
                 raise ValueError(f"weights given for metric(s) {stray} not in {list(self.metrics)}")
+        self._check_volumetric()
+
+    def _check_volumetric(self) -> None:
+        from lightning_dfd.metrics.volume import PLANES, parse_planes, parse_spacing
+
+        object.__setattr__(self, "planes", parse_planes(self.planes))
+        object.__setattr__(self, "spacing", parse_spacing(self.spacing))
+        if not self.volumetric:
+            if self.planes != PLANES or self.spacing is not None:
+                raise ValueError("`planes` and `spacing` apply to volumetric scoring only: pass "
+                                 "volumetric=True (--volumetric)")
+            return
+        conflicts = {name: getattr(self, name) for name, wanted in
+                     (("slices", "all"), ("data_range", "volume"), ("scale", "none"), ("mask", "none"))
+                     if getattr(self, name) != wanted}
+        if self.maps_dir is not None:
+            conflicts["maps_dir"] = self.maps_dir
+        if conflicts:
+            raise ValueError(
+                "volumetric scoring takes every slice of each volume with fastMRI's per-volume data "
+                "range, unmasked and without maps (--protocol fastmri, no --slices center, --data-range "
+                f"image, --mask or --maps), but got {conflicts}"
+            )
 
     def weights_for(self, name: str) -> str | None:
         """The weights argument of one metric (None: its default)."""
@@ -406,6 +446,33 @@ def build_metrics(config: EvaluationConfig, **extra: Any) -> tuple[Any, Any]:
     return per_image.to(config.device), per_volume
 
 
+def build_volume_metrics(config: EvaluationConfig, **extra: Any) -> dict[str, Any]:
+    """The metrics of a volumetric ``config`` on ``config.device``, each giving one value per volume.
+
+    DFDs become :class:`~lightning_dfd.metrics.VolumeDFD` of the catalog metric (``config.weights``,
+    ``config.precision``, random weights seeded by ``config.seed``) over ``config.planes`` with
+    ``config.spacing``; pixel metrics keep per-volume values (update them with one ``volume_ids``
+    value and the volume's maximum as ``data_range``, as ``fastmri.evaluate``). ``extra`` keyword
+    arguments go to every metric.
+    """
+    from lightning_dfd.metrics import VolumeDFD
+    from lightning_dfd.metrics.suite import build_metric
+    from lightning_dfd.weights import seeded_random_weights
+
+    metrics: dict[str, Any] = {}
+    with seeded_random_weights(config.seed):
+        for name in config.metrics:
+            if not CATALOG[name].is_dfd:
+                metrics[name] = build_metric(name, reduction="none", **extra).to(config.device)
+                continue
+            kwargs: dict[str, Any] = {"precision": config.precision}
+            if config.weights_for(name) is not None:
+                kwargs["weights"] = config.weights_for(name)
+            metrics[name] = VolumeDFD(build_metric(name, **kwargs), planes=config.planes,
+                                      spacing=config.spacing, reduction="none", **extra).to(config.device)
+    return metrics
+
+
 def protocol_defaults(protocol: str) -> dict[str, Any]:
     """:class:`EvaluationConfig` fields of a scoring protocol.
 
@@ -435,14 +502,14 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
         >>> conventions["ssim"].split(": ")[1].split(";")[0]
         '7x7 uniform window, sample covariance, K1=0.01, K2=0.03'
     """
-    from lightning_dfd.catalog import CATALOG
-
     data_range = {
         "volume": "data range = maximum of the reference volume (fastMRI)",
         "image": "data range = maximum of each reference slice (meddlr's ref-maxval)",
     }[config.data_range]
     scale = "" if config.scale == "none" else "; each slice pair divided by its reference slice's maximum"
     slices = "every slice" if config.slices == "all" else "the centre slice (n // 2) of each volume"
+    if config.volumetric:
+        return _volume_conventions(config, data_range)
     out = {"volume": "file name without .h5", "slice": f"slice index in the file ({slices})"}
     for name in config.metrics:
         spec = CATALOG[name]
@@ -460,6 +527,30 @@ def column_conventions(config: EvaluationConfig) -> dict[str, str]:
             out[name] += ("; over the foreground of each reference slice (lightning_dfd.masks."
                           "foreground_mask: the object above the background noise, holes filled, "
                           "largest component)")
+    return out
+
+
+def _volume_conventions(config: EvaluationConfig, data_range: str) -> dict[str, str]:
+    """:func:`column_conventions` of volumetric scoring: one row per volume."""
+    spacing = "the voxel grid as stored"
+    if config.spacing is not None:
+        spacing = (f"each volume first resampled from spacing (dz, dy, dx) = {config.spacing} mm to "
+                   f"isotropic voxels of {min(config.spacing)} mm (trilinear on the magnitude)")
+    out = {"volume": "file name without .h5", "n_slices": "slices (D) of the stored volume"}
+    for name in config.metrics:
+        if CATALOG[name].is_dfd:
+            weights = config.weights_for(name) or "the metric's default weights"
+            if weights == "random":
+                weights = f"random (seed {config.seed}, lightning_dfd.weights.seeded_random_weights)"
+            out[name] = (f"VolumeDFD of the deep feature distance {name} (lower is better), weights "
+                         f"{weights}: mean over the planes {', '.join(config.planes)} of the mean over "
+                         "each plane's slices (axial = the stored (H, W) slices, coronal (D, W), sagittal "
+                         "(D, H); a plane thinner than the encoder accepts is skipped with a warning); "
+                         f"{spacing}; each slice min/max-normalised by the metric; encoder in "
+                         f"{config.precision}")
+        else:
+            out[name] = (CATALOG[name].convention + ("" if name == "nmse" else f"; {data_range}")
+                         + "; one value per volume as fastmri.evaluate (over all its slices)")
     return out
 
 

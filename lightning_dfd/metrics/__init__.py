@@ -14,7 +14,8 @@ from lightning_dfd.metrics.ssfd import SSFD
 from lightning_dfd.metrics.suite import build_metric, build_suite, metric_class
 from lightning_dfd.metrics.timm import TimmFD
 from lightning_dfd.metrics.vaefd import VAEFD
+from lightning_dfd.metrics.volume import VolumeDFD
 
 __all__ = ["DFDCollection", "DISTS", "HFFD", "LPIPS", "METRICS", "NMSE", "PIXEL_METRICS", "PSNR", "SSFD",
            "SSIM", "VAEFD", "DeepFeatureDistance", "EncoderPass", "FrechetDFD", "ResNetFD", "TimmFD",
-           "build_metric", "build_suite", "is_dfd", "metric_class"]
+           "VolumeDFD", "build_metric", "build_suite", "is_dfd", "metric_class"]

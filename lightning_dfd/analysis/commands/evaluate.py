@@ -6,6 +6,10 @@ slice, <metric>...``, the input of ``lightning-dfd correlate``), a per-volume su
 and what each column holds (``results_columns.csv``: ``column, convention``), and prints the
 summary. ``--maps DIR`` also writes per-pixel DFD maps of every scored volume (``DIR/<volume>.h5``
 and ``DIR/<volume>/<metric>_slice<NNN>.png``, see :mod:`lightning_dfd.analysis.maps`).
+``--volumetric`` scores each file's ``(D, H, W)`` volume as a whole: one row per volume in
+``results.csv`` and ``results_volumes.csv`` (``volume, n_slices, <metric>...``), each DFD as a
+:class:`~lightning_dfd.metrics.VolumeDFD` over ``--planes`` (after ``--spacing`` resampling), the
+pixel metrics per volume as ``fastmri.evaluate``.
 
 Example:
     lightning-dfd evaluate --target ref/ --predictions recon/ \
@@ -77,6 +81,27 @@ def _formats(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"--maps-format: expected some of {','.join(MAP_FORMATS)}, "
                                          f"got {text!r}")
     return formats
+
+
+def _planes(text: str) -> tuple[str, ...]:
+    """``--planes``: ``axial,coronal`` -> ``("axial", "coronal")``."""
+    from lightning_dfd.metrics.volume import parse_planes
+
+    try:
+        return parse_planes([item.strip() for item in text.split(",") if item.strip()])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--planes: {err}") from err
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    """``--spacing``: ``3,0.5,0.5`` -> ``(3.0, 0.5, 0.5)`` (dz, dy, dx in mm)."""
+    from lightning_dfd.metrics.volume import parse_spacing
+
+    try:
+        return parse_spacing([float(item) for item in text.split(",")])  # type: ignore[return-value]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--spacing: expected three positive voxel sizes dz,dy,dx in mm, "
+                                         f"got {text!r}") from err
 
 
 def launched_rank(devices: int | list[int] | str = 1) -> int:
@@ -238,6 +263,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="draw the PNG maps over the reference image in gray (the map's opacity rises with its "
         "value), to see the anatomy under the error; the h5 maps do not change",
     )
+    parser.add_argument(
+        "--volumetric",
+        action="store_true",
+        help="score each file's (D, H, W) volume as a whole: one row per volume (volume, n_slices, "
+        "<metric>...) in <out> and <out>_volumes.csv; each DFD as a VolumeDFD (the mean over --planes "
+        "of the mean over each plane's slices), PSNR/SSIM/NMSE per volume as fastmri.evaluate. Needs "
+        "--protocol fastmri (every slice, volume data range); no --mask or --maps",
+    )
+    parser.add_argument(
+        "--planes",
+        type=_planes,
+        default=None,
+        help="with --volumetric: the planes the DFDs slice each volume along, any of axial (the "
+        "stored (H, W) slices), coronal ((D, W) slices), sagittal ((D, H) slices); default all three",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        metavar="DZ,DY,DX",
+        help="with --volumetric: voxel sizes in mm; every volume is resampled to isotropic voxels of "
+        "the finest one (trilinear on the magnitude) before the DFDs slice it (default: as stored)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -297,7 +345,18 @@ def config_from_args(args: argparse.Namespace, quiet: bool = False) -> Evaluatio
         maps_underlay=args.maps_underlay,
         protocol=args.protocol,
         seed=args.seed,
+        **_volumetric_fields(args),
     )
+
+
+def _volumetric_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields of ``--volumetric``, ``--planes`` and ``--spacing`` (absent: the defaults)."""
+    fields: dict[str, Any] = {"volumetric": args.volumetric}
+    if args.planes is not None:
+        fields["planes"] = args.planes
+    if args.spacing is not None:
+        fields["spacing"] = args.spacing
+    return fields
 
 
 def check_outputs_apart(args: argparse.Namespace) -> None:
@@ -431,8 +490,9 @@ def run(args: argparse.Namespace) -> int:
     no_maps = sum(problem.stage == "maps" for problem in problems)
     ignored = sum(problem.stage == "ignored" for problem in problems)
     failed = len(problems) - no_maps - ignored
+    unit = "volume(s)" if args.volumetric else "image(s)"
     _note(
-        f"scored {scored} file(s), {len(result.images)} image(s); wrote {args.out}, "
+        f"scored {scored} file(s), {len(result.images)} {unit}; wrote {args.out}, "
         f"{volumes_path(args.out).name}, {errors_path(args.out).name} and "
         f"{columns_path(args.out).name}"
         + (f"; {failed} file(s) not scored (see above)" if failed else "")
