@@ -28,7 +28,6 @@ it: ``lightning_dfd.DFDCallback`` is then a stand-in that raises an ImportError 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -45,6 +44,7 @@ from torchmetrics import Metric
 from lightning_dfd.catalog import CATALOG
 from lightning_dfd.metrics.collection import DFDCollection
 from lightning_dfd.metrics.suite import build_suite
+from lightning_dfd.sample_ids import name_sample_id, volume_key
 
 
 def metric_mode(monitor: str) -> str:
@@ -167,19 +167,6 @@ def _num_dataloaders(trainer: Any, stage: str) -> int | None:
         return None
 
 
-def stable_id(*parts: Any) -> int:
-    """A non-negative int64 from a file name (and slice number) that is equal in every process.
-
-    Python's ``hash()`` of a string differs between processes; this is a BLAKE2b digest.
-
-    Example:
-        >>> stable_id("file1000.h5", 3) == stable_id("file1000.h5", 3) != stable_id("file1000.h5", 4)
-        True
-    """
-    digest = hashlib.blake2b("\x00".join(str(p) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
 def _as_list(value: Any, n: int, role: str) -> list:
     """A batch field (list/tuple of str, tensor, scalar) -> a list of ``n`` Python values."""
     if isinstance(value, Tensor):
@@ -278,7 +265,8 @@ class DFDCallback(Callback):
     ``ModelCheckpoint`` and every logger.
 
     * Target features are cached across epochs (``feature_cache=True``), keyed by
-      (``fname``, ``slice_num``) through :func:`stable_id`; without ``fname`` nothing is cached.
+      (``fname``, ``slice_num``) through :func:`~lightning_dfd.sample_ids.name_sample_id`;
+      without ``fname`` nothing is cached.
     * The metrics are not modules of the LightningModule and this callback's ``state_dict`` is
       empty: encoder weights never enter a checkpoint.
     * Pixel metrics (``psnr``, ``ssim``, ``nmse``) get ``data_range=max_value`` and per-volume
@@ -441,14 +429,14 @@ class DFDCallback(Callback):
             tag = (f"{stage}/dataloader_idx_{dataloader_idx}",) if own else ()
             if slices is not None:
                 slices = _as_list(slices, n, "slice_num")
-                ids = [stable_id(f, s, *tag) for f, s in zip(fnames, slices, strict=True)]
+                ids = [name_sample_id(f, s, *tag) for f, s in zip(fnames, slices, strict=True)]
             else:
-                ids = [stable_id(f, *tag) for f in fnames]
+                ids = [name_sample_id(f, 0, *tag) for f in fnames]
             if slices is None and len(set(ids)) < n:
                 ids = None  # one file, several images and no slice numbers: no cache key
             if ids is not None:
                 extra["sample_ids"] = torch.tensor(ids, dtype=torch.long, device=preds.device)
-            extra["volume_ids"] = torch.tensor([stable_id(f) for f in fnames], dtype=torch.long,
+            extra["volume_ids"] = torch.tensor([volume_key(f) for f in fnames], dtype=torch.long,
                                                device=preds.device)
         if found.get("max_value") is not None:
             data_range = torch.as_tensor(found["max_value"], device=preds.device).reshape(-1)

@@ -8,6 +8,7 @@ import torch
 from fastmri.data import SliceDataset
 from torch.utils.data import DataLoader
 
+from lightning_dfd.sample_ids import sample_id
 from recon_models.data import (
     FastMRISliceDataset,
     ReconSample,
@@ -40,7 +41,7 @@ def test_sample_fields_follow_the_contract(synthetic_dir):
     assert sample.crop_size.tolist() == [32, 32] and sample.crop_size.dtype == torch.int64
     assert sample.fname == "file_synth0003.h5"
     assert int(sample.volume_id) == 1  # second of the two selected files
-    assert int(sample.sample_id) == 10_000 + int(sample.slice_num)
+    assert int(sample.sample_id) == sample_id(1, int(sample.slice_num))
     for field in ("volume_id", "slice_num", "sample_id"):
         value = getattr(sample, field)
         assert value.shape == () and value.dtype == torch.int64

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from lightning_dfd import LPIPS, PSNR, DFDCallback
-from lightning_dfd.callbacks import padding_sampler_problem, stable_id
+from lightning_dfd.callbacks import padding_sampler_problem
+from lightning_dfd.sample_ids import volume_key
 
 TOL = 1e-6
 SCHEDULE = (0.6, 0.1, 0.8, 1.6, 3.2, 6.4)  # artifact strength per epoch: best at epoch 1
@@ -135,7 +136,7 @@ def _direct(cb: DFDCallback, epoch_outputs: list[dict]) -> dict[str, float]:
     for out in epoch_outputs:
         lpips.update(out["output"], out["target"])
         psnr.update(out["output"], out["target"], data_range=out["max_value"],
-                    volume_ids=torch.tensor([stable_id(f) for f in out["fname"]]))
+                    volume_ids=torch.tensor([volume_key(f) for f in out["fname"]]))
     return {"val/lpips_vgg": float(lpips.compute()), "val/psnr": float(psnr.compute())}
 
 

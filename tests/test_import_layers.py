@@ -18,7 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lightning_dfd", "recon_models")
 LEAVES = {"lightning_dfd.preprocess", "lightning_dfd.weights", "lightning_dfd.feature_cache",
-          "lightning_dfd.catalog", "lightning_dfd.masks", "lightning_dfd.files"}
+          "lightning_dfd.catalog", "lightning_dfd.masks", "lightning_dfd.files",
+          "lightning_dfd.sample_ids"}
 #: layer prefix -> prefixes it must never import
 FORBIDDEN = {
     "lightning_dfd.encoders": ("lightning_dfd.functional", "lightning_dfd.metrics", "lightning_dfd.spatial",

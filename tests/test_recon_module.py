@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from lightning_dfd.sample_ids import sample_id
 from recon_models.data.sample import ReconSample
 from recon_models.modules import ReconModule, build_metric_collection, center_crop
 from tests.test_models_networks import make_slice
@@ -37,7 +38,7 @@ def _volumes(crops: list[tuple[int, int]], slices: int = 3) -> list[ReconSample]
                 masked_kspace=kspace[0] / max_value, mask=mask[0], maps=maps[0],
                 target=target[0] / max_value, max_value=torch.tensor(1.0),
                 crop_size=torch.tensor(crop), volume_id=torch.tensor(volume),
-                slice_num=torch.tensor(s), sample_id=torch.tensor(volume * 10_000 + s),
+                slice_num=torch.tensor(s), sample_id=torch.tensor(sample_id(volume, s)),
                 fname=f"file{volume}.h5",
             ))  # fmt: skip
     return samples

@@ -30,6 +30,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_dfd.sample_ids import sample_id
 from recon_models.cli import run_cli
 from recon_models.data.synthetic import make_synthetic_dataset
 
@@ -155,7 +156,7 @@ def test_ddp_validation_equals_one_process_for_every_logged_metric(runs):
 def test_ddp_per_image_values_equal_one_process_in_sample_id_order(runs):
     _, single = runs["single"]
     _, ddp = runs["ddp"]
-    expected_ids = [volume * 10_000 + s for volume, n in enumerate(SLICES) for s in range(n)]
+    expected_ids = [sample_id(volume, s) for volume, n in enumerate(SLICES) for s in range(n)]
     assert single["world_size"] == 1
     assert single["ids"].tolist() == expected_ids  # each slice once, sorted by sample id
     assert ddp["ids"].tolist() == expected_ids

@@ -18,8 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,30 +31,12 @@ from lightning_dfd.preprocess import (
     real_pair_hint,
     validated_images,
 )
+from lightning_dfd.sample_ids import volume_key  # noqa: F401 - re-exported (was defined here)
 
 SSIM_WIN_SIZE = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 GAUSSIAN_WIN_SIZE, GAUSSIAN_SIGMA = 11, 1.5
 SSIM_WINDOWS = ("uniform", "gaussian")
-
-
-def volume_key(name: str) -> int:
-    """The int64 id a volume name (e.g. a fastMRI file name) is stored under.
-
-    The first 8 bytes of BLAKE2b of the UTF-8 name, read as a signed little-endian integer: the
-    same in every process and Python session (unlike ``hash()``), so named volumes split across
-    DDP processes meet again after sync. Two different names share an id with probability about
-    ``k**2 / 2**65`` for ``k`` names (below 1e-9 for 100,000 volumes).
-
-    Example:
-        >>> from lightning_dfd.functional.pixel import volume_key
-        >>> volume_key("file1000000.h5") == volume_key("file1000000.h5")
-        True
-        >>> volume_key("file1000000.h5") != volume_key("file1000001.h5")
-        True
-    """
-    digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
 
 
 def _bad_volume_ids(n: int, got: str) -> ValueError:

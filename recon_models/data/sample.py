@@ -29,8 +29,8 @@ class ReconSample(NamedTuple):
             metrics are computed.
         volume_id: ``()`` int64, index of the volume in the sorted file list of its split.
         slice_num: ``()`` int64.
-        sample_id: ``()`` int64, ``volume_id * 10_000 + slice_num`` (unique, stable across
-            processes).
+        sample_id: ``()`` int64, ``lightning_dfd.sample_ids.sample_id(volume_id, slice_num)``
+            (unique, stable across processes).
         fname: The volume's file name.
         num_slices: ``()`` int64, slices in the volume (``-1``: unknown), for slice-subset
             protocols such as ``ReconModule(dfd_slices="center")``.
@@ -59,6 +59,3 @@ class ReconSample(NamedTuple):
     fname: str
     num_slices: Tensor | int = -1
 
-
-SAMPLE_ID_STRIDE = 10_000
-"""``sample_id = volume_id * SAMPLE_ID_STRIDE + slice_num``; no volume has this many slices."""

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from fastmri.data.subsample import MaskFunc
 
+from lightning_dfd.sample_ids import sample_id
 from recon_models.data.errors import DataFormatError
 from recon_models.data.fastmri_format import (
     KSPACE_KEY,
@@ -21,7 +22,7 @@ from recon_models.data.fastmri_format import (
 )
 from recon_models.data.maps_cache import SensitivityCache
 from recon_models.data.masks import sample_mask, volume_seed
-from recon_models.data.sample import SAMPLE_ID_STRIDE, ReconSample
+from recon_models.data.sample import ReconSample
 from recon_models.data.sensitivity import sense_combine
 
 
@@ -187,7 +188,7 @@ class ReconTransform:
             crop_size=torch.tensor(crop, dtype=torch.int64),
             volume_id=torch.tensor(volume_id, dtype=torch.int64),
             slice_num=torch.tensor(slice_num, dtype=torch.int64),
-            sample_id=torch.tensor(volume_id * SAMPLE_ID_STRIDE + slice_num, dtype=torch.int64),
+            sample_id=torch.tensor(sample_id(volume_id, slice_num), dtype=torch.int64),
             fname=fname,
             num_slices=torch.tensor(self._num_slices(path, attrs), dtype=torch.int64),
         )

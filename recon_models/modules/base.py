@@ -25,7 +25,7 @@ from lightning_dfd.catalog import DFDS, PIXEL_METRICS, default_metrics, is_dfd_n
 from lightning_dfd.metrics import DFDCollection, is_dfd
 from lightning_dfd.metrics.suite import build_suite
 from lightning_dfd.preprocess import center_crop  # noqa: F401 - re-exported (its home moved)
-from recon_models.data.sample import SAMPLE_ID_STRIDE
+from lightning_dfd.sample_ids import split_sample_id
 
 #: The deep feature distances logged when a config names none (the paper's out-of-domain DFDs;
 #: the catalog's ``recon`` defaults).
@@ -400,7 +400,7 @@ class ImageQualityModule(LightningModule):
             writer = csv.writer(f)
             writer.writerow(["sample_id", "volume_id", "slice", *names])
             for sample_id in sorted(rows):
-                volume, slice_num = divmod(sample_id, SAMPLE_ID_STRIDE)
+                volume, slice_num = split_sample_id(sample_id)
                 writer.writerow([sample_id, volume, slice_num,
                                  *(rows[sample_id].get(name, "") for name in names)])
         return path
