@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_dfd.encoders.layers import unit_normalize
+
 # Options moved to lightning_dfd.encoders.options (one immutable EncoderOptions); the names stay
 # importable from here.
 from lightning_dfd.encoders.options import (  # noqa: E402, F401
@@ -115,6 +117,43 @@ def difference_maps(feats_a: list[Tensor], feats_b: list[Tensor], absolute: bool
     """
     return [((a - b).abs() if absolute else (a - b).pow(2)).mean(dim=1, keepdim=True)
             for a, b in zip(feats_a, feats_b, strict=True)]
+
+
+def channel_sum_maps(feats_a: list[Tensor], feats_b: list[Tensor],
+                     heads: Sequence[Callable[[Tensor], Tensor]] | None = None) -> list[Tensor]:
+    """LPIPS's per-position form: per layer ``(M, 1, h_l, w_l)`` squared differences over channels.
+
+    Summed over channels, or weighted by that layer's 1x1 ``heads[k]`` (LPIPS' linear layers).
+    The one place this is written: LPIPS (with and without linear layers) and the ``"unit"``
+    distance of TimmFD / HFFD (:func:`unit_difference_maps`) use it.
+    """
+    return [heads[k]((a - b) ** 2) if heads is not None else ((a - b) ** 2).sum(dim=1, keepdim=True)
+            for k, (a, b) in enumerate(zip(feats_a, feats_b, strict=True))]
+
+
+def unit_difference_maps(feats_a: list[Tensor], feats_b: list[Tensor]) -> list[Tensor]:
+    """LPIPS without linear layers on any features: :func:`channel_sum_maps` of channel-unit-normalised maps.
+
+    Example:
+        >>> import torch
+        >>> a = [torch.rand(2, 4, 6, 5)]
+        >>> float(summed_means(unit_difference_maps(a, [2 * a[0]])).abs().max()) < 1e-6  # scale-free
+        True
+    """
+    return channel_sum_maps([unit_normalize(a) for a in feats_a], [unit_normalize(b) for b in feats_b])
+
+
+def summed_means(maps: list[Tensor]) -> Tensor:
+    """Sum over layers of each ``(M, 1, h_l, w_l)`` map's spatial mean: ``(M,)``."""
+    total: Tensor | int = 0
+    for m in maps:
+        total = total + m.mean(dim=(2, 3), keepdim=True)
+    return total.flatten()  # type: ignore[union-attr]
+
+
+def unit_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
+    """LPIPS without linear layers on any features: ``(M,)`` (:func:`unit_difference_maps` summed)."""
+    return summed_means(unit_difference_maps(feats_a, feats_b))
 
 
 def masked_layer_means(maps: list[Tensor], mask: Tensor) -> Tensor:

@@ -66,8 +66,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_dfd import weights as W
-from lightning_dfd.encoders.base import FeatureDistanceNetwork, difference_maps
-from lightning_dfd.encoders.timm import _DISTANCES, TIMM_DISTANCES, make_norms_scale_safe, unit_normalize
+from lightning_dfd.encoders.base import FeatureDistanceNetwork, difference_maps, unit_difference_maps
+from lightning_dfd.encoders.timm import _DISTANCES, TIMM_DISTANCES, make_norms_scale_safe
 from lightning_dfd.preprocess import to_rgb
 
 HF_DISTANCES = TIMM_DISTANCES
@@ -363,5 +363,4 @@ class HFFDNetwork(FeatureDistanceNetwork):
         """Per-patch contributions ``(M, 1, h, w)`` per layer; ``distance`` is the sum of their means."""
         if self.distance_name != "unit":
             return difference_maps(feats_preds, feats_target, absolute=self.distance_name == "mae")
-        return [(unit_normalize(a) - unit_normalize(b)).pow(2).sum(dim=1, keepdim=True)
-                for a, b in zip(feats_preds, feats_target, strict=True)]
+        return unit_difference_maps(feats_preds, feats_target)

@@ -30,7 +30,7 @@ from lightning_dfd.encoders.backbones import (
     resolve_alias,
     vgg16_features,
 )
-from lightning_dfd.encoders.base import FeatureDistanceNetwork
+from lightning_dfd.encoders.base import FeatureDistanceNetwork, channel_sum_maps, summed_means
 from lightning_dfd.encoders.layers import unit_normalize
 from lightning_dfd.preprocess import to_rgb, to_signed_unit
 from lightning_dfd.weights import load_checkpoint, seeds_random_init
@@ -99,12 +99,7 @@ class LPIPSNetwork(FeatureDistanceNetwork):
 
     def distance(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> Tensor:
         """Sum over layers of the spatial mean of the (weighted) squared feature difference."""
-        total = 0
-        for k, (a, b) in enumerate(zip(feats_preds, feats_target, strict=True)):
-            diff = (a - b) ** 2
-            layer = self.lins[k](diff) if self.linear else diff.sum(dim=1, keepdim=True)
-            total = total + layer.mean(dim=(2, 3), keepdim=True)
-        return total.flatten()
+        return summed_means(self.layer_maps(feats_preds, feats_target))
 
     def layer_maps(self, feats_preds: list[Tensor], feats_target: list[Tensor]) -> list[Tensor]:
         """Per-position contributions ``(M, 1, h_l, w_l)`` per tap, before the spatial average.
@@ -112,8 +107,4 @@ class LPIPSNetwork(FeatureDistanceNetwork):
         The (weighted) squared feature difference summed over channels: the maps of
         ``lpips.LPIPS(spatial=True)`` before upsampling; ``distance`` is the sum of their means.
         """
-        maps = []
-        for k, (a, b) in enumerate(zip(feats_preds, feats_target, strict=True)):
-            diff = (a - b) ** 2
-            maps.append(self.lins[k](diff) if self.linear else diff.sum(dim=1, keepdim=True))
-        return maps
+        return channel_sum_maps(feats_preds, feats_target, self.lins if self.linear else None)

@@ -72,11 +72,6 @@ class MedVAEConfig:
     conv_downsample: bool = True
     mid_attention: bool = True
 
-    @property
-    def downsampling(self) -> int:
-        """Spatial compression factor (8 for ``kl-f8``)."""
-        return 2 ** (len(self.ch_mult) - 1)
-
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)

@@ -44,8 +44,10 @@ from lightning_dfd.encoders.base import (
     difference_maps,
     mean_absolute_distance,
     mean_squared_distance,
+    unit_difference_maps,
+    unit_distance,
 )
-from lightning_dfd.encoders.layers import scale_down, scale_down_groups, unit_normalize
+from lightning_dfd.encoders.layers import scale_down, scale_down_groups, unit_normalize  # noqa: F401
 from lightning_dfd.preprocess import to_rgb
 from lightning_dfd.weights import seeds_random_init
 
@@ -65,19 +67,6 @@ def import_timm() -> Any:
             "include: pip install 'lightning-dfd[timm]'"
         ) from err
     return timm
-
-
-def unit_distance(feats_a: list[Tensor], feats_b: list[Tensor]) -> Tensor:
-    """LPIPS without linear layers on any features: ``(M,)``.
-
-    Per layer: channel-unit-normalise both maps, square the difference, sum over channels,
-    average over positions; then sum over layers.
-    """
-    total = None
-    for a, b in zip(feats_a, feats_b, strict=True):
-        d = (unit_normalize(a) - unit_normalize(b)).pow(2).sum(dim=1).flatten(1).mean(dim=1)
-        total = d if total is None else total + d
-    return total
 
 
 _DISTANCES = {"mse": mean_squared_distance, "mae": mean_absolute_distance, "unit": unit_distance}
@@ -332,5 +321,4 @@ class TimmFDNetwork(FeatureDistanceNetwork):
         """
         if self.distance_name != "unit":
             return difference_maps(feats_preds, feats_target, absolute=self.distance_name == "mae")
-        return [(unit_normalize(a) - unit_normalize(b)).pow(2).sum(dim=1, keepdim=True)
-                for a, b in zip(feats_preds, feats_target, strict=True)]
+        return unit_difference_maps(feats_preds, feats_target)
