@@ -57,7 +57,8 @@ def test_directional_derivative_equals_central_difference(name):
     analytic = float((grad * direction).sum())
     h = 1e-5
     with torch.no_grad():
-        numeric = float((loss_fn(preds + h * direction, target) - loss_fn(preds - h * direction, target)) / (2 * h))
+        forward, backward = loss_fn(preds + h * direction, target), loss_fn(preds - h * direction, target)
+    numeric = float((forward - backward) / (2 * h))
     assert abs(analytic) > 1e-8
     assert analytic == pytest.approx(numeric, rel=0.05)
 
@@ -115,6 +116,9 @@ def test_reduction_and_errors():
     assert torch.allclose(DFDLoss(metric)(p, t), values.mean())
     assert torch.allclose(DFDLoss(metric, reduction="sum")(p, t), values.sum())
     assert metric.update_count == 0  # stateless
+    shared = sharing_encoder(metric, precision="bf16")  # same weights, bf16 autocast
+    assert shared.network is metric.network and shared.precision == "bf16" and metric.precision == "fp32"
+    assert torch.allclose(DFDLoss(shared)(p, t), values.mean(), rtol=0.05)
     with pytest.raises(ValueError, match="must name a deep feature distance"):
         DFDLoss("psnr")
     with pytest.raises(TypeError, match="only with a metric name"):
