@@ -254,3 +254,16 @@ def test_two_process_training_step_equals_one(tmp_path):
     for ranked in results:
         for a, b in zip(ranked, single, strict=True):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_shipped_dfdloss_config_parses(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from recon_models.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "unet_dfdloss", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["loss"] == {"l1": 1.0, "ssfd": 0.1} and "ssfd" in model["dfds"]
