@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 #: Every public name and the module it comes from (imported on first access, then kept here).
-__all__ = ["DFDCallback", "DFDCollection", "DISTS", "HFFD", "LPIPS", "NMSE", "PSNR", "SSFD", "SSIM", "VAEFD",
-           "DeepFeatureDistance", "FrechetDFD", "ResNetFD", "TimmFD", "VolumeDFD", "build_metric",
-           "build_suite", "is_dfd"]
-_EXPORTS = {name: "lightning_dfd.callbacks" if name == "DFDCallback" else "lightning_dfd.metrics"
-            for name in __all__}
+__all__ = ["DFDCallback", "DFDCollection", "DFDLoss", "DISTS", "HFFD", "LPIPS", "NMSE", "PSNR", "SSFD",
+           "SSIM", "VAEFD", "DeepFeatureDistance", "FrechetDFD", "ResNetFD", "TimmFD", "VolumeDFD",
+           "build_metric", "build_suite", "is_dfd"]
+_EXPORTS = {name: "lightning_dfd.metrics" for name in __all__}
+_EXPORTS.update(DFDCallback="lightning_dfd.callbacks", DFDLoss="lightning_dfd.losses")
 
 if TYPE_CHECKING:  # what static tools and IDEs see: the same names, imported eagerly
     from lightning_dfd.callbacks import DFDCallback
+    from lightning_dfd.losses import DFDLoss
     from lightning_dfd.metrics import (
         DISTS,
         HFFD,

@@ -80,6 +80,24 @@ def max_magnitude(x: Tensor, dim: int | Sequence[int], keepdim: bool = True) -> 
     return torch.maximum(x.amax(dim=dim, keepdim=keepdim), -x.amin(dim=dim, keepdim=keepdim))
 
 
+def sqrt_zero_safe(x: Tensor) -> Tensor:
+    """``x.sqrt()`` (the same values) whose gradient is 0 instead of NaN where ``x == 0``.
+
+    ``sqrt``'s gradient ``1 / (2 sqrt(x))`` is infinite at 0, and the chain rule multiplies it by
+    the zero gradient of a sum of squares: NaN. Here the square root only sees positive values (or
+    NaN), so zeros get the subgradient 0, as ``torch.linalg.vector_norm``'s backward gives them.
+
+    Example:
+        >>> x = torch.tensor([0.0, 4.0], requires_grad=True)
+        >>> y = sqrt_zero_safe(x)
+        >>> y.sum().backward()
+        >>> y.tolist(), x.grad.tolist()
+        ([0.0, 2.0], [0.0, 0.25])
+    """
+    zero = x == 0
+    return torch.where(zero, torch.zeros_like(x), torch.where(zero, torch.ones_like(x), x).sqrt())
+
+
 def unit_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:
     """Divide each position's feature vector by its L2 norm over channels plus ``eps``.
 
@@ -87,7 +105,9 @@ def unit_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:
     features up to :data:`SQUARE_SAFE_LIMIT`, without its overflow beyond: there the squared norm
     becomes inf and every feature 0, so clearly different images scored exactly 0. Larger vectors
     are divided by a power of two first (exact), and so is ``eps`` (negligible there, as it is for
-    the unscaled values). Non-finite features stay non-finite.
+    the unscaled values). Non-finite features stay non-finite. The gradient is finite also where a
+    position's features are all zero (ReLU taps on a dark background), where ``sqrt``'s own
+    gradient ``1 / (2 sqrt(0))`` would turn it into NaN (:func:`sqrt_zero_safe`).
 
     Example:
         >>> x = torch.tensor([[3.0, 4.0]]).view(1, 2, 1, 1)
@@ -96,7 +116,7 @@ def unit_normalize(x: Tensor, eps: float = 1e-10) -> Tensor:
     """
     s = downscale_factor(max_magnitude(x, dim=1)).to(x.dtype)
     scaled = x / s
-    norm = scaled.pow(2).sum(dim=1, keepdim=True).sqrt()
+    norm = sqrt_zero_safe(scaled.pow(2).sum(dim=1, keepdim=True))
     # norm + eps / s, with eps added as lpips adds it (a Python scalar): bit-identical when s == 1
     return scaled / torch.add(norm, s.reciprocal(), alpha=eps)
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback
-from torch import Tensor
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import Tensor, nn
 
+from lightning_dfd.catalog import DFDS, PIXEL_METRICS, is_dfd_name
+from lightning_dfd.losses import DFDLoss, sharing_encoder
 from lightning_dfd.preprocess import center_crop
 from recon_models.checkpoints import reconcile_hparams
 from recon_models.data.sample import ReconSample
 from recon_models.models import build_model, get_loss, sense_adjoint
+from recon_models.models.losses import LOSSES
 from recon_models.modules.base import DEFAULT_PIXEL_METRICS, ImageQualityModule
 from recon_models.modules.callbacks import RNGStateCheckpoint
 
@@ -21,22 +27,67 @@ LR_SCHEDULERS: dict[str, type[torch.optim.lr_scheduler.LRScheduler]] = {
     "step": torch.optim.lr_scheduler.StepLR,
     "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
 }
+#: ``loss`` term name for the network's own pixel loss (``default_loss``).
+DEFAULT_PIXEL_TERM = "l1"
+#: Encoder precision of the DFD loss terms: bf16 autocast where the hardware has fast bf16 units.
+DFD_LOSS_PRECISION = "auto"
+
+
+def parse_loss(loss: str | Mapping[str, float] | None) -> dict[str, float]:
+    """The ``loss`` argument -> ``{term: weight}``; a name (or None) is that term with weight 1.
+
+    Terms: ``"l1"`` (the network's ``default_loss``), ``"image_l1"``, ``"kspace_l1"`` and any DFD
+    of the catalog (``"ssfd"``, ``"lpips_vgg"``...). Weights are finite numbers >= 0, one > 0.
+
+    Example:
+        >>> parse_loss({"l1": 1.0, "ssfd": 0.1}), parse_loss("kspace_l1"), parse_loss(None)
+        ({'l1': 1.0, 'ssfd': 0.1}, {'kspace_l1': 1.0}, {'l1': 1.0})
+    """
+    if loss is None or isinstance(loss, str):
+        loss = {loss or DEFAULT_PIXEL_TERM: 1.0}
+    if not isinstance(loss, Mapping) or not loss:
+        raise ValueError(f"Argument `loss` must be a loss name or a mapping of term -> weight "
+                         f"(e.g. {{l1: 1.0, ssfd: 0.1}}), but got {loss!r}")
+    terms = {}
+    for name, weight in loss.items():
+        if name != DEFAULT_PIXEL_TERM and name not in LOSSES and not is_dfd_name(name):
+            hint = " (a pixel metric, not a loss)" if name in PIXEL_METRICS else ""
+            raise ValueError(f"Argument `loss` has an unknown term {name!r}{hint}; terms: "
+                             f"{', '.join((DEFAULT_PIXEL_TERM, *LOSSES, *DFDS))}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise ValueError(f"Argument `loss[{name!r}]` must be a finite number >= 0, but got {weight!r}")
+        terms[str(name)] = float(weight)
+    if not any(terms.values()):
+        raise ValueError(f"Argument `loss` must give one term a weight > 0, but got {dict(loss)}")
+    return terms
 
 
 class ReconModule(ImageQualityModule):
     """One LightningModule for every reconstruction network of :mod:`recon_models.models`.
 
     Training minimises the network's loss (complex L1 in the image for the UNet, in k-space for
-    the unrolled network, unless ``loss`` says otherwise). Validation logs ``val/loss`` and, on the
-    centre crop (``crop_size``) of the magnitude images, PSNR / SSIM / NMSE aggregated per volume
-    with ``data_range = max_value`` and the configured deep feature distances, all synced across
+    the unrolled network, unless ``loss`` says otherwise), optionally plus weighted deep feature
+    distances (``loss: {l1: 1.0, ssfd: 0.1}``; see :meth:`loss_terms`). Validation logs
+    ``val/loss`` and, on the centre crop (``crop_size``) of the magnitude images, PSNR / SSIM /
+    NMSE aggregated per volume with ``data_range = max_value`` and the configured deep feature
+    distances, all synced across
     processes once per epoch. Every ``log_images_every_n_epochs`` epochs an image grid (target,
     zero-filled, reconstruction, error x ``error_scale``) goes to the image-capable loggers.
 
     Args:
         network: ``"unet"`` or ``"unrolled"`` (see :func:`recon_models.models.build_model`).
         network_kwargs: constructor arguments of the network (paper defaults when empty).
-        loss: ``"image_l1"`` or ``"kspace_l1"``; ``None`` uses the network's ``default_loss``.
+        loss: ``"image_l1"`` or ``"kspace_l1"``; ``None`` uses the network's ``default_loss``; or
+            a weighted sum of terms, ``{"l1": 1.0, "ssfd": 0.1}`` (:func:`parse_loss`): ``"l1"`` is
+            the network's ``default_loss``, a DFD name adds that DFD of the centre-cropped
+            magnitudes (:class:`~lightning_dfd.DFDLoss`, encoder in bf16 where the hardware has
+            it). A DFD term shares the encoder (one copy of the weights) of the validation DFD
+            of the same name, built from its ``dfds`` arguments; a DFD term not validated gets
+            its own encoder with default arguments. Each term is logged as
+            ``train/loss_<term>``, the sum as ``train/loss``; ``val/loss`` is the pixel loss
+            (the first pixel term, else the network's ``default_loss``). A warning says when a
+            DFD of the loss is also what early stopping or checkpointing monitors.
         lr: Adam learning rate (paper: 1e-4).
         weight_decay: Adam weight decay (paper: 1e-4).
         lr_scheduler: ``None`` (the paper: constant learning rate), ``"step"`` (``StepLR``) or
@@ -73,7 +124,7 @@ class ReconModule(ImageQualityModule):
         self,
         network: str = "unet",
         network_kwargs: dict[str, Any] | None = None,
-        loss: str | None = None,
+        loss: str | Mapping[str, float] | None = None,
         lr: float = 1e-4,
         weight_decay: float = 1e-4,
         lr_scheduler: str | None = None,
@@ -95,8 +146,18 @@ class ReconModule(ImageQualityModule):
                          dfd_precision=dfd_precision)
         self.save_hyperparameters()
         self.network = build_model(network, **(network_kwargs or {}))
-        self.loss_name = loss or self.network.default_loss
+        #: term -> weight of the training loss (:func:`parse_loss`)
+        self.loss_weights = parse_loss(loss)
+        pixel = [self._pixel_loss_name(t) for t in self.loss_weights if not is_dfd_name(t)]
+        self.loss_name = pixel[0] if pixel else self.network.default_loss
         self.loss_fn = get_loss(self.loss_name)
+        validated = dict(self.val_metrics.items(keep_base=True, copy_state=False))
+        #: DFD term -> its loss; the encoder is the validation DFD's own network object when there is one
+        self.loss_dfds = nn.ModuleDict({
+            name: DFDLoss(sharing_encoder(validated[name], precision=DFD_LOSS_PRECISION), reduction="none")
+            if name in validated else DFDLoss(name, reduction="none", precision=DFD_LOSS_PRECISION)
+            for name in self.loss_weights if is_dfd_name(name)
+        })
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_scheduler = lr_scheduler
@@ -107,13 +168,54 @@ class ReconModule(ImageQualityModule):
         """``(B, C, H, W)`` masked k-space, ``(B, 1, 1, W)`` mask, maps -> ``(B, H, W)`` image."""
         return self.network(masked_kspace, mask, maps)
 
+    def _pixel_loss_name(self, term: str) -> str:
+        return self.network.default_loss if term == DEFAULT_PIXEL_TERM else term
+
+    def loss_terms(self, pred: Tensor, batch: ReconSample) -> dict[str, Tensor]:
+        """Each unweighted term of the training loss of one batch: ``{term: scalar}``.
+
+        Pixel terms compare the complex images (``loss(pred, target, maps)``); DFD terms the
+        magnitudes centre-cropped to each sample's ``crop_size`` (what validation scores), the
+        mean over the batch's images.
+        """
+        terms: dict[str, Tensor] = {}
+        for name in self.loss_weights:
+            if not is_dfd_name(name):
+                terms[name] = get_loss(self._pixel_loss_name(name))(pred, batch.target, batch.maps)
+                continue
+            values = [self.loss_dfds[name](center_crop(pred[rows].abs(), size),
+                                           center_crop(batch.target[rows].abs(), size))
+                      for rows, size in _groups_by_crop(batch.crop_size)]
+            terms[name] = torch.cat(values).mean()
+        return terms
+
     def training_step(self, batch: ReconSample, batch_idx: int) -> Tensor:
-        """Loss of one batch, logged as ``train/loss``."""
+        """Loss of one batch, logged as ``train/loss`` (and each term as ``train/loss_<term>``)."""
         pred = self(batch.masked_kspace, batch.mask, batch.maps)
-        loss = self.loss_fn(pred, batch.target, batch.maps)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=pred.shape[0])
+        terms = self.loss_terms(pred, batch)
+        loss = sum(self.loss_weights[name] * value for name, value in terms.items())
+        size = pred.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=size)
+        if len(terms) > 1 or self.loss_dfds:
+            for name, value in terms.items():
+                self.log(f"train/loss_{name}", value.detach(), on_step=True, on_epoch=True, batch_size=size)
         return loss
+
+    def on_fit_start(self) -> None:
+        """Warn when a DFD of the loss is also what early stopping or checkpointing monitors."""
+        monitored = {}
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, (EarlyStopping, ModelCheckpoint)) and callback.monitor:
+                monitored.setdefault(callback.monitor, []).append(type(callback).__name__)
+        prefix = self.val_metrics.prefix or ""
+        for name in self.loss_dfds:
+            users = monitored.get(f"{prefix}{name}")
+            if users:
+                warnings.warn(
+                    f"{' and '.join(users)} monitor {prefix}{name}, which the training loss optimises "
+                    f"(loss term {name!r}): the model is selected by the distance it was trained on. "
+                    "The paper evaluates with DFDs the model was not optimised for; monitor another "
+                    "metric (e.g. val/lpips_vgg or val/psnr)", UserWarning, stacklevel=2)
 
     def validation_step(self, batch: ReconSample, batch_idx: int) -> Tensor:
         """Loss (``val/loss``) and metric updates of one batch; an image grid on the first one."""
