@@ -369,3 +369,26 @@ def test_pixel_metric_update_with_mask(name):
         per_image.update(preds, target, mask=torch.zeros(4, 24, 24, dtype=torch.bool))
     after = getattr(per_image, per_image._stats_state)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("cls_name", ["LPIPS", "DISTS", "ResNetFD"])
+def test_masked_second_epoch_hits_the_feature_cache_with_equal_values(cls_name):
+    """Issue: masked updates ran their own encoder loop and never read the target-feature cache."""
+    import lightning_dfd
+
+    torch.manual_seed(0)
+    preds, target = torch.rand(4, 48, 48), torch.rand(4, 48, 48)
+    mask = torch.zeros(4, 48, 48, dtype=torch.bool)
+    mask[:, 6:42, 8:36] = True
+    ids = torch.arange(4)
+    kwargs = {"net": "alex"} if cls_name == "LPIPS" else {}
+    metric = getattr(lightning_dfd, cls_name)(weights="random", reduction="none", feature_cache=True, **kwargs)
+    values = []
+    for _epoch in range(2):
+        metric.reset()
+        for part in (slice(0, 2), slice(2, 4)):
+            metric.update(preds[part], target[part], sample_ids=ids[part], mask=mask[part])
+        values.append(metric.compute())
+    stats = metric.feature_cache.stats
+    assert stats.misses == 4 and stats.hits == 4  # every image of the second epoch from the cache
+    torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=1e-8)
