@@ -219,11 +219,13 @@ def test_bad_files_are_named_and_the_rest_is_still_scored(tmp_path, capsys):
     pd.testing.assert_frame_equal(images, pd.read_csv(tmp_path / "clean.csv"))
 
 
-def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys):
+def test_bad_arguments_exit_2_with_a_clear_message(tmp_path, capsys, monkeypatch):
     _make_dataset(tmp_path, n_volumes=1)
     assert main(_argv(tmp_path, "--metrics", "psnr,sharpness")) == 2
     assert "Unknown metric 'sharpness'; known names: psnr" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # where the default --out (runs/evaluate) would go
     assert main(["evaluate", "--target", str(tmp_path / "nope"), "--predictions", str(tmp_path / "rec")]) == 2
+    assert not (tmp_path / "runs").exists()  # bad inputs leave no output folder behind
     assert "target folder not found" in capsys.readouterr().err
     # the default ImageNet weights are not there offline: say which file is missing
     assert main(_argv(tmp_path, "--metrics", "lpips_alex", "--out", str(tmp_path / "r.csv"))) == 2

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from lightning_dfd import LPIPS
+from lightning_dfd.weights import seeded_random_weights
 
 IDS = torch.arange(3)
 
@@ -24,8 +25,8 @@ def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _other_state(network: nn.Module) -> dict:
-    torch.manual_seed(123)
-    return LPIPS(net="alex", weights="random").network.state_dict()
+    with seeded_random_weights(123):  # random weights are seeded (0) by default: ask for others
+        return LPIPS(net="alex", weights="random").network.state_dict()
 
 
 def _conv(network: nn.Module) -> nn.Conv2d:

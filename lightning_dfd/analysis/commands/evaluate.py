@@ -432,13 +432,7 @@ def run(args: argparse.Namespace) -> int:
             list(ev.column_conventions(config).items()), columns=["column", "convention"]
         )
         check_outputs_apart(args)
-        if args.maps is not None:
-            from lightning_dfd.analysis.maps import MapWriter
-
-            outputs.check_output_dir(args.maps, "--maps")
-            MapWriter(args.maps, args.maps_format).check()  # a manifest it cannot read: refused now
-        for path in paths:
-            outputs.check_output_file(path)
+        # Inputs first (reading only): bad inputs leave no output folder behind.
         pairs, problems = ev.pair_files(args.predictions, args.target)
         if not pairs:
             unmatched = [p for p in problems if p.stage != "ignored"] or problems
@@ -446,6 +440,13 @@ def run(args: argparse.Namespace) -> int:
                 f"no prediction in {args.predictions} has a reference of the same name in "
                 f"{args.target} ({len(unmatched)} unmatched file(s), e.g. {unmatched[0]})"
             )
+        if args.maps is not None:
+            from lightning_dfd.analysis.maps import MapWriter
+
+            outputs.check_output_dir(args.maps, "--maps")
+            MapWriter(args.maps, args.maps_format).check()  # a manifest it cannot read: refused now
+        for path in paths:
+            outputs.check_output_file(path)
         previous = outputs.set_aside(paths)
         if previous:
             _note(f"earlier outputs renamed to *{outputs.PREVIOUS_SUFFIX} until this run completes")
