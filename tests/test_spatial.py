@@ -382,7 +382,8 @@ def test_masked_second_epoch_hits_the_feature_cache_with_equal_values(cls_name):
     mask[:, 6:42, 8:36] = True
     ids = torch.arange(4)
     kwargs = {"net": "alex"} if cls_name == "LPIPS" else {}
-    metric = getattr(lightning_dfd, cls_name)(weights="random", reduction="none", feature_cache=True, **kwargs)
+    metric = getattr(lightning_dfd, cls_name)(weights="random", reduction="none", feature_cache=True,
+                                              **kwargs)
     values = []
     for _epoch in range(2):
         metric.reset()
