@@ -81,6 +81,45 @@ def _keep_encoder_tensors(module: nn.Module, state_dict: dict, prefix: str, *arg
                 state_dict[f"{prefix}{name}.{key}"] = tensor
 
 
+class FrozenEncoderMixin:
+    """For a ``Metric`` whose submodules are a frozen encoder: out of checkpoints, moved by device only.
+
+    :meth:`_keep_encoder_out_of_checkpoints` (call it in ``__init__``) drops the encoder's tensors
+    from ``state_dict()`` and lets strict loading accept checkpoints with or without them;
+    ``.to(dtype)`` / ``.double()`` change the metric states by torchmetrics' rules, never the
+    encoder, which follows device moves only. Used by :class:`DeepFeatureDistance` and
+    :class:`~lightning_dfd.FrechetDFD`.
+    """
+
+    def _keep_encoder_out_of_checkpoints(self) -> None:
+        self._register_state_dict_hook(_drop_encoder_keys)  # type: ignore[attr-defined]
+        # The public name arrived in torch 2.5; torch 2.4 has only the private one it wraps.
+        if hasattr(self, "register_load_state_dict_pre_hook"):
+            self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
+        else:  # torch < 2.5
+            self._register_load_state_dict_pre_hook(_keep_encoder_tensors, with_module=True)  # type: ignore[attr-defined]
+
+    def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:  # noqa: D102
+        # States follow torchmetrics' rules; the encoder follows device moves only (never dtype).
+        children = dict(self._modules)  # type: ignore[attr-defined]
+        self._modules.clear()  # type: ignore[attr-defined]
+        try:
+            this = super()._apply(fn, exclude_state)  # type: ignore[misc]
+        finally:
+            self._modules.update(children)  # type: ignore[attr-defined]
+        device = fn(torch.zeros(1, device=self.network_device)).device
+        for child in {id(c): c for c in children.values() if c is not None}.values():
+            child.to(device=device)
+        return this
+
+    @property
+    def network_device(self) -> torch.device:
+        """Where the encoder's weights live."""
+        for tensor in (*self.network.parameters(), *self.network.buffers()):  # type: ignore[attr-defined]
+            return tensor.device
+        return torch.device("cpu")
+
+
 def is_dfd(metric: object) -> bool:
     """The one test for "is this a deep feature distance": a metric instance or a catalog name.
 
@@ -94,7 +133,7 @@ def is_dfd(metric: object) -> bool:
     return isinstance(metric, DeepFeatureDistance)
 
 
-class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
+class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, FrozenEncoderMixin, Metric):
     """Mean (or per-image) distance between deep features of predictions and targets.
 
     Args:
@@ -168,12 +207,7 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
             self.add_state("values", [], dist_reduce_fx="cat")
             self.add_state("ids", [], dist_reduce_fx="cat")
         self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self._register_state_dict_hook(_drop_encoder_keys)
-        # The public name arrived in torch 2.5; torch 2.4 has only the private one it wraps.
-        if hasattr(self, "register_load_state_dict_pre_hook"):
-            self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
-        else:  # torch < 2.5
-            self._register_load_state_dict_pre_hook(_keep_encoder_tensors, with_module=True)
+        self._keep_encoder_out_of_checkpoints()
 
     # ------------------------------------------------------------------ options (one object)
     @property
@@ -207,26 +241,6 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, Metric):
         return self.options.channels_last
 
     # ------------------------------------------------------------------ encoder plumbing
-    def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:  # noqa: D102
-        # States follow torchmetrics' rules; the encoder follows device moves only (never dtype).
-        children = dict(self._modules)
-        self._modules.clear()
-        try:
-            this = super()._apply(fn, exclude_state)
-        finally:
-            self._modules.update(children)
-        device = fn(torch.zeros(1, device=self.network_device)).device
-        for child in {id(c): c for c in children.values() if c is not None}.values():
-            child.to(device=device)
-        return this
-
-    @property
-    def network_device(self) -> torch.device:
-        """Where the encoder's weights live."""
-        for tensor in (*self.network.parameters(), *self.network.buffers()):
-            return tensor.device
-        return torch.device("cpu")
-
     @property
     def encoder_pass(self) -> EncoderPass:
         """The :class:`EncoderPass` in use (``FeatureShare`` wraps it in a ``NetworkCache``)."""

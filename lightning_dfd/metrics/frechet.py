@@ -39,7 +39,7 @@ from torchmetrics import Metric
 from torchmetrics.image.fid import _compute_fid
 
 from lightning_dfd.encoders.base import FeatureDistanceNetwork
-from lightning_dfd.metrics.base import DeepFeatureDistance, _drop_encoder_keys, _keep_encoder_tensors
+from lightning_dfd.metrics.base import DeepFeatureDistance, FrozenEncoderMixin
 from lightning_dfd.preprocess import check_choice, nonfinite_images, normalize_images, to_grayscale_batch
 
 #: ``normalization`` values: each image min-max scaled to [0, 1], or passed through.
@@ -78,7 +78,7 @@ def build_encoder(encoder: str | DeepFeatureDistance | FeatureDistanceNetwork,
                     f"but got {type(encoder).__name__}")
 
 
-class FrechetDFD(Metric):
+class FrechetDFD(FrozenEncoderMixin, Metric):
     """Fréchet distance between Gaussian fits of spatially pooled features of a DFD encoder.
 
     ``extract`` turns ``(N, H, W)`` or ``(N, C, H, W)`` images (real or complex: magnitude; each
@@ -155,8 +155,7 @@ class FrechetDFD(Metric):
             self.add_state(f"{side}_features_num_samples", torch.tensor(0, dtype=torch.long),
                            dist_reduce_fx="sum")
         # The encoder is rebuilt from its arguments, never saved with the metric's states.
-        self._register_state_dict_hook(_drop_encoder_keys)
-        self.register_load_state_dict_pre_hook(_keep_encoder_tensors)
+        self._keep_encoder_out_of_checkpoints()
 
     # ------------------------------------------------------------------ features
     def _encode(self, images01: Tensor) -> list[Tensor]:
@@ -265,29 +264,14 @@ class FrechetDFD(Metric):
             setattr(self, name, value)
 
     def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:  # noqa: D102
-        # States follow torchmetrics' rules (sums kept float64); the encoder follows device moves only.
-        children = dict(self._modules)
-        self._modules.clear()
-        try:
-            this = super()._apply(fn, exclude_state)
-        finally:
-            self._modules.update(children)
+        # The encoder follows device moves only (FrozenEncoderMixin); the sums stay float64.
+        this = super()._apply(fn, exclude_state)
         for side in _SIDES:
             for name in (f"{side}_features_sum", f"{side}_features_cov_sum"):
                 if name in this._defaults:
                     setattr(this, name, getattr(this, name).double())
                     this._defaults[name] = this._defaults[name].double()
-        device = fn(torch.zeros(1, device=self.network_device)).device
-        for child in {id(c): c for c in children.values() if c is not None}.values():
-            child.to(device=device)
         return this
-
-    @property
-    def network_device(self) -> torch.device:
-        """Where the encoder's weights live."""
-        for tensor in (*self.network.parameters(), *self.network.buffers()):
-            return tensor.device
-        return torch.device("cpu")
 
     def plot(self, val: Tensor | None = None, ax: Any = None) -> Any:
         """Plot a value (or the current ``compute()``) with torchmetrics' plotting helper."""
