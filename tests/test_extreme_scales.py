@@ -129,7 +129,7 @@ def float64_reference(metric: DeepFeatureDistance, preds: torch.Tensor, target: 
 
 def test_every_catalog_dfd_is_covered():
     """A DFD added to the catalog must get a case here (same class, same preset options)."""
-    from lightning_dfd.metrics.catalog import METRICS, PIXEL_METRICS
+    from lightning_dfd.catalog import METRICS, PIXEL_METRICS
 
     assert sorted(CATALOG_CASES) == sorted(set(METRICS) - set(PIXEL_METRICS))
     for name, case in CATALOG_CASES.items():

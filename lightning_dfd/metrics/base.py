@@ -81,6 +81,75 @@ def _keep_encoder_tensors(module: nn.Module, state_dict: dict, prefix: str, *arg
                 state_dict[f"{prefix}{name}.{key}"] = tensor
 
 
+class PerItemValues:
+    """States and results of a metric with one value per item (an image, a volume).
+
+    ``reduction="mean"``: a float64 sum and a count; ``"none"``: the values and their ids, synced
+    with ``cat``. Used by :class:`DeepFeatureDistance` (items: images, ids: ``sample_ids``) and
+    :class:`~lightning_dfd.VolumeDFD` (volumes, ``volume_ids``).
+    """
+
+    item: str = "image"
+    ids_argument: str = "sample_ids"
+
+    def _add_value_states(self, reduction: str) -> None:
+        add = self.add_state  # type: ignore[attr-defined]
+        if reduction == "mean":
+            add("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            add("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        else:
+            add("values", [], dist_reduce_fx="cat")
+            add("ids", [], dist_reduce_fx="cat")
+        add("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def _accumulate(self, values: Tensor, ids: Tensor | None, skipped: int) -> None:
+        """Add checked values (the only place an update changes these states)."""
+        self.skipped += skipped
+        if self.reduction == "mean":  # type: ignore[attr-defined]
+            self.sum_value = self.sum_value + values.double().sum()
+            self.total += values.numel()
+        else:
+            self.values.append(values)
+            if ids is not None:
+                self.ids.append(ids)
+
+    def compute(self) -> Tensor:
+        """Mean over every item seen (all processes), or the per-item values."""
+        device = self.device  # type: ignore[attr-defined]
+        if self.reduction == "none":  # type: ignore[attr-defined]
+            return torch.zeros(0, device=device) if _empty(self.values) else dim_zero_cat(self.values)
+        if self.total == 0:
+            warnings.warn(f"{type(self).__name__}.compute() called before any {self.item} was scored",
+                          stacklevel=2)
+            return torch.tensor(float("nan"), device=device)
+        return (self.sum_value / self.total).float()
+
+    def _per_item(self, method: str) -> dict[str, Tensor]:
+        """``{"ids": ..., "values": ...}`` over all processes, sorted by id (``reduction="none"``)."""
+        if self.reduction != "none":  # type: ignore[attr-defined]
+            raise RuntimeError(f"{method}() needs reduction='none'")
+        with self.sync_context(should_sync=self._to_sync, should_unsync=True):  # type: ignore[attr-defined]
+            values = (torch.zeros(0, device=self.device) if _empty(self.values)  # type: ignore[attr-defined]
+                      else dim_zero_cat(self.values))
+            ids = None if _empty(self.ids) else dim_zero_cat(self.ids)
+        if ids is None or ids.numel() != values.numel():
+            raise RuntimeError(f"{method}() needs `{self.ids_argument}` in every update()")
+        order = torch.argsort(ids, stable=True)
+        return {"ids": ids[order], "values": values[order]}
+
+    def plot(self, val: Tensor | None = None, ax: Any = None) -> Any:
+        """Plot a value (or the current ``compute()``) with torchmetrics' plotting helper.
+
+        Example:
+            >>> import torch
+            >>> from lightning_dfd import ResNetFD
+            >>> metric = ResNetFD(weights="random")
+            >>> metric.update(torch.rand(2, 32, 32), torch.rand(2, 32, 32))
+            >>> fig, ax = metric.plot()
+        """
+        return self._plot(val, ax)  # type: ignore[attr-defined]
+
+
 class FrozenEncoderMixin:
     """For a ``Metric`` whose submodules are a frozen encoder: out of checkpoints, moved by device only.
 
@@ -133,7 +202,7 @@ def is_dfd(metric: object) -> bool:
     return isinstance(metric, DeepFeatureDistance)
 
 
-class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, FrozenEncoderMixin, Metric):
+class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, FrozenEncoderMixin, PerItemValues, Metric):
     """Mean (or per-image) distance between deep features of predictions and targets.
 
     Args:
@@ -200,13 +269,7 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, FrozenEncoderMixin,
         # first state, as torchmetrics < 1.6.2 compares only the first state of two metrics.
         self.add_state("fingerprint", torch.zeros(_FINGERPRINT_BYTES, dtype=torch.long),
                        dist_reduce_fx="max")
-        if reduction == "mean":
-            self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        else:
-            self.add_state("values", [], dist_reduce_fx="cat")
-            self.add_state("ids", [], dist_reduce_fx="cat")
-        self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._add_value_states(reduction)
         self._keep_encoder_out_of_checkpoints()
 
     # ------------------------------------------------------------------ options (one object)
@@ -344,14 +407,7 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, FrozenEncoderMixin,
         self._sync_fingerprint()
         values, _, ids, skipped = self._values(preds, target, sample_ids, mask)
         # Only now, with every check passed and every value computed, change the state.
-        self.skipped += skipped
-        if self.reduction == "mean":
-            self.sum_value = self.sum_value + values.double().sum()
-            self.total += values.numel()
-        else:
-            self.values.append(values)
-            if ids is not None:
-                self.ids.append(ids)
+        self._accumulate(values, ids, skipped)
 
     def score(self, preds: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
         """Per-image values of one batch, ``(N * C,)``, without touching any state.
@@ -376,41 +432,9 @@ class DeepFeatureDistance(IdleRankSafeSync, SpatialDFDMixin, FrozenEncoderMixin,
             self._values(preds, target, None, mask)  # raises the update's error
         return batch.scatter(values)
 
-    def compute(self) -> Tensor:
-        """Mean over every image seen (all processes), or the per-image values."""
-        if self.reduction == "none":
-            if _empty(self.values):
-                return torch.zeros(0, device=self.device)
-            return dim_zero_cat(self.values)
-        if self.total == 0:
-            warnings.warn(f"{type(self).__name__}.compute() called before any image was scored",
-                          stacklevel=2)
-            return torch.tensor(float("nan"), device=self.device)
-        return (self.sum_value / self.total).float()
-
     def compute_per_image(self) -> dict[str, Tensor]:
         """``{"ids": ..., "values": ...}`` over all processes, sorted by id (``reduction="none"``)."""
-        if self.reduction != "none":
-            raise RuntimeError("compute_per_image() needs reduction='none'")
-        with self.sync_context(should_sync=self._to_sync, should_unsync=True):
-            values = torch.zeros(0, device=self.device) if _empty(self.values) else dim_zero_cat(self.values)
-            ids = None if _empty(self.ids) else dim_zero_cat(self.ids)
-        if ids is None or ids.numel() != values.numel():
-            raise RuntimeError("compute_per_image() needs `sample_ids` in every update()")
-        order = torch.argsort(ids, stable=True)
-        return {"ids": ids[order], "values": values[order]}
-
-    def plot(self, val: Tensor | None = None, ax: Any = None) -> Any:
-        """Plot a value (or the current ``compute()``) with torchmetrics' plotting helper.
-
-        Example:
-            >>> import torch
-            >>> from lightning_dfd import ResNetFD
-            >>> metric = ResNetFD(weights="random")
-            >>> metric.update(torch.rand(2, 32, 32), torch.rand(2, 32, 32))
-            >>> fig, ax = metric.plot()
-        """
-        return self._plot(val, ax)
+        return self._per_item("compute_per_image")
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"network={self.network.identity!r}, reduction={self.reduction!r}, {self.options.describe()}"

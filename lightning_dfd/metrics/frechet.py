@@ -59,12 +59,11 @@ def build_encoder(encoder: str | DeepFeatureDistance | FeatureDistanceNetwork,
         'LPIPSNetwork'
     """
     if isinstance(encoder, str):
-        from lightning_dfd.metrics.base import is_dfd
-        from lightning_dfd.metrics.catalog import METRICS, build_metric
+        from lightning_dfd.catalog import DFDS, is_dfd_name
+        from lightning_dfd.metrics.suite import build_metric
 
-        if not is_dfd(encoder):
-            names = tuple(name for name in METRICS if is_dfd(name))
-            raise ValueError(f"Argument `encoder` must be a DFD name, one of {names}, a DFD metric or "
+        if not is_dfd_name(encoder):
+            raise ValueError(f"Argument `encoder` must be a DFD name, one of {DFDS}, a DFD metric or "
                              f"a FeatureDistanceNetwork, but got {encoder!r}")
         return build_metric(encoder, **encoder_kwargs).network
     if encoder_kwargs:

@@ -59,10 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from lightning_dfd.metrics.base import DeepFeatureDistance, is_dfd
-from lightning_dfd.metrics.encoder_pass import weights_digest
+from lightning_dfd.encoders.identity import weights_digest
+from lightning_dfd.metrics.base import DeepFeatureDistance, PerItemValues, is_dfd
 from lightning_dfd.metrics.sync import IdleRankSafeSync
 from lightning_dfd.preprocess import REDUCTIONS, check_choice, magnitude
 
@@ -175,7 +174,7 @@ def _identity(metric: DeepFeatureDistance) -> str:
     return repr((type(metric).__qualname__, metric.sharing_key, net.identity, heads))
 
 
-class VolumeDFD(IdleRankSafeSync, Metric):
+class VolumeDFD(IdleRankSafeSync, PerItemValues, Metric):
     """A 2D deep feature distance on 3D volumes: the mean over planes of per-plane slice means.
 
     Args:
@@ -199,6 +198,9 @@ class VolumeDFD(IdleRankSafeSync, Metric):
     metric instance); a batch without any plane left is refused. Rejected batches change no state.
     """
 
+    item = "volume"
+    ids_argument = "volume_ids"
+
     full_state_update = False
 
     def __init__(
@@ -213,12 +215,11 @@ class VolumeDFD(IdleRankSafeSync, Metric):
         super().__init__(**own)
         if isinstance(metric, str):
             if not is_dfd(metric):
-                from lightning_dfd.metrics.catalog import METRICS
+                from lightning_dfd.catalog import DFDS
 
-                dfds = tuple(name for name in METRICS if is_dfd(name))
-                raise ValueError(f"Argument `metric` must be a deep feature distance among {dfds} or "
+                raise ValueError(f"Argument `metric` must be a deep feature distance among {DFDS} or "
                                  f"an instance of one, but got {metric!r}")
-            from lightning_dfd.metrics.catalog import build_metric
+            from lightning_dfd.metrics.suite import build_metric
 
             metric = build_metric(metric, **kwargs)
         elif kwargs:
@@ -234,13 +235,7 @@ class VolumeDFD(IdleRankSafeSync, Metric):
         self.spacing = parse_spacing(spacing)
         self.reduction = reduction
         self._warned = False
-        if reduction == "mean":
-            self.add_state("sum_value", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state("total", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        else:
-            self.add_state("values", [], dist_reduce_fx="cat")
-            self.add_state("ids", [], dist_reduce_fx="cat")
-        self.add_state("skipped", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self._add_value_states(reduction)
         # Different for VolumeDFDs of different 2D metrics, planes or spacing: a MetricCollection's
         # compute groups never merge them (see lightning_dfd.metrics.base).
         self.add_state("fingerprint", torch.zeros(_FINGERPRINT_BYTES, dtype=torch.long), dist_reduce_fx="max")
@@ -406,47 +401,11 @@ class VolumeDFD(IdleRankSafeSync, Metric):
             ids = None if ids is None else ids[~bad.to(ids.device)]
             skipped += int(bad.sum())
         # Only now, with every check passed and every value computed, change the state.
-        self.skipped += skipped
-        if self.reduction == "mean":
-            self.sum_value = self.sum_value + values.sum()
-            self.total += values.numel()
-        else:
-            self.values.append(values.float())
-            if ids is not None:
-                self.ids.append(ids)
-
-    def compute(self) -> Tensor:
-        """Mean over every volume seen (all processes), or the per-volume values."""
-        if self.reduction == "none":
-            return torch.zeros(0, device=self.device) if _empty(self.values) else dim_zero_cat(self.values)
-        if self.total == 0:
-            warnings.warn("VolumeDFD.compute() called before any volume was scored", stacklevel=2)
-            return torch.tensor(float("nan"), device=self.device)
-        return (self.sum_value / self.total).float()
+        self._accumulate(values if self.reduction == "mean" else values.float(), ids, skipped)
 
     def compute_per_volume(self) -> dict[str, Tensor]:
         """``{"ids": ..., "values": ...}`` over all processes, sorted by id (``reduction="none"``)."""
-        if self.reduction != "none":
-            raise RuntimeError("compute_per_volume() needs reduction='none'")
-        with self.sync_context(should_sync=self._to_sync, should_unsync=True):
-            values = torch.zeros(0, device=self.device) if _empty(self.values) else dim_zero_cat(self.values)
-            ids = None if _empty(self.ids) else dim_zero_cat(self.ids)
-        if ids is None or ids.numel() != values.numel():
-            raise RuntimeError("compute_per_volume() needs `volume_ids` in every update()")
-        order = torch.argsort(ids, stable=True)
-        return {"ids": ids[order], "values": values[order]}
-
-    def plot(self, val: Tensor | None = None, ax: Any = None) -> Any:
-        """Plot a value (or the current ``compute()``) with torchmetrics' plotting helper.
-
-        Example:
-            >>> import torch
-            >>> from lightning_dfd import VolumeDFD
-            >>> metric = VolumeDFD("resnet_fd", weights="random", planes="axial")
-            >>> metric.update(torch.rand(1, 4, 16, 16), torch.rand(1, 4, 16, 16))
-            >>> fig, ax = metric.plot()
-        """
-        return self._plot(val, ax)
+        return self._per_item("compute_per_volume")
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"planes={self.planes}, spacing={self.spacing}, reduction={self.reduction!r}"
