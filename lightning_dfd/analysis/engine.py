@@ -395,18 +395,23 @@ class EvaluationModule(LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         """Gather every process's rows, summaries and problems (``all_gather_object``)."""
-        local = (self.rows, self.summaries, self.problems, (self.maps_skipped, self.maps_written))
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            everyone: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, local)
-        else:
-            everyone = [local]
+        everyone = gather_from_every_process((self.rows, self.summaries, self.problems,
+                                              (self.maps_skipped, self.maps_written)))
         self.gathered = tuple([item for part in everyone for item in part[k]] for k in range(3))  # type: ignore[assignment]
         skipped: dict[str, str] = {}
         for part in everyone:
             skipped.update(part[3][0])
         skipped = {name: skipped[name] for name in self.config.metrics if name in skipped}  # --metrics order
         self.gathered_maps = (skipped, sum(part[3][1] for part in everyone))
+
+
+def gather_from_every_process(local: Any) -> list[Any]:
+    """Every process's ``local`` (picklable) in rank order: ``all_gather_object``, or ``[local]``."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, local)
+        return everyone
+    return [local]
 
 
 class _NoTips(logging.Filter):
@@ -446,6 +451,15 @@ def _trainer_device(config: EvaluationConfig, accelerator: str | None, devices: 
     return device, devices
 
 
+def _check_strategy(strategy: str) -> None:
+    """Refuse a strategy whose workers cannot hand the rows back (``ddp_spawn`` ...)."""
+    if str(strategy) in SPAWNING_STRATEGIES:
+        raise ValueError(
+            f"--strategy {strategy} runs the scoring in worker processes that cannot hand the rows "
+            "back; use --strategy ddp (one process per device, launched by Lightning or torchrun)"
+        )
+
+
 def run_evaluation(
     pairs: Sequence[FilePair],
     config: EvaluationConfig,
@@ -465,11 +479,7 @@ def run_evaluation(
     Raises:
         ValueError: A strategy whose workers cannot hand the rows back (``ddp_spawn`` ...).
     """
-    if str(strategy) in SPAWNING_STRATEGIES:
-        raise ValueError(
-            f"--strategy {strategy} runs the scoring in worker processes that cannot hand the rows "
-            "back; use --strategy ddp (one process per device, launched by Lightning or torchrun)"
-        )
+    _check_strategy(strategy)
     entries, problems = index_files(pairs, config)
     dataset = SlicePairDataset(entries, config)
     module = EvaluationModule(dataset, config)  # metric construction errors (weights) come first
@@ -667,12 +677,7 @@ class VolumeEvaluationModule(LightningModule):
 
     def on_predict_epoch_end(self) -> None:
         """Gather every process's rows and problems (``all_gather_object``)."""
-        local = (self.rows, self.problems)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            everyone: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, local)
-        else:
-            everyone = [local]
+        everyone = gather_from_every_process((self.rows, self.problems))
         self.gathered = tuple([item for part in everyone for item in part[k]] for k in range(2))  # type: ignore[assignment]
 
 
@@ -693,11 +698,7 @@ def run_volume_evaluation(
     Raises:
         ValueError: A strategy whose workers cannot hand the rows back (``ddp_spawn`` ...).
     """
-    if str(strategy) in SPAWNING_STRATEGIES:
-        raise ValueError(
-            f"--strategy {strategy} runs the scoring in worker processes that cannot hand the rows "
-            "back; use --strategy ddp (one process per device, launched by Lightning or torchrun)"
-        )
+    _check_strategy(strategy)
     entries, problems = index_files(pairs, config)
     dataset = VolumePairDataset(entries, config)
     module = VolumeEvaluationModule(dataset, config)  # metric construction errors (weights) come first
