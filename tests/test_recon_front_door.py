@@ -71,3 +71,16 @@ def test_yaml_typo_gives_a_short_did_you_mean(tmp_path, monkeypatch, capsys, old
     assert hint in "\n".join(err)
     assert len(err) <= 6, err  # not jsonargparse's usage of every option (82 lines)
     assert err[-1].strip() == "recon-train fit --help lists every option"
+
+
+def test_version_from_the_console_entry_point_imports_no_lightning():
+    """``recon-train --version`` answers before Lightning, torch or the models are imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from recon_models.launcher import main; assert main(['--version']) == 0; "
+            "heavy = sorted(m for m in ('lightning', 'torch', 'jsonargparse', 'recon_models.cli') "
+            "if m in sys.modules); print('heavy:', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == f"recon-train (lightning-dfd) {lightning_dfd.__version__}"
+    assert out.splitlines()[1] == "heavy: []"
