@@ -49,7 +49,7 @@ def hf_fd(
         normalization: ``"minmax"``, ``"target"`` or ``"none"``.
         reduction: ``"mean"`` or ``"none"`` (one value per image and channel).
         max_batch: at most this many image pairs per encoder pass.
-        precision: ``"fp32"`` or ``"bf16"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"``.
     """
     layers = (layers,) if isinstance(layers, int) else tuple(layers)
     size = input_size if input_size is None or isinstance(input_size, int) else tuple(input_size)
