@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -92,16 +93,33 @@ def _statement_lines(code: str, line: int) -> range:
     raise AssertionError(f"line {line} of a README block is in no statement")
 
 
+@pytest.fixture(scope="module")
+def block_runs(tmp_path_factory) -> dict[int, tuple[subprocess.CompletedProcess, Path]]:
+    """Every runnable block, each in its own fresh interpreter and folder, two at a time.
+
+    Each interpreter is single-threaded (``OMP_NUM_THREADS=1``), so two of them use the two cores
+    the suite runs on without oversubscribing them; results are collected once for all the tests.
+    """
+    def run(line: int, code: str) -> tuple[int, tuple[subprocess.CompletedProcess, Path]]:
+        folder = tmp_path_factory.mktemp(f"readme_block_{line}")
+        script = folder / f"readme_block_{line}.py"
+        script.write_text(code, encoding="utf-8")
+        (folder / "cwd").mkdir()
+        env = {**_env(folder), "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, str(script)], cwd=folder / "cwd", env=env,
+                              capture_output=True, text=True, timeout=300)
+        return line, (done, script)
+
+    runnable = [(line, code) for line, code in BLOCKS if not code.startswith(NOT_RUN)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(lambda item: run(*item), runnable))
+
+
 @pytest.mark.parametrize(("line", "code"), BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
-def test_readme_block_runs_as_pasted(line, code, tmp_path):
+def test_readme_block_runs_as_pasted(line, code, block_runs):
     if code.startswith(NOT_RUN):
         pytest.skip(f"README.md:{line}: {code.splitlines()[0]}")
-    script = tmp_path / f"readme_block_{line}.py"
-    script.write_text(code, encoding="utf-8")
-    work = tmp_path / "cwd"
-    work.mkdir()
-    result = subprocess.run([sys.executable, str(script)], cwd=work, env=_env(tmp_path),
-                            capture_output=True, text=True, timeout=300)
+    result, script = block_runs[line]
     where = f"README.md block at line {line}"
     marked = [number for number, text in enumerate(code.splitlines(), 1) if PUBLISHED in text]
     if not marked:
