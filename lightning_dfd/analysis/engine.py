@@ -488,11 +488,16 @@ def run_evaluation(
         return _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, progress)
 
 
+def _prediction_trainer(accel: str, devs: Any, num_nodes: int, strategy: str, progress: bool) -> Trainer:
+    """The Trainer of both scoring loops: no logger, checkpoints or distributed sampler."""
+    return Trainer(accelerator=accel, devices=devs, num_nodes=num_nodes, strategy=strategy,
+                   logger=False, enable_checkpointing=False, enable_model_summary=False,
+                   enable_progress_bar=progress, use_distributed_sampler=False,
+                   inference_mode=False)  # fmt: skip  # no_grad in the step: DFDs check tensor versions
+
+
 def _run(module, dataset, problems, config, accel, devs, num_nodes, strategy, progress):
-    trainer = Trainer(accelerator=accel, devices=devs, num_nodes=num_nodes, strategy=strategy,
-                      logger=False, enable_checkpointing=False, enable_model_summary=False,
-                      enable_progress_bar=progress, use_distributed_sampler=False,
-                      inference_mode=False)  # fmt: skip  # no_grad in the step: DFDs check tensor versions
+    trainer = _prediction_trainer(accel, devs, num_nodes, strategy, progress)
     sampler = FileShardSampler(dataset, config.batch_size, trainer.world_size, trainer.global_rank)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_chunk, num_workers=0)
     trainer.predict(module, dataloaders=loader, return_predictions=False)
@@ -704,10 +709,7 @@ def run_volume_evaluation(
     module = VolumeEvaluationModule(dataset, config)  # metric construction errors (weights) come first
     accel, devs = _trainer_device(config, accelerator, devices)
     with _quiet_lightning():
-        trainer = Trainer(accelerator=accel, devices=devs, num_nodes=num_nodes, strategy=strategy,
-                          logger=False, enable_checkpointing=False, enable_model_summary=False,
-                          enable_progress_bar=progress, use_distributed_sampler=False,
-                          inference_mode=False)  # fmt: skip
+        trainer = _prediction_trainer(accel, devs, num_nodes, strategy, progress)
         sampler = WholeVolumeSampler([len(entry.slices) for entry in entries], trainer.world_size,
                                      trainer.global_rank)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_one_volume, num_workers=0)
